@@ -1,0 +1,226 @@
+//! Command-line definitions (clap) and their dispatch.
+mod show;
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use takeover::{
+    dataplane::{self, target::{format_mac, parse_mac}, AttachMode, Gates, PinDir, Service, Target},
+    sys::{self, iface::Iface},
+};
+use takeover_common::{Action, GateValue};
+
+const ABOUT: &str = "XDP-accelerated active/standby takeover of logical addresses.
+
+The gate decides, per logical address (and optionally per service), what this host does with
+its traffic: open (serve it), closed (drop it both ways, ARP and neighbour discovery included,
+so this host never answers for it) or forward (send it on to the host that serves it). Gates
+are pinned in /sys/fs/bpf/takeover/ and keep working when no takeover process runs.";
+
+const EXAMPLES: &str = "Examples:
+  takeover attach --iface eth0
+  takeover gate close 192.0.2.10 --iface eth0
+  takeover gate open 192.0.2.10 --iface eth0
+  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b --service udp/53
+  takeover map show --json
+  takeover --netns blue map show --iface eth0
+  takeover detach --iface eth0";
+
+#[derive(Parser, Debug)]
+#[command(name = "takeover", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Run in network namespace NAME (/run/netns/NAME, as made by `ip netns add`). Unlike
+    /// `ip netns exec`, this keeps the host's bpffs, so pins outlive the command.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Attach the gate (XDP ingress + TC egress) to an interface and pin it. Idempotent: a live
+    /// gate is kept as it is, traffic and table untouched.
+    #[command(after_help = "Examples:\n  takeover attach --iface eth0\n  takeover attach --iface eth0 --mode generic")]
+    Attach {
+        /// LAN interface that carries the logical addresses.
+        #[arg(long, value_name = "IF")]
+        iface: String,
+        /// XDP mode: driver (native), generic (skb, slower, works everywhere) or auto
+        /// (driver, else generic).
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+    },
+    /// Detach the gate from an interface and remove its pins, gate table and counters.
+    Detach {
+        #[arg(long, value_name = "IF")]
+        iface: String,
+    },
+    /// Open, close, forward or remove the gate of a logical address.
+    #[command(subcommand)]
+    Gate(GateCommand),
+    /// Inspect the gate tables.
+    #[command(subcommand)]
+    Map(MapCommand),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+#[derive(Args, Debug)]
+struct GateTarget {
+    /// The logical address (IPv4 or IPv6).
+    #[arg(value_name = "ADDR")]
+    addr: String,
+    /// Interface whose gate to change (must be attached).
+    #[arg(long, value_name = "IF")]
+    iface: String,
+    /// Only this service of the address, as PROTO/PORT (tcp/80, udp/53); it overrides the
+    /// address-wide entry for the traffic it matches.
+    #[arg(long, value_name = "PROTO/PORT")]
+    service: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum GateCommand {
+    /// This host serves the address: pass its traffic both ways.
+    #[command(after_help = "Example:\n  takeover gate open 192.0.2.10 --iface eth0")]
+    Open(GateTarget),
+    /// Another host serves the address: drop its traffic both ways, including ARP and
+    /// neighbour discovery for it.
+    #[command(after_help = "Example:\n  takeover gate close 2001:db8::10 --iface eth0 --service tcp/443")]
+    Close(GateTarget),
+    /// Send received traffic for the address on to MAC (back out of IF, or out of --via).
+    #[command(after_help = "Examples:\n  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b\n  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b --via eth1 --service udp/53")]
+    Forward {
+        #[command(flatten)]
+        target: GateTarget,
+        /// Ethernet address of the next hop (the host that serves the address).
+        #[arg(long, value_name = "MAC")]
+        to_mac: String,
+        /// Leave through this interface instead of IF (such as a dedicated line to the peer).
+        #[arg(long, value_name = "IF2")]
+        via: Option<String>,
+    },
+    /// Forget the address: its traffic passes untouched again and its counters are dropped.
+    Remove(GateTarget),
+}
+
+#[derive(Subcommand, Debug)]
+enum MapCommand {
+    /// Every address and service entry, its state and its counters.
+    #[command(after_help = "Examples:\n  takeover map show\n  takeover map show --iface eth0 --json")]
+    Show {
+        /// Only this interface (default: every attached interface of this network namespace).
+        #[arg(long, value_name = "IF")]
+        iface: Option<String>,
+        /// Machine-readable output (stable field names).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    // Before anything else (and before any thread exists): setns applies to this thread only.
+    if let Some(ns) = &cli.netns {
+        sys::require_root()?;
+        sys::netns::enter(ns)?;
+    }
+    sys::require_root()?;
+    match cli.command {
+        Command::Attach { iface, mode } => {
+            let iface = Iface::by_name(&iface)?;
+            let mode = match mode {
+                Mode::Auto => AttachMode::Auto,
+                Mode::Driver => AttachMode::Driver,
+                Mode::Generic => AttachMode::Generic,
+            };
+            let a = dataplane::attach(&iface, mode)?;
+            println!("attached to {}: ingress XDP {}, egress {}; pinned in {}", a.iface, a.xdp, a.egress, a.pins.display());
+            Ok(())
+        }
+        Command::Detach { iface } => {
+            dataplane::detach(&iface)?;
+            println!("detached from {iface}");
+            Ok(())
+        }
+        Command::Gate(cmd) => gate(cmd),
+        Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
+    }
+}
+
+struct Resolved {
+    target: Target,
+    iface: Iface,
+    gates: Gates,
+}
+
+/// Validates everything before touching a map, so bad input changes nothing.
+fn resolve(t: &GateTarget) -> Result<Resolved> {
+    let addr: IpAddr = Target::parse_addr(&t.addr)?;
+    let service = t.service.as_deref().map(str::parse::<Service>).transpose()?;
+    let iface = Iface::by_name(&t.iface)?;
+    let gates = Gates::open(&PinDir::for_iface(&iface.name)?)?;
+    Ok(Resolved { target: Target::new(addr, service), iface, gates })
+}
+
+fn state_word(action: Option<Action>) -> &'static str {
+    match action {
+        Some(Action::Open) => "open",
+        Some(Action::Closed) => "closed",
+        Some(Action::Forward) => "forward",
+        None => "unknown",
+    }
+}
+
+fn gate(cmd: GateCommand) -> Result<()> {
+    let (t, value, extra) = match &cmd {
+        GateCommand::Open(t) => (t, Some(GateValue::new(Action::Open)), String::new()),
+        GateCommand::Close(t) => (t, Some(GateValue::new(Action::Closed)), String::new()),
+        GateCommand::Remove(t) => (t, None, String::new()),
+        GateCommand::Forward { target, to_mac, via } => {
+            let mac = parse_mac(to_mac)?;
+            // Checked first so that a bad --via changes nothing either.
+            let via = via.as_deref().map(Iface::by_name).transpose()?;
+            (target, None, format!(" to {}{}", format_mac(&mac), via.as_ref().map(|v| format!(" via {}", v.name)).unwrap_or_default()))
+        }
+    };
+    let mut r = resolve(t)?;
+    let before = r.gates.get(&r.target)?.map(|e| e.action);
+    let value = match (&cmd, value) {
+        (GateCommand::Forward { to_mac, via, .. }, _) => {
+            let mac = parse_mac(to_mac)?;
+            match via.as_deref().map(Iface::by_name).transpose()? {
+                Some(v) if v.index != r.iface.index => {
+                    r.gates.allow_redirect(v.index)?;
+                    Some(GateValue::forward(v.index, mac, v.mac()?))
+                }
+                _ => Some(GateValue::forward(0, mac, r.iface.mac()?)),
+            }
+        }
+        (_, v) => v,
+    };
+    let was = match before {
+        Some(a) => format!("was {}", state_word(a)),
+        None => "was not a gate".to_string(),
+    };
+    match value {
+        Some(v) => {
+            r.gates.set(&r.target, v)?;
+            println!("{} on {}: {}{} ({was})", r.target, r.iface.name, state_word(Action::from_u8(v.action)), extra);
+        }
+        None => {
+            if !r.gates.remove(&r.target)? {
+                bail!("{} has no gate on {}", r.target, r.iface.name);
+            }
+            println!("{} on {}: removed ({was})", r.target, r.iface.name);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! `takeover map show`: the gate tables as an aligned table for people or JSON for scripts.
+use anyhow::Result;
+use serde::Serialize;
+use takeover::{
+    dataplane::{pins, target::format_mac, Entry, Gates, PinDir},
+    sys::{bpffs, iface, netns},
+};
+use takeover_common::{Action, Counters};
+
+/// `map show --json`: one object per attached interface. Field names are a stable interface.
+#[derive(Serialize)]
+struct Report {
+    netns: String,
+    interfaces: Vec<IfaceReport>,
+}
+
+#[derive(Serialize)]
+struct IfaceReport {
+    iface: String,
+    /// `null` if the interface no longer exists (stale pins; `detach` removes them).
+    ifindex: Option<u32>,
+    pins: String,
+    entries: Vec<EntryReport>,
+}
+
+#[derive(Serialize)]
+struct EntryReport {
+    address: String,
+    /// `null` for the address-wide entry, else `{"proto": "tcp", "port": 80}`.
+    service: Option<ServiceReport>,
+    /// `open`, `closed`, `forward` or `unknown`.
+    state: &'static str,
+    forward: Option<ForwardReport>,
+    counters: CountersReport,
+}
+
+#[derive(Serialize)]
+struct ServiceReport {
+    proto: &'static str,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct ForwardReport {
+    to_mac: String,
+    from_mac: String,
+    /// `null`: back out of the same interface (XDP_TX).
+    via: Option<String>,
+    via_ifindex: Option<u32>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct PacketsBytes {
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct CountersReport {
+    rx_pass: PacketsBytes,
+    rx_drop: PacketsBytes,
+    rx_forward: PacketsBytes,
+    tx_pass: PacketsBytes,
+    tx_drop: PacketsBytes,
+}
+
+impl From<&Counters> for CountersReport {
+    fn from(c: &Counters) -> Self {
+        let pb = |packets, bytes| PacketsBytes { packets, bytes };
+        Self {
+            rx_pass: pb(c.rx_pass_packets, c.rx_pass_bytes),
+            rx_drop: pb(c.rx_drop_packets, c.rx_drop_bytes),
+            rx_forward: pb(c.rx_forward_packets, c.rx_forward_bytes),
+            tx_pass: pb(c.tx_pass_packets, c.tx_pass_bytes),
+            tx_drop: pb(c.tx_drop_packets, c.tx_drop_bytes),
+        }
+    }
+}
+
+fn entry_report(e: &Entry) -> EntryReport {
+    let state = match e.action {
+        Some(Action::Open) => "open",
+        Some(Action::Closed) => "closed",
+        Some(Action::Forward) => "forward",
+        None => "unknown",
+    };
+    let forward = (e.action == Some(Action::Forward)).then(|| ForwardReport {
+        to_mac: format_mac(&e.value.dst_mac),
+        from_mac: format_mac(&e.value.src_mac),
+        via: (e.value.ifindex != 0).then(|| iface::name_of(e.value.ifindex).unwrap_or_else(|| "?".into())),
+        via_ifindex: (e.value.ifindex != 0).then_some(e.value.ifindex),
+    });
+    EntryReport {
+        address: e.target.addr.to_string(),
+        service: e.target.service.map(|s| ServiceReport { proto: s.proto.name(), port: s.port }),
+        state,
+        forward,
+        counters: (&e.counters).into(),
+    }
+}
+
+fn collect(only: Option<&str>) -> Result<Report> {
+    let dirs = match only {
+        Some(name) => {
+            // An unknown interface is an error, a known one without a gate too.
+            iface::Iface::by_name(name)?;
+            let p = PinDir::for_iface(name)?;
+            Gates::open(&p)?;
+            vec![p]
+        }
+        None if !bpffs::is_mounted() => vec![],
+        None => pins::attached()?,
+    };
+    let mut interfaces = Vec::new();
+    for p in dirs {
+        let gates = Gates::open(&p)?;
+        interfaces.push(IfaceReport {
+            ifindex: iface::index_of(&p.iface)?,
+            pins: p.path.display().to_string(),
+            entries: gates.entries()?.iter().map(entry_report).collect(),
+            iface: p.iface,
+        });
+    }
+    Ok(Report { netns: netns::current_id()?, interfaces })
+}
+
+pub fn show(only: Option<&str>, json: bool) -> Result<()> {
+    let report = collect(only)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print!("{}", render(&report));
+    Ok(())
+}
+
+fn render(report: &Report) -> String {
+    if report.interfaces.is_empty() {
+        return "no gate is attached in this network namespace (takeover attach --iface IF)\n".into();
+    }
+    let mut rows: Vec<[String; 9]> = vec![[
+        "IFACE", "ADDRESS", "SERVICE", "STATE", "NEXT HOP", "RX PASS", "RX DROP", "RX FWD", "TX PASS/DROP",
+    ]
+    .map(String::from)];
+    for i in &report.interfaces {
+        let name = if i.ifindex.is_some() { i.iface.clone() } else { format!("{} (gone)", i.iface) };
+        if i.entries.is_empty() {
+            rows.push([name.clone(), "-".into(), "-".into(), "no entries".into(), "".into(), "".into(), "".into(), "".into(), "".into()]);
+        }
+        for e in &i.entries {
+            let c = &e.counters;
+            rows.push([
+                name.clone(),
+                e.address.clone(),
+                e.service.as_ref().map(|s| format!("{}/{}", s.proto, s.port)).unwrap_or_else(|| "*".into()),
+                e.state.into(),
+                e.forward
+                    .as_ref()
+                    .map(|f| format!("{}{}", f.to_mac, f.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default()))
+                    .unwrap_or_else(|| "-".into()),
+                human(c.rx_pass),
+                human(c.rx_drop),
+                human(c.rx_forward),
+                format!("{}/{}", c.tx_pass.packets, c.tx_drop.packets),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..9).map(|col| rows.iter().map(|r| r[col].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `packets (bytes)` with bytes in a readable unit.
+fn human(pb: PacketsBytes) -> String {
+    let b = pb.bytes as f64;
+    let bytes = if b >= 1e9 {
+        format!("{:.1}G", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1}M", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1}k", b / 1e3)
+    } else {
+        format!("{}B", pb.bytes)
+    };
+    format!("{} ({bytes})", pb.packets)
+}

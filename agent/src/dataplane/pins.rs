@@ -1,0 +1,67 @@
+//! Where one interface's gate lives in bpffs: `/sys/fs/bpf/takeover/<netns>/<iface>/`.
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use takeover_common::{COUNTERS_MAP, GATES_MAP, INFO_MAP, PIN_ROOT, REDIRECT_MAP, TC_LINK_PIN, XDP_LINK_PIN};
+
+use crate::sys::netns;
+
+/// The pin directory of one interface in the current network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinDir {
+    pub iface: String,
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    /// For `iface` in the current network namespace.
+    pub fn for_iface(iface: &str) -> Result<Self> {
+        Ok(Self::under(&namespace_dir()?, iface))
+    }
+
+    /// For `iface` under an explicit namespace directory (tests use their own roots).
+    pub fn under(ns_dir: &Path, iface: &str) -> Self {
+        Self { iface: iface.to_string(), path: ns_dir.join(iface) }
+    }
+
+    pub fn xdp_link(&self) -> PathBuf {
+        self.path.join(XDP_LINK_PIN)
+    }
+
+    pub fn tc_link(&self) -> PathBuf {
+        self.path.join(TC_LINK_PIN)
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Every map the object pins, by name.
+    pub const MAPS: [&'static str; 4] = [GATES_MAP, COUNTERS_MAP, REDIRECT_MAP, INFO_MAP];
+
+    /// True if the gate table is pinned, i.e. `attach` ran and `detach` did not.
+    pub fn is_attached(&self) -> bool {
+        self.map(GATES_MAP).exists()
+    }
+}
+
+/// `/sys/fs/bpf/takeover/<netns>` of the current network namespace.
+pub fn namespace_dir() -> Result<PathBuf> {
+    Ok(Path::new(PIN_ROOT).join(netns::current_id()?))
+}
+
+/// Every interface with a pinned gate in the current network namespace, sorted by name.
+pub fn attached() -> Result<Vec<PinDir>> {
+    let dir = namespace_dir()?;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pins = PinDir::under(&dir, &name);
+        if pins.is_attached() {
+            out.push(pins);
+        }
+    }
+    out.sort_by(|a, b| a.iface.cmp(&b.iface));
+    Ok(out)
+}

@@ -1,0 +1,176 @@
+//! The contract between the data plane (`ebpf/gate`) and the agent: map layouts, map names,
+//! pin paths. Both sides compile this one file, so a layout can never drift between them.
+//!
+//! Every type here is `#[repr(C)]` without implicit padding: the kernel hashes and copies keys
+//! and values byte for byte, and an uninitialised padding byte would make equal keys differ.
+#![no_std]
+
+/// Layout version of the maps below. Stored in the pinned [`INFO_MAP`] at attach time; a
+/// `takeover` that speaks another version refuses to reuse those pins instead of misreading them.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names. They are also the file names of the pinned maps (kernel limit: 15 bytes).
+pub const GATES_MAP: &str = "GATES";
+pub const COUNTERS_MAP: &str = "COUNTERS";
+pub const REDIRECT_MAP: &str = "REDIRECT";
+pub const INFO_MAP: &str = "INFO";
+
+/// Program names (the `fn` names in `ebpf/gate`).
+pub const XDP_PROGRAM: &str = "gate_ingress";
+pub const TC_PROGRAM: &str = "gate_egress";
+
+/// Where everything is pinned: `<PIN_ROOT>/<netns>/<iface>/`. Network namespaces share one
+/// bpffs and may reuse interface names, so `<netns>` is the namespace's inode (`net-<ino>`).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/takeover";
+/// Pinned bpf_link of the XDP program, inside the interface's pin directory.
+pub const XDP_LINK_PIN: &str = "xdp_link";
+/// Pinned tcx link of the egress classifier, inside the interface's pin directory.
+pub const TC_LINK_PIN: &str = "tc_egress_link";
+
+/// Capacity of the gate table: addresses plus per-service entries.
+pub const MAX_GATES: u32 = 65_536;
+/// Capacity of the redirect device map (interfaces a `Forward` may leave through).
+pub const MAX_REDIRECT_IFACES: u32 = 64;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// `GateKey::proto` for an address-wide entry.
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the gate table: a logical address, optionally narrowed to one service
+/// (protocol + port). A service entry overrides the address entry for the traffic it matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GateKey {
+    /// IPv4 in the first 4 bytes (rest zero), or IPv6; network byte order.
+    pub addr: [u8; 16],
+    /// Port in host byte order; 0 with `PROTO_ANY`.
+    pub port: u16,
+    /// `PROTO_ANY`, `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+
+impl GateKey {
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr[0];
+        a[1] = addr[1];
+        a[2] = addr[2];
+        a[3] = addr[3];
+        Self { addr: a, port: 0, proto: PROTO_ANY, family: FAMILY_V4 }
+    }
+
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self { addr, port: 0, proto: PROTO_ANY, family: FAMILY_V6 }
+    }
+
+    /// The same address narrowed to one service.
+    pub const fn service(self, proto: u8, port: u16) -> Self {
+        Self { proto, port, ..self }
+    }
+
+    /// The address-wide key this (possibly per-service) key belongs to.
+    pub const fn address(self) -> Self {
+        Self { proto: PROTO_ANY, port: 0, ..self }
+    }
+}
+
+/// What the gate does with a logical address's traffic.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// This host serves it: pass both ways.
+    Open = 1,
+    /// Another host serves it: drop it both ways, ARP and neighbour discovery included.
+    Closed = 2,
+    /// Another host serves it but the clients still send here: rewrite the Ethernet addresses
+    /// and send the frame on (ingress); egress passes as for `Open`.
+    Forward = 3,
+}
+
+impl Action {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Open),
+            2 => Some(Self::Closed),
+            3 => Some(Self::Forward),
+            _ => None,
+        }
+    }
+}
+
+/// Value of the gate table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateValue {
+    /// An [`Action`] as `u8` (a map value must accept any byte the other side writes).
+    pub action: u8,
+    pub _pad: [u8; 3],
+    /// `Forward`: interface to redirect to (must be in the redirect map), 0 = back out of the
+    /// interface it came in on (XDP_TX).
+    pub ifindex: u32,
+    /// `Forward`: the next hop's MAC.
+    pub dst_mac: [u8; 6],
+    /// `Forward`: the MAC of the interface the frame leaves through.
+    pub src_mac: [u8; 6],
+}
+
+impl GateValue {
+    pub const fn new(action: Action) -> Self {
+        Self { action: action as u8, _pad: [0; 3], ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] }
+    }
+
+    pub const fn forward(ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Self {
+        Self { action: Action::Forward as u8, _pad: [0; 3], ifindex, dst_mac, src_mac }
+    }
+}
+
+/// Per-CPU counters of one gate entry, by direction and verdict. The agent sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_pass_packets: u64,
+    pub rx_pass_bytes: u64,
+    pub rx_drop_packets: u64,
+    pub rx_drop_bytes: u64,
+    pub rx_forward_packets: u64,
+    pub rx_forward_bytes: u64,
+    pub tx_pass_packets: u64,
+    pub tx_pass_bytes: u64,
+    pub tx_drop_packets: u64,
+    pub tx_drop_bytes: u64,
+}
+
+impl Counters {
+    /// Adds `other` field by field (summing per-CPU values).
+    pub fn add(&mut self, other: &Self) {
+        self.rx_pass_packets += other.rx_pass_packets;
+        self.rx_pass_bytes += other.rx_pass_bytes;
+        self.rx_drop_packets += other.rx_drop_packets;
+        self.rx_drop_bytes += other.rx_drop_bytes;
+        self.rx_forward_packets += other.rx_forward_packets;
+        self.rx_forward_bytes += other.rx_forward_bytes;
+        self.tx_pass_packets += other.tx_pass_packets;
+        self.tx_pass_bytes += other.tx_pass_bytes;
+        self.tx_drop_packets += other.tx_drop_packets;
+        self.tx_drop_bytes += other.tx_drop_bytes;
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, `#[repr(C)]`, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::GateKey {}
+    unsafe impl aya::Pod for super::GateValue {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+// The layouts are part of the ABI: fail the build if one changes by accident.
+const _: () = assert!(core::mem::size_of::<GateKey>() == 20);
+const _: () = assert!(core::mem::size_of::<GateValue>() == 20);
+const _: () = assert!(core::mem::size_of::<Counters>() == 80);
