@@ -255,7 +255,16 @@ fn busy(e: &ProgramError) -> bool {
 fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
     if let ProgramError::LoadError { io_error, verifier_log } = &e {
         let log = verifier_log.to_string();
-        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        if std::env::var_os("TAKEOVER_VERIFIER_LOG").is_some() {
+            eprintln!("{log}");
+        }
+        // The reason is the last line before the verifier's statistics.
+        let last = log
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+            .unwrap_or("");
         return anyhow!("the kernel's verifier rejected {name}: {io_error}: {last}");
     }
     anyhow!("cannot load {name}: {}", chain(&e))

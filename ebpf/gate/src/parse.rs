@@ -31,6 +31,7 @@ const MAX_EXT_HEADERS: usize = 4;
 /// A frame whose bytes can be read with bounds checks.
 pub trait Frame {
     /// `size_of::<T>()` bytes at `off`, or `None` if they are not all inside the frame.
+    /// Read at least two bytes at a time (see `ipv4`).
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
 }
 
@@ -132,15 +133,17 @@ fn arp<F: Frame>(f: &F, off: usize) -> Option<Packet> {
 
 #[inline(always)]
 fn ipv4<F: Frame>(f: &F, off: usize) -> Option<Packet> {
-    let vihl = f.read::<u8>(off)?;
-    if vihl >> 4 != 4 {
+    // Whole fixed header at once: no one-byte reads, whose bounds check LLVM folds into a
+    // form the verifier cannot follow.
+    let h = f.read::<[u8; 20]>(off)?;
+    if h[0] >> 4 != 4 {
         return None;
     }
-    let src = GateKey::v4(f.read::<[u8; 4]>(off + 12)?);
-    let dst = GateKey::v4(f.read::<[u8; 4]>(off + 16)?);
-    let proto = f.read::<u8>(off + 9)?;
-    let ihl = ((vihl & 0x0f) as usize) * 4;
-    let frag_offset = be16(f, off + 6)? & 0x1fff;
+    let src = GateKey::v4([h[12], h[13], h[14], h[15]]);
+    let dst = GateKey::v4([h[16], h[17], h[18], h[19]]);
+    let proto = h[9];
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
     let mut pkt = Packet::Ip { src, dst, proto, sport: None, dport: None };
     if ihl >= 20 && frag_offset == 0 {
         ports(f, off + ihl, &mut pkt);
@@ -150,10 +153,11 @@ fn ipv4<F: Frame>(f: &F, off: usize) -> Option<Packet> {
 
 #[inline(always)]
 fn ipv6<F: Frame>(f: &F, off: usize) -> Option<Packet> {
-    if f.read::<u8>(off)? >> 4 != 6 {
+    let version = f.read::<[u8; 8]>(off)?;
+    if version[0] >> 4 != 6 {
         return None;
     }
-    let mut next = f.read::<u8>(off + 6)?;
+    let mut next = version[6];
     let src = GateKey::v6(f.read::<[u8; 16]>(off + 8)?);
     let dst = GateKey::v6(f.read::<[u8; 16]>(off + 24)?);
     let mut off = off + 40;
@@ -183,7 +187,8 @@ fn ipv6<F: Frame>(f: &F, off: usize) -> Option<Packet> {
         return Some(pkt);
     }
     if next == IPPROTO_ICMPV6 {
-        let Some(icmp_type) = f.read::<u8>(off) else { return Some(pkt) };
+        // type, code, checksum, reserved, then the target address.
+        let Some([icmp_type, ..]) = f.read::<[u8; 4]>(off) else { return Some(pkt) };
         if icmp_type == ND_NEIGHBOR_SOLICIT || icmp_type == ND_NEIGHBOR_ADVERT {
             if let Some(target) = f.read::<[u8; 16]>(off + 8) {
                 return Some(Packet::Neighbour {
