@@ -1,0 +1,175 @@
+//! Network namespace topologies for the integration tests, the demo and the benchmarks.
+//!
+//! Every namespace is a guard: it is named `to-<role>-<pid>-<n>` (unique per process and
+//! call) and deleted, with the pins made in it, when dropped, so a failing test cleans up too.
+//! Sockets are opened inside a namespace from a short-lived thread that `setns`es into it; a
+//! socket stays in the namespace it was made in, so the caller can use it from anywhere.
+pub mod topology;
+pub mod udp;
+
+use std::{
+    fs::File,
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Where `takeover` pins (kept in sync with takeover_common::PIN_ROOT; the lab does not link
+/// the agent so that it builds without the eBPF toolchain).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/takeover";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `cmd`, failing with its stderr if it fails.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip ARGS...` (split on whitespace).
+pub fn ip(args: &str) -> Result<String> {
+    run(Command::new("ip").args(args.split_whitespace()))
+}
+
+/// A network namespace that is deleted (with its pins) when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Result<Self> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("to-{role}-{}-{n}", std::process::id());
+        ip(&format!("netns add {name}"))?;
+        let ns = Self { name };
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip(&self, args: &str) -> Result<String> {
+        ip(&format!("-n {} {args}", self.name))
+    }
+
+    /// A command run inside the namespace (`ip netns exec`).
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a shell command line inside the namespace.
+    pub fn sh(&self, line: &str) -> Result<String> {
+        run(self.cmd("sh").args(["-c", line]))
+    }
+
+    /// The pin directory `takeover` uses for this namespace (`net-<inode>`).
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(self.path())?.ino();
+        Ok(Path::new(PIN_ROOT).join(format!("net-{ino}")))
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread inside this namespace (only the network namespace changes).
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("setns");
+                }
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+
+    /// A UDP socket bound to `addr` inside this namespace.
+    pub fn udp(&self, addr: &str) -> Result<UdpSocket> {
+        let addr = addr.to_string();
+        self.within(move || UdpSocket::bind(&addr).with_context(|| format!("binding {addr}")))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(dir) = self.pin_dir() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = ip(&format!("netns del {}", self.name));
+    }
+}
+
+/// The `takeover` binary under test, run with `--netns`.
+#[derive(Clone, Debug)]
+pub struct Takeover {
+    pub bin: PathBuf,
+}
+
+impl Takeover {
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        Self { bin: bin.into() }
+    }
+
+    pub fn cmd(&self, ns: &Netns) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(["--netns", &ns.name]);
+        c
+    }
+
+    /// Runs `takeover --netns NS ARGS...` and returns its stdout; fails if it fails.
+    pub fn ok(&self, ns: &Netns, args: &str) -> Result<String> {
+        run(self.cmd(ns).args(args.split_whitespace()))
+    }
+
+    /// Runs it and returns the whole output, success or not.
+    pub fn output(&self, ns: &Netns, args: &str) -> Result<Output> {
+        Ok(self.cmd(ns).args(args.split_whitespace()).output()?)
+    }
+
+    /// `map show --json` parsed.
+    pub fn map(&self, ns: &Netns) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.ok(ns, "map show --json")?)?)
+    }
+
+    /// The counters of one entry (`service` like "udp/53" or None), or None if absent.
+    pub fn entry(&self, ns: &Netns, iface: &str, addr: &str, service: Option<&str>) -> Result<Option<serde_json::Value>> {
+        let map = self.map(ns)?;
+        let Some(ifaces) = map["interfaces"].as_array() else { return Ok(None) };
+        for i in ifaces.iter().filter(|i| i["iface"] == iface) {
+            for e in i["entries"].as_array().into_iter().flatten() {
+                let svc = e["service"].as_object().map(|s| format!("{}/{}", s["proto"].as_str().unwrap_or(""), s["port"]));
+                if e["address"] == addr && svc.as_deref() == service {
+                    return Ok(Some(e.clone()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One counter of an entry, such as ("rx_drop", "packets"); 0 if the entry is absent.
+    pub fn counter(&self, ns: &Netns, iface: &str, addr: &str, service: Option<&str>, which: &str) -> Result<u64> {
+        Ok(self
+            .entry(ns, iface, addr, service)?
+            .and_then(|e| e["counters"][which]["packets"].as_u64())
+            .unwrap_or(0))
+    }
+}
