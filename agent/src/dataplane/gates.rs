@@ -70,15 +70,15 @@ impl Gates {
     /// Removes the gate of `target` and its counters; `false` if there was none.
     pub fn remove(&mut self, target: &Target) -> Result<bool> {
         let key = target.key();
-        match self.gates.remove(&key) {
-            Ok(()) => {}
-            Err(MapError::KeyNotFound) => return Ok(false),
-            Err(e) => return Err(e).with_context(|| format!("cannot remove the gate of {target}")),
+        if self.get(target)?.is_none() {
+            return Ok(false);
         }
-        match self.counters.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(true),
-            Err(e) => Err(e).with_context(|| format!("cannot remove the counters of {target}")),
+        self.gates.remove(&key).with_context(|| format!("cannot remove the gate of {target}"))?;
+        // The data plane may not have counted anything yet: no counters entry is fine.
+        if self.counters.get(&key, 0).is_ok() {
+            self.counters.remove(&key).with_context(|| format!("cannot remove the counters of {target}"))?;
         }
+        Ok(true)
     }
 
     /// Lets `Forward` entries leave through interface `ifindex` (XDP_REDIRECT needs it in
