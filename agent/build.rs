@@ -6,7 +6,12 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let gate = root.join("ebpf/gate");
-    for p in ["ebpf/gate/src", "ebpf/gate/Cargo.toml", "ebpf/gate/Cargo.lock", "ebpf/common/src"] {
+    for p in [
+        "ebpf/gate/src",
+        "ebpf/gate/Cargo.toml",
+        "ebpf/gate/Cargo.lock",
+        "ebpf/common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
@@ -21,7 +26,11 @@ fn main() {
         .current_dir(&gate);
     // Do not leak the outer (stable, host) build's settings into the eBPF build.
     for (k, _) in env::vars() {
-        if k.starts_with("CARGO") || k.starts_with("RUSTC") || k == "RUSTUP_TOOLCHAIN" || k == "RUSTFLAGS" {
+        if k.starts_with("CARGO")
+            || k.starts_with("RUSTC")
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "RUSTFLAGS"
+        {
             cmd.env_remove(k);
         }
     }

@@ -13,7 +13,7 @@ use takeover::{
     dataplane::{Gates, Service, Target, OBJECT},
     sys::bpffs,
 };
-use takeover_common::{GateValue, Action, TC_PROGRAM, XDP_PROGRAM};
+use takeover_common::{Action, GateValue, TC_PROGRAM, XDP_PROGRAM};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -30,7 +30,9 @@ const CLIENT4: [u8; 4] = [192, 0, 2, 1];
 const LOGICAL4: [u8; 4] = [192, 0, 2, 100];
 const OTHER4: [u8; 4] = [192, 0, 2, 2];
 const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const LOGICAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+const LOGICAL6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64,
+];
 const LINK_LOCAL6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
 /// One loaded copy of the gate, with its maps in a pin directory removed on drop.
@@ -50,7 +52,10 @@ impl Gate {
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&pins).unwrap();
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&pins).load(OBJECT).unwrap();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins)
+            .load(OBJECT)
+            .unwrap();
         let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
         xdp.load().unwrap();
         let tc: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap();
@@ -67,7 +72,11 @@ impl Gate {
         let xdp: &Xdp = self.ebpf.program(XDP_PROGRAM).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = xdp
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .unwrap();
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -80,8 +89,12 @@ impl Gate {
     fn try_egress(&self, frame: &[u8]) -> Result<u32, aya::programs::ProgramError> {
         let tc: &SchedClassifier = self.ebpf.program(TC_PROGRAM).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        tc.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
-            .map(|r| r.return_value)
+        tc.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .map(|r| r.return_value)
     }
 
     fn counters(&self, addr: IpAddr, service: Option<&str>) -> takeover_common::Counters {
@@ -185,15 +198,30 @@ fn tcp(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    eth(SERVER_MAC, CLIENT_MAC, 0x0800, &ipv4(src, dst, 17, &udp(sport, dport, b"hello")))
+    eth(
+        SERVER_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(src, dst, 17, &udp(sport, dport, b"hello")),
+    )
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    eth(SERVER_MAC, CLIENT_MAC, 0x0800, &ipv4(src, dst, 6, &tcp(sport, dport)))
+    eth(
+        SERVER_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(src, dst, 6, &tcp(sport, dport)),
+    )
 }
 
 fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
-    eth(SERVER_MAC, CLIENT_MAC, 0x86dd, &ipv6(src, dst, 17, &udp(sport, dport, b"hello")))
+    eth(
+        SERVER_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(src, dst, 17, &udp(sport, dport, b"hello")),
+    )
 }
 
 /// ARP (op 1 request, 2 reply) from `sender` asking for / answering about `target`.
@@ -211,7 +239,12 @@ fn arp(op: u16, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
 fn nd(icmp_type: u8, src: [u8; 16], dst: [u8; 16], target: [u8; 16]) -> Vec<u8> {
     let mut m = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
     m.extend_from_slice(&target);
-    eth([0x33, 0x33, 0, 0, 0, 1], CLIENT_MAC, 0x86dd, &ipv6(src, dst, 58, &m))
+    eth(
+        [0x33, 0x33, 0, 0, 0, 1],
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(src, dst, 58, &m),
+    )
 }
 
 const SOLICITED_NODE: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0x64];
@@ -238,7 +271,10 @@ fn open_address_passes_and_is_counted() {
         assert_eq!(g.ingress(&frame).0, XDP_PASS);
     }
     let c = g.counters(v4(LOGICAL4), None);
-    assert_eq!((c.rx_pass_packets, c.rx_pass_bytes), (3, 3 * frame.len() as u64));
+    assert_eq!(
+        (c.rx_pass_packets, c.rx_pass_bytes),
+        (3, 3 * frame.len() as u64)
+    );
     assert_eq!(c.rx_drop_packets, 0);
 }
 
@@ -246,8 +282,17 @@ fn open_address_passes_and_is_counted() {
 fn closed_address_drops_udp_tcp_and_icmp() {
     let mut g = Gate::load();
     g.set(v4(LOGICAL4), None, closed());
-    let icmp = eth(SERVER_MAC, CLIENT_MAC, 0x0800, &ipv4(CLIENT4, LOGICAL4, 1, &[8, 0, 0, 0, 0, 1, 0, 1]));
-    for frame in [udp4(CLIENT4, LOGICAL4, 1000, 53), tcp4(CLIENT4, LOGICAL4, 40000, 80), icmp] {
+    let icmp = eth(
+        SERVER_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT4, LOGICAL4, 1, &[8, 0, 0, 0, 0, 1, 0, 1]),
+    );
+    for frame in [
+        udp4(CLIENT4, LOGICAL4, 1000, 53),
+        tcp4(CLIENT4, LOGICAL4, 40000, 80),
+        icmp,
+    ] {
         assert_eq!(g.ingress(&frame).0, XDP_DROP);
     }
     assert_eq!(g.counters(v4(LOGICAL4), None).rx_drop_packets, 3);
@@ -259,14 +304,30 @@ fn closed_address_drops_udp_tcp_and_icmp() {
 fn arp_for_a_closed_address_is_dropped_and_for_others_passes() {
     let mut g = Gate::load();
     g.set(v4(LOGICAL4), None, closed());
-    assert_eq!(g.ingress(&arp(1, CLIENT4, LOGICAL4)).0, XDP_DROP, "request for closed");
-    assert_eq!(g.ingress(&arp(2, CLIENT4, LOGICAL4)).0, XDP_DROP, "reply to closed");
-    assert_eq!(g.ingress(&arp(1, CLIENT4, OTHER4)).0, XDP_PASS, "request for unknown");
+    assert_eq!(
+        g.ingress(&arp(1, CLIENT4, LOGICAL4)).0,
+        XDP_DROP,
+        "request for closed"
+    );
+    assert_eq!(
+        g.ingress(&arp(2, CLIENT4, LOGICAL4)).0,
+        XDP_DROP,
+        "reply to closed"
+    );
+    assert_eq!(
+        g.ingress(&arp(1, CLIENT4, OTHER4)).0,
+        XDP_PASS,
+        "request for unknown"
+    );
     // A gratuitous ARP by the new owner names the address as target too: dropped here, which
     // is right, since this host must not learn anything about an address it does not serve.
     assert_eq!(g.counters(v4(LOGICAL4), None).rx_drop_packets, 2);
     g.set(v4(LOGICAL4), None, open());
-    assert_eq!(g.ingress(&arp(1, CLIENT4, LOGICAL4)).0, XDP_PASS, "request for open");
+    assert_eq!(
+        g.ingress(&arp(1, CLIENT4, LOGICAL4)).0,
+        XDP_PASS,
+        "request for open"
+    );
 }
 
 #[test]
@@ -274,12 +335,27 @@ fn ipv6_closed_address_and_its_neighbour_discovery_are_dropped() {
     let mut g = Gate::load();
     g.set(v6(LOGICAL6), None, closed());
     assert_eq!(g.ingress(&udp6(CLIENT6, LOGICAL6, 1000, 53)).0, XDP_DROP);
-    assert_eq!(g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6)).0, XDP_DROP, "NS");
-    assert_eq!(g.ingress(&nd(136, CLIENT6, LOGICAL6, LOGICAL6)).0, XDP_DROP, "NA");
-    assert_eq!(g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, CLIENT6)).0, XDP_PASS, "NS for another");
+    assert_eq!(
+        g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6)).0,
+        XDP_DROP,
+        "NS"
+    );
+    assert_eq!(
+        g.ingress(&nd(136, CLIENT6, LOGICAL6, LOGICAL6)).0,
+        XDP_DROP,
+        "NA"
+    );
+    assert_eq!(
+        g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, CLIENT6)).0,
+        XDP_PASS,
+        "NS for another"
+    );
     assert_eq!(g.counters(v6(LOGICAL6), None).rx_drop_packets, 3);
     g.set(v6(LOGICAL6), None, open());
-    assert_eq!(g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6)).0, XDP_PASS);
+    assert_eq!(
+        g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6)).0,
+        XDP_PASS
+    );
     assert_eq!(g.ingress(&udp6(CLIENT6, LOGICAL6, 1000, 53)).0, XDP_PASS);
 }
 
@@ -291,12 +367,22 @@ fn ipv6_extension_headers_are_walked_to_the_ports() {
     // Hop-by-hop options (8 bytes) then UDP to port 53: the service entry applies.
     let mut hbh = vec![17, 0, 1, 4, 0, 0, 0, 0];
     hbh.extend_from_slice(&udp(1000, 53, b"x"));
-    let frame = eth(SERVER_MAC, CLIENT_MAC, 0x86dd, &ipv6(CLIENT6, LOGICAL6, 0, &hbh));
+    let frame = eth(
+        SERVER_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(CLIENT6, LOGICAL6, 0, &hbh),
+    );
     assert_eq!(g.ingress(&frame).0, XDP_PASS);
     // A non-first fragment has no ports: the address entry applies.
     let mut frag = vec![17, 0, 0x00, 0x10, 0, 0, 0, 1];
     frag.extend_from_slice(b"later bytes");
-    let frame = eth(SERVER_MAC, CLIENT_MAC, 0x86dd, &ipv6(CLIENT6, LOGICAL6, 44, &frag));
+    let frame = eth(
+        SERVER_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(CLIENT6, LOGICAL6, 44, &frag),
+    );
     assert_eq!(g.ingress(&frame).0, XDP_DROP);
 }
 
@@ -305,10 +391,22 @@ fn vlan_tagged_frames_are_gated_like_untagged_ones() {
     let mut g = Gate::load();
     g.set(v4(LOGICAL4), None, closed());
     g.set(v6(LOGICAL6), None, open());
-    assert_eq!(g.ingress(&tagged(&udp4(CLIENT4, LOGICAL4, 1, 2), 42)).0, XDP_DROP);
-    assert_eq!(g.ingress(&tagged(&arp(1, CLIENT4, LOGICAL4), 42)).0, XDP_DROP);
-    assert_eq!(g.ingress(&tagged(&udp6(CLIENT6, LOGICAL6, 1, 2), 7)).0, XDP_PASS);
-    assert_eq!(g.ingress(&tagged(&udp4(CLIENT4, OTHER4, 1, 2), 42)).0, XDP_PASS);
+    assert_eq!(
+        g.ingress(&tagged(&udp4(CLIENT4, LOGICAL4, 1, 2), 42)).0,
+        XDP_DROP
+    );
+    assert_eq!(
+        g.ingress(&tagged(&arp(1, CLIENT4, LOGICAL4), 42)).0,
+        XDP_DROP
+    );
+    assert_eq!(
+        g.ingress(&tagged(&udp6(CLIENT6, LOGICAL6, 1, 2), 7)).0,
+        XDP_PASS
+    );
+    assert_eq!(
+        g.ingress(&tagged(&udp4(CLIENT4, OTHER4, 1, 2), 42)).0,
+        XDP_PASS
+    );
     assert_eq!(g.counters(v4(LOGICAL4), None).rx_drop_packets, 2);
     assert_eq!(g.counters(v6(LOGICAL6), None).rx_pass_packets, 1);
 }
@@ -321,7 +419,11 @@ fn service_entry_overrides_the_address_entry() {
     g.set(v4(LOGICAL4), Some("udp/53"), open());
     assert_eq!(g.ingress(&udp4(CLIENT4, LOGICAL4, 1000, 53)).0, XDP_PASS);
     assert_eq!(g.ingress(&udp4(CLIENT4, LOGICAL4, 1000, 54)).0, XDP_DROP);
-    assert_eq!(g.ingress(&tcp4(CLIENT4, LOGICAL4, 1000, 53)).0, XDP_DROP, "tcp/53 is not udp/53");
+    assert_eq!(
+        g.ingress(&tcp4(CLIENT4, LOGICAL4, 1000, 53)).0,
+        XDP_DROP,
+        "tcp/53 is not udp/53"
+    );
     // ...and an open address with one closed service (one service failed).
     g.set(v4(LOGICAL4), None, open());
     g.set(v4(LOGICAL4), Some("tcp/80"), closed());
@@ -337,15 +439,26 @@ fn service_entry_overrides_the_address_entry() {
 #[test]
 fn forward_rewrites_the_macs_and_transmits() {
     let mut g = Gate::load();
-    g.set(v4(LOGICAL4), None, GateValue::forward(0, PEER_MAC, SERVER_MAC));
+    g.set(
+        v4(LOGICAL4),
+        None,
+        GateValue::forward(0, PEER_MAC, SERVER_MAC),
+    );
     let frame = udp4(CLIENT4, LOGICAL4, 1000, 53);
     let (verdict, out) = g.ingress(&frame);
     assert_eq!(verdict, XDP_TX);
     assert_eq!(&out[0..6], &PEER_MAC, "destination is the next hop");
-    assert_eq!(&out[6..12], &SERVER_MAC, "source is the interface it leaves by");
+    assert_eq!(
+        &out[6..12],
+        &SERVER_MAC,
+        "source is the interface it leaves by"
+    );
     assert_eq!(&out[12..], &frame[12..], "nothing else changes");
     let c = g.counters(v4(LOGICAL4), None);
-    assert_eq!((c.rx_forward_packets, c.rx_forward_bytes), (1, frame.len() as u64));
+    assert_eq!(
+        (c.rx_forward_packets, c.rx_forward_bytes),
+        (1, frame.len() as u64)
+    );
     // ARP for a forwarded address is answered here: the clients keep sending to this host.
     assert_eq!(g.ingress(&arp(1, CLIENT4, LOGICAL4)).0, XDP_PASS);
 }
@@ -355,14 +468,22 @@ fn forward_via_another_interface_redirects_through_the_devmap() {
     let mut g = Gate::load();
     let lo = 1; // loopback: any existing ifindex will do for the verdict
     g.gates.allow_redirect(lo).unwrap();
-    g.set(v4(LOGICAL4), Some("udp/53"), GateValue::forward(lo, PEER_MAC, SERVER_MAC));
+    g.set(
+        v4(LOGICAL4),
+        Some("udp/53"),
+        GateValue::forward(lo, PEER_MAC, SERVER_MAC),
+    );
     let (verdict, out) = g.ingress(&udp4(CLIENT4, LOGICAL4, 1000, 53));
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(&out[0..6], &PEER_MAC);
     // Only the service is forwarded; the rest of the address is not a gate here.
     assert_eq!(g.ingress(&udp4(CLIENT4, LOGICAL4, 1000, 54)).0, XDP_PASS);
     // A target missing from the devmap is a misconfiguration: drop, never loop.
-    g.set(v4(LOGICAL4), Some("udp/53"), GateValue::forward(9999, PEER_MAC, SERVER_MAC));
+    g.set(
+        v4(LOGICAL4),
+        Some("udp/53"),
+        GateValue::forward(9999, PEER_MAC, SERVER_MAC),
+    );
     assert_eq!(g.ingress(&udp4(CLIENT4, LOGICAL4, 1000, 53)).0, XDP_DROP);
 }
 
@@ -376,7 +497,11 @@ fn flipping_an_entry_changes_the_next_verdict() {
     }
     g.gates.remove(&target(v4(LOGICAL4), None)).unwrap();
     assert_eq!(g.ingress(&frame).0, XDP_PASS);
-    assert_eq!(g.counters(v4(LOGICAL4), None), Default::default(), "remove drops the counters");
+    assert_eq!(
+        g.counters(v4(LOGICAL4), None),
+        Default::default(),
+        "remove drops the counters"
+    );
 }
 
 // ---- egress ---------------------------------------------------------------------------
@@ -389,18 +514,45 @@ fn egress_drops_what_a_closed_address_sends() {
     let reply = udp4(LOGICAL4, CLIENT4, 53, 1000);
     assert_eq!(g.egress(&reply), TC_SHOT, "IPv4 from the address");
     assert_eq!(g.egress(&tcp4(LOGICAL4, CLIENT4, 80, 40000)), TC_SHOT);
-    assert_eq!(g.egress(&udp6(LOGICAL6, CLIENT6, 53, 1000)), TC_SHOT, "IPv6 from the address");
-    assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_SHOT, "ARP reply with it as sender");
-    assert_eq!(g.egress(&arp(1, LOGICAL4, LOGICAL4)), TC_SHOT, "gratuitous ARP");
-    assert_eq!(g.egress(&nd(136, LINK_LOCAL6, CLIENT6, LOGICAL6)), TC_SHOT, "NA for it");
+    assert_eq!(
+        g.egress(&udp6(LOGICAL6, CLIENT6, 53, 1000)),
+        TC_SHOT,
+        "IPv6 from the address"
+    );
+    assert_eq!(
+        g.egress(&arp(2, LOGICAL4, CLIENT4)),
+        TC_SHOT,
+        "ARP reply with it as sender"
+    );
+    assert_eq!(
+        g.egress(&arp(1, LOGICAL4, LOGICAL4)),
+        TC_SHOT,
+        "gratuitous ARP"
+    );
+    assert_eq!(
+        g.egress(&nd(136, LINK_LOCAL6, CLIENT6, LOGICAL6)),
+        TC_SHOT,
+        "NA for it"
+    );
     // A solicitation from a link-local address only asks; it claims nothing.
-    assert_eq!(g.egress(&nd(135, LINK_LOCAL6, SOLICITED_NODE, LOGICAL6)), TC_PASS);
+    assert_eq!(
+        g.egress(&nd(135, LINK_LOCAL6, SOLICITED_NODE, LOGICAL6)),
+        TC_PASS
+    );
     // Traffic to the address, from the host's own address, is not its business.
     assert_eq!(g.egress(&udp4(OTHER4, LOGICAL4, 1000, 53)), TC_PASS);
     let c = g.counters(v4(LOGICAL4), None);
     assert_eq!(c.tx_drop_packets, 4);
-    let dropped4 = [reply.clone(), tcp4(LOGICAL4, CLIENT4, 80, 40000), arp(2, LOGICAL4, CLIENT4), arp(1, LOGICAL4, LOGICAL4)];
-    assert_eq!(c.tx_drop_bytes, dropped4.iter().map(|f| f.len() as u64).sum::<u64>());
+    let dropped4 = [
+        reply.clone(),
+        tcp4(LOGICAL4, CLIENT4, 80, 40000),
+        arp(2, LOGICAL4, CLIENT4),
+        arp(1, LOGICAL4, LOGICAL4),
+    ];
+    assert_eq!(
+        c.tx_drop_bytes,
+        dropped4.iter().map(|f| f.len() as u64).sum::<u64>()
+    );
     assert_eq!(g.counters(v6(LOGICAL6), None).tx_drop_packets, 2);
 }
 
@@ -414,7 +566,11 @@ fn egress_passes_what_an_open_address_sends_and_counts_it() {
     let c = g.counters(v4(LOGICAL4), None);
     assert_eq!((c.tx_pass_packets, c.tx_drop_packets), (2, 0));
     // Forward also counts as serving it on the LAN (this host answers ARP for it).
-    g.set(v4(LOGICAL4), None, GateValue::forward(0, PEER_MAC, SERVER_MAC));
+    g.set(
+        v4(LOGICAL4),
+        None,
+        GateValue::forward(0, PEER_MAC, SERVER_MAC),
+    );
     assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_PASS);
 }
 
@@ -423,9 +579,21 @@ fn egress_service_entry_matches_the_source_port() {
     let mut g = Gate::load();
     g.set(v4(LOGICAL4), None, closed());
     g.set(v4(LOGICAL4), Some("udp/53"), open());
-    assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1000)), TC_PASS, "reply of the open service");
-    assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 54, 1000)), TC_SHOT, "another port");
-    assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 1000, 53)), TC_SHOT, "destination port is not the service");
+    assert_eq!(
+        g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1000)),
+        TC_PASS,
+        "reply of the open service"
+    );
+    assert_eq!(
+        g.egress(&udp4(LOGICAL4, CLIENT4, 54, 1000)),
+        TC_SHOT,
+        "another port"
+    );
+    assert_eq!(
+        g.egress(&udp4(LOGICAL4, CLIENT4, 1000, 53)),
+        TC_SHOT,
+        "destination port is not the service"
+    );
 }
 
 // ---- malformed and truncated frames ---------------------------------------------------
@@ -435,7 +603,11 @@ fn egress_service_entry_matches_the_source_port() {
 fn check_truncations(g: &Gate, frame: &[u8], decided_at: usize, closed_verdict: u32, what: &str) {
     for len in 14..=frame.len() {
         let (verdict, _) = g.ingress(&frame[..len]);
-        let expected = if len >= decided_at { closed_verdict } else { XDP_PASS };
+        let expected = if len >= decided_at {
+            closed_verdict
+        } else {
+            XDP_PASS
+        };
         assert_eq!(verdict, expected, "{what} cut to {len} bytes");
     }
 }
@@ -446,15 +618,39 @@ fn truncated_frames_get_a_defined_verdict() {
     g.set(v4(LOGICAL4), None, closed());
     g.set(v6(LOGICAL6), None, closed());
     // IPv4: decided once the 20-byte header is there (ports only refine it).
-    check_truncations(&g, &udp4(CLIENT4, LOGICAL4, 1000, 53), 14 + 20, XDP_DROP, "IPv4/UDP");
+    check_truncations(
+        &g,
+        &udp4(CLIENT4, LOGICAL4, 1000, 53),
+        14 + 20,
+        XDP_DROP,
+        "IPv4/UDP",
+    );
     // ARP: decided once the target address is there (byte 14 + 28).
     check_truncations(&g, &arp(1, CLIENT4, LOGICAL4), 14 + 28, XDP_DROP, "ARP");
     // IPv6: decided once the 40-byte header is there.
-    check_truncations(&g, &udp6(CLIENT6, LOGICAL6, 1000, 53), 14 + 40, XDP_DROP, "IPv6/UDP");
+    check_truncations(
+        &g,
+        &udp6(CLIENT6, LOGICAL6, 1000, 53),
+        14 + 40,
+        XDP_DROP,
+        "IPv6/UDP",
+    );
     // NS to the solicited-node group: only its target names the address.
-    check_truncations(&g, &nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6), 14 + 40 + 24, XDP_DROP, "NS");
+    check_truncations(
+        &g,
+        &nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6),
+        14 + 40 + 24,
+        XDP_DROP,
+        "NS",
+    );
     // VLAN-tagged IPv4.
-    check_truncations(&g, &tagged(&udp4(CLIENT4, LOGICAL4, 1, 2), 5), 18 + 20, XDP_DROP, "VLAN IPv4");
+    check_truncations(
+        &g,
+        &tagged(&udp4(CLIENT4, LOGICAL4, 1, 2), 5),
+        18 + 20,
+        XDP_DROP,
+        "VLAN IPv4",
+    );
 }
 
 #[test]
@@ -466,7 +662,10 @@ fn truncated_service_frames_fall_back_to_the_address_entry() {
     // Without the 4 port bytes the packet is judged by the address entry.
     assert_eq!(g.ingress(&frame[..14 + 20 + 3]).0, XDP_DROP);
     assert_eq!(g.ingress(&frame[..14 + 20 + 4]).0, XDP_PASS);
-    assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1)[..14 + 20 + 3]), TC_SHOT);
+    assert_eq!(
+        g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1)[..14 + 20 + 3]),
+        TC_SHOT
+    );
 }
 
 #[test]
@@ -494,16 +693,37 @@ fn malformed_frames_never_crash_and_pass_unless_they_name_a_closed_address() {
     let mut arp_hlen = arp(1, CLIENT4, LOGICAL4);
     arp_hlen[18] = 8; // hardware address length not 6
     cases.push(("ARP with odd lengths", arp_hlen, XDP_PASS));
-    cases.push(("unknown ethertype", eth(SERVER_MAC, CLIENT_MAC, 0x88b5, &[0xaa; 64]), XDP_PASS));
-    cases.push(("bare Ethernet header", eth(SERVER_MAC, CLIENT_MAC, 0x0800, &[]), XDP_PASS));
-    cases.push(("VLAN tag with nothing after it", eth(SERVER_MAC, CLIENT_MAC, 0x8100, &[0, 5]), XDP_PASS));
+    cases.push((
+        "unknown ethertype",
+        eth(SERVER_MAC, CLIENT_MAC, 0x88b5, &[0xaa; 64]),
+        XDP_PASS,
+    ));
+    cases.push((
+        "bare Ethernet header",
+        eth(SERVER_MAC, CLIENT_MAC, 0x0800, &[]),
+        XDP_PASS,
+    ));
+    cases.push((
+        "VLAN tag with nothing after it",
+        eth(SERVER_MAC, CLIENT_MAC, 0x8100, &[0, 5]),
+        XDP_PASS,
+    ));
     // Endless IPv6 extension headers: the walk gives up and judges by the address.
     let mut ext = Vec::new();
     for _ in 0..8 {
         ext.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
     }
     g.set(v6(LOGICAL6), None, closed());
-    cases.push(("IPv6 extension header chain", eth(SERVER_MAC, CLIENT_MAC, 0x86dd, &ipv6(CLIENT6, LOGICAL6, 60, &ext)), XDP_DROP));
+    cases.push((
+        "IPv6 extension header chain",
+        eth(
+            SERVER_MAC,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(CLIENT6, LOGICAL6, 60, &ext),
+        ),
+        XDP_DROP,
+    ));
     for (what, frame, expected) in &cases {
         assert_eq!(g.ingress(frame).0, *expected, "{what}");
     }
@@ -523,13 +743,19 @@ fn malformed_frames_never_crash_and_pass_unless_they_name_a_closed_address() {
             f[12..14].copy_from_slice(&[0x08, 0x00]);
         }
         let (verdict, _) = g.ingress(&f);
-        assert!(verdict == XDP_PASS || verdict == XDP_DROP, "garbage frame {i} got {verdict}");
+        assert!(
+            verdict == XDP_PASS || verdict == XDP_DROP,
+            "garbage frame {i} got {verdict}"
+        );
         // BPF_PROG_TEST_RUN refuses (EINVAL) to build an skb with an IPv4 ethertype and less
         // than a whole IPv4 header; the stack never sends such a packet anyway.
         let v = match g.try_egress(&f) {
             Err(_) if f[12..14] == [0x08, 0x00] && f.len() < 14 + 20 => continue,
             r => r.unwrap(),
         };
-        assert!(v == TC_PASS || v == TC_SHOT, "garbage frame {i} got {v} on egress");
+        assert!(
+            v == TC_PASS || v == TC_SHOT,
+            "garbage frame {i} got {v} on egress"
+        );
     }
 }

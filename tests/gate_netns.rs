@@ -31,21 +31,40 @@ fn takeover() -> Takeover {
     Takeover::new(env!("CARGO_BIN_EXE_takeover"))
 }
 
-/// A server with the logical addresses configured, the gate attached and a responder.
-fn server(t: &Takeover, host: &Host) -> Result<Responder> {
+/// A server with the logical addresses configured, the gate attached, and responders on
+/// the logical addresses and on its own address.
+fn server(t: &Takeover, host: &Host) -> Result<Vec<Responder>> {
     host.add_addr(LOGICAL4)?;
     host.add_addr(LOGICAL6)?;
     t.ok(&host.ns, "attach --iface lan")?;
-    Responder::spawn(&host.ns, &format!("[::]:{PORT}"), &host.name)
+    [
+        format!("{LOGICAL4}:{PORT}"),
+        format!("[{LOGICAL6}]:{PORT}"),
+        format!("{}:{PORT}", host.addr4()),
+    ]
+    .iter()
+    .map(|bind| Responder::spawn(&host.ns, bind, &host.name))
+    .collect()
 }
 
 /// Waits until a counter of an entry reaches `at_least` (the data plane counts asynchronously
 /// to the sender: veth hands frames to the receiver's NAPI).
-fn wait_counter(t: &Takeover, host: &Host, addr: &str, service: Option<&str>, which: &str, at_least: u64) -> Result<u64> {
-    wait_for(&format!("{which} of {addr} on {} to reach {at_least}", host.name), WAIT, || {
-        let v = t.counter(&host.ns, "lan", addr, service, which)?;
-        Ok((v >= at_least).then_some(v))
-    })
+fn wait_counter(
+    t: &Takeover,
+    host: &Host,
+    addr: &str,
+    service: Option<&str>,
+    which: &str,
+    at_least: u64,
+) -> Result<u64> {
+    wait_for(
+        &format!("{which} of {addr} on {} to reach {at_least}", host.name),
+        WAIT,
+        || {
+            let v = t.counter(&host.ns, "lan", addr, service, which)?;
+            Ok((v >= at_least).then_some(v))
+        },
+    )
 }
 
 #[test]
@@ -109,38 +128,79 @@ fn closed_server_neither_answers_arp_nor_sends_from_the_address() -> Result<()> 
     let marker = |n: u8| -> Result<()> {
         // From a's own address: the gate lets it through, and the capture reads up to it.
         let s = a.ns.udp(&format!("{}:0", a.addr4()))?;
-        s.send_to(format!("marker{n}").as_bytes(), format!("{}:{marker_port}", cli.addr4()))?;
+        s.send_to(
+            format!("marker{n}").as_bytes(),
+            format!("{}:{marker_port}", cli.addr4()),
+        )?;
         Ok(())
     };
     let is_marker = |n: u8| move |f: &Frame| matches!(f, Frame::Ipv4 { payload, .. } if payload.ends_with(format!("marker{n}").as_bytes()));
 
     // The client asks who has the address: nobody answers.
-    let arping = cli.ns.cmd("arping").args(["-c", "1", "-w", "1", "-I", "lan", LOGICAL4]).output()?;
-    assert!(!arping.status.success(), "arping got an answer for a closed address");
+    let arping = cli
+        .ns
+        .cmd("arping")
+        .args(["-c", "1", "-w", "1", "-I", "lan", LOGICAL4])
+        .output()?;
+    assert!(
+        !arping.status.success(),
+        "arping got an answer for a closed address"
+    );
     wait_counter(&t, a, LOGICAL4, None, "rx_drop", 1)?;
     // The server's kernel tries to send from the address: ICMP and a gratuitous ARP.
-    let _ = a.ns.cmd("ping").args(["-c", "1", "-W", "1", "-I", LOGICAL4, &cli.addr4()]).output()?;
-    let _ = a.ns.cmd("arping").args(["-U", "-c", "1", "-I", "lan", "-s", LOGICAL4, LOGICAL4]).output()?;
+    let _ =
+        a.ns.cmd("ping")
+            .args(["-c", "1", "-W", "1", "-I", LOGICAL4, &cli.addr4()])
+            .output()?;
+    let _ =
+        a.ns.cmd("arping")
+            .args(["-U", "-c", "1", "-I", "lan", "-s", LOGICAL4, LOGICAL4])
+            .output()?;
     wait_counter(&t, a, LOGICAL4, None, "tx_drop", 2)?;
     marker(1)?;
     let seen = cap.until(WAIT, is_marker(1))?;
     let leaked: Vec<_> = seen.iter().filter(|f| from_logical(f)).collect();
-    assert!(leaked.is_empty(), "the closed address leaked onto the LAN: {leaked:?}");
     assert!(
-        seen.iter().any(|f| matches!(f, Frame::Arp { op: 1, target, .. } if *target == v4(LOGICAL4))),
+        leaked.is_empty(),
+        "the closed address leaked onto the LAN: {leaked:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::Arp { op: 1, target, .. } if *target == v4(LOGICAL4))),
         "the client's ARP request itself should have been captured"
     );
 
     // Control: open, the same traffic is seen, so the capture above could have seen it.
     t.ok(&a.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
-    let _ = a.ns.cmd("ping").args(["-c", "1", "-W", "1", "-I", LOGICAL4, &cli.addr4()]).output()?;
-    let _ = a.ns.cmd("arping").args(["-U", "-c", "1", "-I", "lan", "-s", LOGICAL4, LOGICAL4]).output()?;
+    let _ =
+        a.ns.cmd("ping")
+            .args(["-c", "1", "-W", "1", "-I", LOGICAL4, &cli.addr4()])
+            .output()?;
+    let _ =
+        a.ns.cmd("arping")
+            .args(["-U", "-c", "1", "-I", "lan", "-s", LOGICAL4, LOGICAL4])
+            .output()?;
     marker(2)?;
     let seen = cap.until(WAIT, is_marker(2))?;
-    assert!(seen.iter().any(|f| matches!(f, Frame::Ipv4 { src, proto: 1, .. } if *src == v4(LOGICAL4))), "open: ICMP from the address");
-    assert!(seen.iter().any(|f| matches!(f, Frame::Arp { sender, .. } if *sender == v4(LOGICAL4))), "open: ARP from the address");
-    let arping = cli.ns.cmd("arping").args(["-c", "1", "-w", "2", "-I", "lan", LOGICAL4]).output()?;
-    assert!(arping.status.success(), "arping got no answer for an open address");
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::Ipv4 { src, proto: 1, .. } if *src == v4(LOGICAL4))),
+        "open: ICMP from the address"
+    );
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::Arp { sender, .. } if *sender == v4(LOGICAL4))),
+        "open: ARP from the address"
+    );
+    let arping = cli
+        .ns
+        .cmd("arping")
+        .args(["-c", "1", "-w", "2", "-I", "lan", LOGICAL4])
+        .output()?;
+    assert!(
+        arping.status.success(),
+        "arping got no answer for an open address"
+    );
     Ok(())
 }
 
@@ -152,7 +212,11 @@ fn flipping_the_gate_while_traffic_flows_changes_the_verdict_at_once() -> Result
     let _srv = server(&t, a)?;
     cli.static_neigh(LOGICAL4, &a.mac())?;
     t.ok(&a.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
-    let client = Arc::new(Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{PORT}"))?);
+    let client = Arc::new(Client::new(
+        &cli.ns,
+        "0.0.0.0:0",
+        &format!("{LOGICAL4}:{PORT}"),
+    )?);
 
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -189,7 +253,9 @@ fn flipping_the_gate_while_traffic_flows_changes_the_verdict_at_once() -> Result
     t.ok(&a.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
     let open_from = next.load(Ordering::SeqCst);
     // The first request sent after the open returned is answered, and every later one.
-    wait_for("the first reply after the open", WAIT, || Ok(got(open_from)))?;
+    wait_for("the first reply after the open", WAIT, || {
+        Ok(got(open_from))
+    })?;
     let last = next.load(Ordering::SeqCst);
     wait_for("replies to every request after the open", WAIT, || {
         let r = replies.lock().unwrap();
@@ -201,7 +267,10 @@ fn flipping_the_gate_while_traffic_flows_changes_the_verdict_at_once() -> Result
 
     let r = replies.lock().unwrap();
     let answered_while_closed: Vec<_> = r.range(closed_from..closed_until).collect();
-    assert!(answered_while_closed.is_empty(), "requests sent while closed were answered: {answered_while_closed:?}");
+    assert!(
+        answered_while_closed.is_empty(),
+        "requests sent while closed were answered: {answered_while_closed:?}"
+    );
     assert!(closed_until - closed_from >= 50);
     Ok(())
 }
@@ -213,11 +282,14 @@ fn forward_delivers_the_frame_to_the_next_hop() -> Result<()> {
     let (cli, a, b) = (lan.host("cli"), lan.host("a"), lan.host("b"));
     let _ra = server(&t, a)?;
     let _rb = server(&t, b)?;
-    let _ra2 = Responder::spawn(&a.ns, &format!("[::]:{}", PORT + 1), "a")?;
+    let _ra2 = Responder::spawn(&a.ns, &format!("{LOGICAL4}:{}", PORT + 1), "a")?;
     // The clients still send to a (their ARP cache says so); b serves.
     cli.static_neigh(LOGICAL4, &a.mac())?;
     t.ok(&b.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
-    t.ok(&a.ns, &format!("gate forward {LOGICAL4} --iface lan --to-mac {}", b.mac()))?;
+    t.ok(
+        &a.ns,
+        &format!("gate forward {LOGICAL4} --iface lan --to-mac {}", b.mac()),
+    )?;
     let c = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{PORT}"))?;
     let c2 = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{}", PORT + 1))?;
     assert_eq!(c.request(1, REPLY)?.as_deref(), Some("b"));
@@ -227,14 +299,32 @@ fn forward_delivers_the_frame_to_the_next_hop() -> Result<()> {
     // The same interface name in two namespaces holds two separate gates.
     let a_state = t.entry(&a.ns, "lan", LOGICAL4, None)?.unwrap()["state"].clone();
     let b_state = t.entry(&b.ns, "lan", LOGICAL4, None)?.unwrap()["state"].clone();
-    assert_eq!((a_state.as_str(), b_state.as_str()), (Some("forward"), Some("open")));
+    assert_eq!(
+        (a_state.as_str(), b_state.as_str()),
+        (Some("forward"), Some("open"))
+    );
 
     // Per service: a serves the address but hands one service to b.
     t.ok(&a.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
-    t.ok(&a.ns, &format!("gate forward {LOGICAL4} --iface lan --to-mac {} --service udp/{PORT}", b.mac()))?;
+    t.ok(
+        &a.ns,
+        &format!(
+            "gate forward {LOGICAL4} --iface lan --to-mac {} --service udp/{PORT}",
+            b.mac()
+        ),
+    )?;
     assert_eq!(c.request(2, REPLY)?.as_deref(), Some("b"));
     assert_eq!(c2.request(3, REPLY)?.as_deref(), Some("a"));
-    assert!(wait_counter(&t, a, LOGICAL4, Some(&format!("udp/{PORT}")), "rx_forward", 1)? >= 1);
+    assert!(
+        wait_counter(
+            &t,
+            a,
+            LOGICAL4,
+            Some(&format!("udp/{PORT}")),
+            "rx_forward",
+            1
+        )? >= 1
+    );
     Ok(())
 }
 
@@ -251,7 +341,13 @@ fn forward_via_the_dedicated_line_reaches_the_peer() -> Result<()> {
     t.ok(&b.ns, "attach --iface ded")?;
     cli.static_neigh(LOGICAL4, &a.mac())?;
     t.ok(&b.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
-    t.ok(&a.ns, &format!("gate forward {LOGICAL4} --iface lan --to-mac {} --via ded", b.ded_mac()))?;
+    t.ok(
+        &a.ns,
+        &format!(
+            "gate forward {LOGICAL4} --iface lan --to-mac {} --via ded",
+            b.ded_mac()
+        ),
+    )?;
     let shown = t.entry(&a.ns, "lan", LOGICAL4, None)?.unwrap();
     assert_eq!(shown["forward"]["via"], "ded");
     let c = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{PORT}"))?;
@@ -274,8 +370,12 @@ fn detach_restores_plain_behaviour() -> Result<()> {
     assert!(a.ns.ip("link show dev lan")?.contains("xdp"));
 
     t.ok(&a.ns, "detach --iface lan")?;
+    // At once: detach returns only when both programs are off the interface.
     assert_eq!(c.request(2, REPLY)?.as_deref(), Some("a"));
-    assert!(!a.ns.ip("link show dev lan")?.contains("xdp"), "XDP still attached after detach");
+    assert!(
+        !a.ns.ip("link show dev lan")?.contains("xdp"),
+        "XDP still attached after detach"
+    );
     assert!(!a.ns.pin_dir()?.join("lan").exists(), "pins left behind");
     assert!(t.ok(&a.ns, "map show")?.contains("no gate is attached"));
     Ok(())
@@ -300,9 +400,16 @@ fn gates_survive_the_loader_exiting_and_a_second_attach() -> Result<()> {
     let c6 = Client::new(&cli.ns, "[::]:0", &format!("[{LOGICAL6}]:{PORT}"))?;
     assert_eq!(c6.request(0, REPLY)?.as_deref(), Some("a"));
     let out = t.ok(&a.ns, "attach --iface lan")?;
-    assert!(out.contains("kept"), "second attach did not keep the gate: {out}");
+    assert!(
+        out.contains("kept"),
+        "second attach did not keep the gate: {out}"
+    );
     for seq in 1..=20 {
-        assert_eq!(c6.request(seq, REPLY)?.as_deref(), Some("a"), "request {seq} after the second attach");
+        assert_eq!(
+            c6.request(seq, REPLY)?.as_deref(),
+            Some("a"),
+            "request {seq} after the second attach"
+        );
     }
     // The table and the counters are the same ones.
     c4.send(2)?;
@@ -329,6 +436,9 @@ fn attach_replaces_a_gate_whose_interface_was_recreated() -> Result<()> {
     assert!(!out.contains("kept"), "a defunct link was kept: {out}");
     assert!(a.ns.ip("link show dev tmp0")?.contains("xdp"));
     // The gate table is the operator's: it survived.
-    assert_eq!(t.entry(&a.ns, "tmp0", LOGICAL4, None)?.unwrap()["state"], "closed");
+    assert_eq!(
+        t.entry(&a.ns, "tmp0", LOGICAL4, None)?.unwrap()["state"],
+        "closed"
+    );
     Ok(())
 }

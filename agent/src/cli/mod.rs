@@ -6,7 +6,11 @@ use std::net::IpAddr;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use takeover::{
-    dataplane::{self, target::{format_mac, parse_mac}, AttachMode, Gates, PinDir, Service, Target},
+    dataplane::{
+        self,
+        target::{format_mac, parse_mac},
+        AttachMode, Gates, PinDir, Service, Target,
+    },
     sys::{self, iface::Iface},
 };
 use takeover_common::{Action, GateValue};
@@ -43,7 +47,9 @@ pub struct Cli {
 enum Command {
     /// Attach the gate (XDP ingress + TC egress) to an interface and pin it. Idempotent: a live
     /// gate is kept as it is, traffic and table untouched.
-    #[command(after_help = "Examples:\n  takeover attach --iface eth0\n  takeover attach --iface eth0 --mode generic")]
+    #[command(
+        after_help = "Examples:\n  takeover attach --iface eth0\n  takeover attach --iface eth0 --mode generic"
+    )]
     Attach {
         /// LAN interface that carries the logical addresses.
         #[arg(long, value_name = "IF")]
@@ -94,10 +100,14 @@ enum GateCommand {
     Open(GateTarget),
     /// Another host serves the address: drop its traffic both ways, including ARP and
     /// neighbour discovery for it.
-    #[command(after_help = "Example:\n  takeover gate close 2001:db8::10 --iface eth0 --service tcp/443")]
+    #[command(
+        after_help = "Example:\n  takeover gate close 2001:db8::10 --iface eth0 --service tcp/443"
+    )]
     Close(GateTarget),
     /// Send received traffic for the address on to MAC (back out of IF, or out of --via).
-    #[command(after_help = "Examples:\n  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b\n  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b --via eth1 --service udp/53")]
+    #[command(
+        after_help = "Examples:\n  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b\n  takeover gate forward 192.0.2.10 --iface eth0 --to-mac 02:00:00:00:00:0b --via eth1 --service udp/53"
+    )]
     Forward {
         #[command(flatten)]
         target: GateTarget,
@@ -115,7 +125,9 @@ enum GateCommand {
 #[derive(Subcommand, Debug)]
 enum MapCommand {
     /// Every address and service entry, its state and its counters.
-    #[command(after_help = "Examples:\n  takeover map show\n  takeover map show --iface eth0 --json")]
+    #[command(
+        after_help = "Examples:\n  takeover map show\n  takeover map show --iface eth0 --json"
+    )]
     Show {
         /// Only this interface (default: every attached interface of this network namespace).
         #[arg(long, value_name = "IF")]
@@ -142,7 +154,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 Mode::Generic => AttachMode::Generic,
             };
             let a = dataplane::attach(&iface, mode)?;
-            println!("attached to {}: ingress XDP {}, egress {}; pinned in {}", a.iface, a.xdp, a.egress, a.pins.display());
+            println!(
+                "attached to {}: ingress XDP {}, egress {}; pinned in {}",
+                a.iface,
+                a.xdp,
+                a.egress,
+                a.pins.display()
+            );
             Ok(())
         }
         Command::Detach { iface } => {
@@ -164,10 +182,18 @@ struct Resolved {
 /// Validates everything before touching a map, so bad input changes nothing.
 fn resolve(t: &GateTarget) -> Result<Resolved> {
     let addr: IpAddr = Target::parse_addr(&t.addr)?;
-    let service = t.service.as_deref().map(str::parse::<Service>).transpose()?;
+    let service = t
+        .service
+        .as_deref()
+        .map(str::parse::<Service>)
+        .transpose()?;
     let iface = Iface::by_name(&t.iface)?;
     let gates = Gates::open(&PinDir::for_iface(&iface.name)?)?;
-    Ok(Resolved { target: Target::new(addr, service), iface, gates })
+    Ok(Resolved {
+        target: Target::new(addr, service),
+        iface,
+        gates,
+    })
 }
 
 fn state_word(action: Option<Action>) -> &'static str {
@@ -184,11 +210,25 @@ fn gate(cmd: GateCommand) -> Result<()> {
         GateCommand::Open(t) => (t, Some(GateValue::new(Action::Open)), String::new()),
         GateCommand::Close(t) => (t, Some(GateValue::new(Action::Closed)), String::new()),
         GateCommand::Remove(t) => (t, None, String::new()),
-        GateCommand::Forward { target, to_mac, via } => {
+        GateCommand::Forward {
+            target,
+            to_mac,
+            via,
+        } => {
             let mac = parse_mac(to_mac)?;
             // Checked first so that a bad --via changes nothing either.
             let via = via.as_deref().map(Iface::by_name).transpose()?;
-            (target, None, format!(" to {}{}", format_mac(&mac), via.as_ref().map(|v| format!(" via {}", v.name)).unwrap_or_default()))
+            (
+                target,
+                None,
+                format!(
+                    " to {}{}",
+                    format_mac(&mac),
+                    via.as_ref()
+                        .map(|v| format!(" via {}", v.name))
+                        .unwrap_or_default()
+                ),
+            )
         }
     };
     let mut r = resolve(t)?;
@@ -213,7 +253,13 @@ fn gate(cmd: GateCommand) -> Result<()> {
     match value {
         Some(v) => {
             r.gates.set(&r.target, v)?;
-            println!("{} on {}: {}{} ({was})", r.target, r.iface.name, state_word(Action::from_u8(v.action)), extra);
+            println!(
+                "{} on {}: {}{} ({was})",
+                r.target,
+                r.iface.name,
+                state_word(Action::from_u8(v.action)),
+                extra
+            );
         }
         None => {
             if !r.gates.remove(&r.target)? {

@@ -87,12 +87,16 @@ fn entry_report(e: &Entry) -> EntryReport {
     let forward = (e.action == Some(Action::Forward)).then(|| ForwardReport {
         to_mac: format_mac(&e.value.dst_mac),
         from_mac: format_mac(&e.value.src_mac),
-        via: (e.value.ifindex != 0).then(|| iface::name_of(e.value.ifindex).unwrap_or_else(|| "?".into())),
+        via: (e.value.ifindex != 0)
+            .then(|| iface::name_of(e.value.ifindex).unwrap_or_else(|| "?".into())),
         via_ifindex: (e.value.ifindex != 0).then_some(e.value.ifindex),
     });
     EntryReport {
         address: e.target.addr.to_string(),
-        service: e.target.service.map(|s| ServiceReport { proto: s.proto.name(), port: s.port }),
+        service: e.target.service.map(|s| ServiceReport {
+            proto: s.proto.name(),
+            port: s.port,
+        }),
         state,
         forward,
         counters: (&e.counters).into(),
@@ -121,7 +125,10 @@ fn collect(only: Option<&str>) -> Result<Report> {
             iface: p.iface,
         });
     }
-    Ok(Report { netns: netns::current_id()?, interfaces })
+    Ok(Report {
+        netns: netns::current_id()?,
+        interfaces,
+    })
 }
 
 pub fn show(only: Option<&str>, json: bool) -> Result<()> {
@@ -136,27 +143,62 @@ pub fn show(only: Option<&str>, json: bool) -> Result<()> {
 
 fn render(report: &Report) -> String {
     if report.interfaces.is_empty() {
-        return "no gate is attached in this network namespace (takeover attach --iface IF)\n".into();
+        return "no gate is attached in this network namespace (takeover attach --iface IF)\n"
+            .into();
     }
     let mut rows: Vec<[String; 9]> = vec![[
-        "IFACE", "ADDRESS", "SERVICE", "STATE", "NEXT HOP", "RX PASS", "RX DROP", "RX FWD", "TX PASS/DROP",
+        "IFACE",
+        "ADDRESS",
+        "SERVICE",
+        "STATE",
+        "NEXT HOP",
+        "RX PASS",
+        "RX DROP",
+        "RX FWD",
+        "TX PASS/DROP",
     ]
     .map(String::from)];
     for i in &report.interfaces {
-        let name = if i.ifindex.is_some() { i.iface.clone() } else { format!("{} (gone)", i.iface) };
+        let name = if i.ifindex.is_some() {
+            i.iface.clone()
+        } else {
+            format!("{} (gone)", i.iface)
+        };
         if i.entries.is_empty() {
-            rows.push([name.clone(), "-".into(), "-".into(), "no entries".into(), "".into(), "".into(), "".into(), "".into(), "".into()]);
+            rows.push([
+                name.clone(),
+                "-".into(),
+                "-".into(),
+                "no entries".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
         }
         for e in &i.entries {
             let c = &e.counters;
             rows.push([
                 name.clone(),
                 e.address.clone(),
-                e.service.as_ref().map(|s| format!("{}/{}", s.proto, s.port)).unwrap_or_else(|| "*".into()),
+                e.service
+                    .as_ref()
+                    .map(|s| format!("{}/{}", s.proto, s.port))
+                    .unwrap_or_else(|| "*".into()),
                 e.state.into(),
                 e.forward
                     .as_ref()
-                    .map(|f| format!("{}{}", f.to_mac, f.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default()))
+                    .map(|f| {
+                        format!(
+                            "{}{}",
+                            f.to_mac,
+                            f.via
+                                .as_ref()
+                                .map(|v| format!(" via {v}"))
+                                .unwrap_or_default()
+                        )
+                    })
                     .unwrap_or_else(|| "-".into()),
                 human(c.rx_pass),
                 human(c.rx_drop),
@@ -165,10 +207,16 @@ fn render(report: &Report) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9).map(|col| rows.iter().map(|r| r[col].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9)
+        .map(|col| rows.iter().map(|r| r[col].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

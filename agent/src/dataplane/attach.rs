@@ -8,15 +8,13 @@ use std::{fmt, io, path::PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, Map, MapData},
-    programs::{
-        links::FdLink, tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    },
+    programs::{links::FdLink, tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use takeover_common::{ABI_VERSION, INFO_MAP, TC_PROGRAM, XDP_PROGRAM};
 
-use super::{link_info::pinned_link_ifindex, pins::PinDir, OBJECT};
+use super::{pinned_link, pins::PinDir, OBJECT};
 use crate::sys::{bpffs, iface::Iface};
 
 /// How the operator wants XDP attached.
@@ -84,10 +82,11 @@ fn tcx_supported() -> bool {
 /// Is the link pinned at `pin` attached to `iface`? A defunct link (its interface was
 /// deleted) is unpinned so that a fresh one can take its place.
 fn live_link(pin: &std::path::Path, iface: &Iface) -> Result<bool> {
-    match pinned_link_ifindex(pin) {
+    match pinned_link::ifindex(pin) {
         Ok(ifindex) if ifindex == iface.index => Ok(true),
         Ok(_) => {
-            std::fs::remove_file(pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+            std::fs::remove_file(pin)
+                .with_context(|| format!("removing stale pin {}", pin.display()))?;
             Ok(false)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -136,7 +135,7 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
                 Err(e) => {
                     // Leave things as they were: drop the ingress link made just now.
                     if !xdp_live {
-                        let _ = std::fs::remove_file(pins.xdp_link());
+                        let _ = pinned_link::detach(&pins.xdp_link());
                     }
                     return Err(e);
                 }
@@ -174,20 +173,30 @@ fn check_abi(pins: &PinDir) -> Result<()> {
 }
 
 fn write_abi(ebpf: &mut Ebpf) -> Result<()> {
-    let map = ebpf.map_mut(INFO_MAP).context("the eBPF object has no INFO map")?;
+    let map = ebpf
+        .map_mut(INFO_MAP)
+        .context("the eBPF object has no INFO map")?;
     let mut info: Array<&mut MapData, u32> = Array::try_from(map)?;
     info.set(0, ABI_VERSION, 0)?;
     Ok(())
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<XdpAttach> {
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    iface: &Iface,
+    mode: AttachMode,
+) -> Result<XdpAttach> {
     let prog: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .context("the eBPF object has no XDP program")?
         .try_into()?;
     prog.load().map_err(|e| load_error(XDP_PROGRAM, e))?;
     let tries: &[(XdpMode, XdpAttach)] = match mode {
-        AttachMode::Auto => &[(XdpMode::Driver, XdpAttach::Driver), (XdpMode::Skb, XdpAttach::Generic)],
+        AttachMode::Auto => &[
+            (XdpMode::Driver, XdpAttach::Driver),
+            (XdpMode::Skb, XdpAttach::Generic),
+        ],
         AttachMode::Driver => &[(XdpMode::Driver, XdpAttach::Driver)],
         AttachMode::Generic => &[(XdpMode::Skb, XdpAttach::Generic)],
     };
@@ -215,7 +224,11 @@ fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface, mode: AttachMode) -
             iface.name
         );
     }
-    Err(anyhow!("cannot attach XDP to {} ({mode:?} mode): {}", iface.name, chain(&e)))
+    Err(anyhow!(
+        "cannot attach XDP to {} ({mode:?} mode): {}",
+        iface.name,
+        chain(&e)
+    ))
 }
 
 fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface) -> Result<Egress> {
@@ -227,7 +240,13 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface) -> Result<Egress> {
     if tcx_supported() {
         let id = prog
             .attach(&iface.name, TcAttachType::Egress)
-            .map_err(|e| anyhow!("cannot attach the egress classifier to {}: {}", iface.name, chain(&e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "cannot attach the egress classifier to {}: {}",
+                    iface.name,
+                    chain(&e)
+                )
+            })?;
         let link: FdLink = prog.take_link(id)?.try_into()?;
         link.pin(pins.tc_link())
             .with_context(|| format!("pinning {}", pins.tc_link().display()))?;
@@ -241,7 +260,13 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface) -> Result<Egress> {
     }
     let id = prog
         .attach(&iface.name, TcAttachType::Egress)
-        .map_err(|e| anyhow!("cannot attach the egress classifier to {}: {}", iface.name, chain(&e)))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot attach the egress classifier to {}: {}",
+                iface.name,
+                chain(&e)
+            )
+        })?;
     // Dropping the link would remove the filter; it must stay after this process exits.
     std::mem::forget(prog.take_link(id)?);
     Ok(Egress::Netlink)
@@ -253,7 +278,11 @@ fn busy(e: &ProgramError) -> bool {
 }
 
 fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
-    if let ProgramError::LoadError { io_error, verifier_log } = &e {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
         let log = verifier_log.to_string();
         if std::env::var_os("TAKEOVER_VERIFIER_LOG").is_some() {
             eprintln!("{log}");
@@ -263,7 +292,9 @@ fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
             .lines()
             .rev()
             .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+            .find(|l| {
+                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+            })
             .unwrap_or("");
         return anyhow!("the kernel's verifier rejected {name}: {io_error}: {last}");
     }
@@ -294,7 +325,10 @@ pub fn detach(iface_name: &str) -> Result<()> {
 
 pub fn detach_at(pins: &PinDir) -> Result<()> {
     if !pins.path.exists() {
-        bail!("nothing is attached to {} in this network namespace", pins.iface);
+        bail!(
+            "nothing is attached to {} in this network namespace",
+            pins.iface
+        );
     }
     if !tcx_supported() && crate::sys::iface::index_of(&pins.iface)?.is_some() {
         let _ = tc::qdisc_detach_program(&pins.iface, TcAttachType::Egress, TC_PROGRAM);
@@ -306,10 +340,10 @@ pub fn detach_at(pins: &PinDir) -> Result<()> {
     Ok(())
 }
 
-/// Removing a link's last pin (no process holds it) detaches it.
+/// Detaches the links (synchronously) and removes every pin.
 fn remove_pins(pins: &PinDir) {
-    let _ = std::fs::remove_file(pins.xdp_link());
-    let _ = std::fs::remove_file(pins.tc_link());
+    let _ = pinned_link::detach(&pins.xdp_link());
+    let _ = pinned_link::detach(&pins.tc_link());
     for m in PinDir::MAPS {
         let _ = std::fs::remove_file(pins.map(m));
     }

@@ -5,7 +5,9 @@ use aya::{
     maps::{DevMapHash, HashMap, Map, MapData, MapError, PerCpuHashMap},
     Ebpf,
 };
-use takeover_common::{Action, Counters, GateKey, GateValue, COUNTERS_MAP, GATES_MAP, REDIRECT_MAP};
+use takeover_common::{
+    Action, Counters, GateKey, GateValue, COUNTERS_MAP, GATES_MAP, REDIRECT_MAP,
+};
 
 use super::{pins::PinDir, target::Target};
 
@@ -52,7 +54,10 @@ impl Gates {
 
     /// Takes the maps out of a loaded object (tests that run the programs unattached).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("no map {name} in the object"));
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("no map {name} in the object"))
+        };
         Ok(Self {
             gates: take(GATES_MAP)?.try_into()?,
             counters: take(COUNTERS_MAP)?.try_into()?,
@@ -73,10 +78,14 @@ impl Gates {
         if self.get(target)?.is_none() {
             return Ok(false);
         }
-        self.gates.remove(&key).with_context(|| format!("cannot remove the gate of {target}"))?;
+        self.gates
+            .remove(&key)
+            .with_context(|| format!("cannot remove the gate of {target}"))?;
         // The data plane may not have counted anything yet: no counters entry is fine.
         if self.counters.get(&key, 0).is_ok() {
-            self.counters.remove(&key).with_context(|| format!("cannot remove the counters of {target}"))?;
+            self.counters
+                .remove(&key)
+                .with_context(|| format!("cannot remove the counters of {target}"))?;
         }
         Ok(true)
     }
@@ -116,7 +125,12 @@ impl Gates {
     }
 
     fn entry(&self, target: Target, value: GateValue) -> Result<Entry> {
-        Ok(Entry { target, action: Action::from_u8(value.action), value, counters: self.counters(&target)? })
+        Ok(Entry {
+            target,
+            action: Action::from_u8(value.action),
+            value,
+            counters: self.counters(&target)?,
+        })
     }
 
     /// Every entry, sorted by address then service (the address-wide entry first).

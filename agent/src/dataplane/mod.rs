@@ -2,12 +2,13 @@
 //! attaching it to an interface, and reading and writing its gate table.
 pub mod attach;
 pub mod gates;
-pub mod link_info;
+pub mod pinned_link;
 pub mod pins;
 pub mod target;
 
 /// The compiled gate programs (`ebpf/gate`), built by `build.rs` and shipped inside the binary.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/takeover-gate.o"));
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/takeover-gate.o"));
 
 pub use attach::{attach, detach, AttachMode, Attached, Egress, XdpAttach};
 pub use gates::{Entry, Gates};

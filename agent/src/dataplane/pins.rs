@@ -2,7 +2,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use takeover_common::{COUNTERS_MAP, GATES_MAP, INFO_MAP, PIN_ROOT, REDIRECT_MAP, TC_LINK_PIN, XDP_LINK_PIN};
+use takeover_common::{
+    COUNTERS_MAP, GATES_MAP, INFO_MAP, PIN_ROOT, REDIRECT_MAP, TC_LINK_PIN, XDP_LINK_PIN,
+};
 
 use crate::sys::netns;
 
@@ -21,7 +23,10 @@ impl PinDir {
 
     /// For `iface` under an explicit namespace directory (tests use their own roots).
     pub fn under(ns_dir: &Path, iface: &str) -> Self {
-        Self { iface: iface.to_string(), path: ns_dir.join(iface) }
+        Self {
+            iface: iface.to_string(),
+            path: ns_dir.join(iface),
+        }
     }
 
     pub fn xdp_link(&self) -> PathBuf {
@@ -54,7 +59,9 @@ pub fn namespace_dir() -> Result<PathBuf> {
 pub fn attached() -> Result<Vec<PinDir>> {
     let dir = namespace_dir()?;
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
     for entry in rd.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let pins = PinDir::under(&dir, &name);

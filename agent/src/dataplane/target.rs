@@ -78,7 +78,9 @@ impl Target {
             .parse()
             .with_context(|| format!("invalid address {s:?}: expected an IPv4 or IPv6 address"))?;
         if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-            bail!("invalid address {s:?}: a logical address must be a unicast, non-loopback address");
+            bail!(
+                "invalid address {s:?}: a logical address must be a unicast, non-loopback address"
+            );
         }
         if let IpAddr::V4(v4) = addr {
             if v4.is_broadcast() {
@@ -112,8 +114,14 @@ impl Target {
         };
         let service = match key.proto {
             PROTO_ANY if key.port == 0 => None,
-            PROTO_TCP if key.port != 0 => Some(Service { proto: Proto::Tcp, port: key.port }),
-            PROTO_UDP if key.port != 0 => Some(Service { proto: Proto::Udp, port: key.port }),
+            PROTO_TCP if key.port != 0 => Some(Service {
+                proto: Proto::Tcp,
+                port: key.port,
+            }),
+            PROTO_UDP if key.port != 0 => Some(Service {
+                proto: Proto::Udp,
+                port: key.port,
+            }),
             _ => return None,
         };
         Some(Self { addr, service })
@@ -132,7 +140,11 @@ impl fmt::Display for Target {
 /// Parses `aa:bb:cc:dd:ee:ff` (also with `-`), refusing multicast and all-zero addresses.
 pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
-    let bad = || anyhow::anyhow!("invalid MAC address {s:?}: expected six hex bytes such as 02:00:00:00:00:01");
+    let bad = || {
+        anyhow::anyhow!(
+            "invalid MAC address {s:?}: expected six hex bytes such as 02:00:00:00:00:01"
+        )
+    };
     if parts.len() != 6 {
         return Err(bad());
     }
@@ -150,7 +162,10 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -159,24 +174,61 @@ mod tests {
 
     #[test]
     fn service_parses_and_rejects() {
-        assert_eq!("tcp/80".parse::<Service>().unwrap(), Service { proto: Proto::Tcp, port: 80 });
-        assert_eq!("UDP/53".parse::<Service>().unwrap(), Service { proto: Proto::Udp, port: 53 });
-        for bad in ["tcp", "sctp/80", "tcp/0", "tcp/65536", "tcp/-1", "/80", "tcp/"] {
+        assert_eq!(
+            "tcp/80".parse::<Service>().unwrap(),
+            Service {
+                proto: Proto::Tcp,
+                port: 80
+            }
+        );
+        assert_eq!(
+            "UDP/53".parse::<Service>().unwrap(),
+            Service {
+                proto: Proto::Udp,
+                port: 53
+            }
+        );
+        for bad in [
+            "tcp",
+            "sctp/80",
+            "tcp/0",
+            "tcp/65536",
+            "tcp/-1",
+            "/80",
+            "tcp/",
+        ] {
             assert!(bad.parse::<Service>().is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn target_key_round_trips() {
-        for (addr, svc) in [("192.0.2.1", None), ("2001:db8::1", Some("udp/53")), ("10.0.0.1", Some("tcp/443"))] {
-            let t = Target::new(Target::parse_addr(addr).unwrap(), svc.map(|s| s.parse().unwrap()));
+        for (addr, svc) in [
+            ("192.0.2.1", None),
+            ("2001:db8::1", Some("udp/53")),
+            ("10.0.0.1", Some("tcp/443")),
+        ] {
+            let t = Target::new(
+                Target::parse_addr(addr).unwrap(),
+                svc.map(|s| s.parse().unwrap()),
+            );
             assert_eq!(Target::from_key(&t.key()), Some(t));
         }
     }
 
     #[test]
     fn addresses_that_cannot_be_logical_are_refused() {
-        for bad in ["0.0.0.0", "::", "127.0.0.1", "::1", "224.0.0.1", "ff02::1", "255.255.255.255", "1.2.3", "x"] {
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "::1",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "1.2.3",
+            "x",
+        ] {
             assert!(Target::parse_addr(bad).is_err(), "{bad} accepted");
         }
     }
@@ -184,8 +236,19 @@ mod tests {
     #[test]
     fn mac_parses_and_rejects() {
         assert_eq!(parse_mac("02:00:00:00:00:0a").unwrap(), [2, 0, 0, 0, 0, 10]);
-        assert_eq!(parse_mac("02-AA-00-00-00-0a").unwrap(), [2, 0xaa, 0, 0, 0, 10]);
-        for bad in ["02:00:00:00:00", "02:00:00:00:00:00:01", "zz:00:00:00:00:01", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "002:00:00:00:00:01"] {
+        assert_eq!(
+            parse_mac("02-AA-00-00-00-0a").unwrap(),
+            [2, 0xaa, 0, 0, 0, 10]
+        );
+        for bad in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:01",
+            "zz:00:00:00:00:01",
+            "00:00:00:00:00:00",
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "002:00:00:00:00:01",
+        ] {
             assert!(parse_mac(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(format_mac(&[2, 0, 0, 0, 0, 10]), "02:00:00:00:00:0a");

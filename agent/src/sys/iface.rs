@@ -16,7 +16,10 @@ impl Iface {
     pub fn by_name(name: &str) -> Result<Self> {
         let index = index_of(name)?;
         match index {
-            Some(index) => Ok(Self { name: name.to_string(), index }),
+            Some(index) => Ok(Self {
+                name: name.to_string(),
+                index,
+            }),
             None => bail!("no interface {name:?} in this network namespace"),
         }
     }

@@ -11,8 +11,12 @@ pub fn enter(name: &str) -> Result<()> {
         bail!("invalid network namespace name {name:?}");
     }
     let path = Path::new("/run/netns").join(name);
-    let file = File::open(&path)
-        .with_context(|| format!("no network namespace {name:?} ({} not found)", path.display()))?;
+    let file = File::open(&path).with_context(|| {
+        format!(
+            "no network namespace {name:?} ({} not found)",
+            path.display()
+        )
+    })?;
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("cannot enter network namespace {name:?}"));

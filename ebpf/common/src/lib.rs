@@ -62,21 +62,39 @@ impl GateKey {
         a[1] = addr[1];
         a[2] = addr[2];
         a[3] = addr[3];
-        Self { addr: a, port: 0, proto: PROTO_ANY, family: FAMILY_V4 }
+        Self {
+            addr: a,
+            port: 0,
+            proto: PROTO_ANY,
+            family: FAMILY_V4,
+        }
     }
 
     pub const fn v6(addr: [u8; 16]) -> Self {
-        Self { addr, port: 0, proto: PROTO_ANY, family: FAMILY_V6 }
+        Self {
+            addr,
+            port: 0,
+            proto: PROTO_ANY,
+            family: FAMILY_V6,
+        }
     }
 
     /// The same address narrowed to one service.
     pub const fn service(self, proto: u8, port: u16) -> Self {
-        Self { proto, port, ..self }
+        Self {
+            proto,
+            port,
+            ..self
+        }
     }
 
     /// The address-wide key this (possibly per-service) key belongs to.
     pub const fn address(self) -> Self {
-        Self { proto: PROTO_ANY, port: 0, ..self }
+        Self {
+            proto: PROTO_ANY,
+            port: 0,
+            ..self
+        }
     }
 }
 
@@ -122,11 +140,23 @@ pub struct GateValue {
 
 impl GateValue {
     pub const fn new(action: Action) -> Self {
-        Self { action: action as u8, _pad: [0; 3], ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] }
+        Self {
+            action: action as u8,
+            _pad: [0; 3],
+            ifindex: 0,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+        }
     }
 
     pub const fn forward(ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Self {
-        Self { action: Action::Forward as u8, _pad: [0; 3], ifindex, dst_mac, src_mac }
+        Self {
+            action: Action::Forward as u8,
+            _pad: [0; 3],
+            ifindex,
+            dst_mac,
+            src_mac,
+        }
     }
 }
 

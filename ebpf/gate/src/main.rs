@@ -14,9 +14,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
-use takeover_common::{
-    Action, Counters, GateKey, GateValue, MAX_GATES, MAX_REDIRECT_IFACES,
-};
+use takeover_common::{Action, Counters, GateKey, GateValue, MAX_GATES, MAX_REDIRECT_IFACES};
 
 use parse::{Packet, SkbFrame, XdpFrame};
 
@@ -54,11 +52,11 @@ fn counters(key: &GateKey) -> Option<&'static mut Counters> {
 fn lookup(key: GateKey, service: Option<(u8, u16)>) -> Option<(GateKey, GateValue)> {
     if let Some((proto, port)) = service {
         let skey = key.service(proto, port);
-        if let Some(v) = unsafe { GATES.get(&skey) } {
+        if let Some(v) = unsafe { GATES.get(skey) } {
             return Some((skey, *v));
         }
     }
-    unsafe { GATES.get(&key) }.map(|v| (key, *v))
+    unsafe { GATES.get(key) }.map(|v| (key, *v))
 }
 
 #[xdp]
@@ -111,7 +109,9 @@ fn ingress_gate(pkt: &Packet) -> Option<(GateKey, GateValue)> {
     match pkt {
         Packet::Arp { target, .. } => lookup(*target, None),
         Packet::Neighbour { target, .. } => lookup(*target, None),
-        Packet::Ip { dst, proto, dport, .. } => lookup(*dst, dport.map(|p| (*proto, p))),
+        Packet::Ip {
+            dst, proto, dport, ..
+        } => lookup(*dst, dport.map(|p| (*proto, p))),
     }
 }
 
@@ -169,7 +169,11 @@ fn egress_gate(pkt: &Packet) -> Option<(GateKey, GateValue)> {
     match pkt {
         Packet::Arp { sender, .. } => lookup(*sender, None),
         // An advertisement claims its target; a solicitation claims only its source.
-        Packet::Neighbour { target, src, advert } => {
+        Packet::Neighbour {
+            target,
+            src,
+            advert,
+        } => {
             if *advert {
                 if let Some(hit) = lookup(*target, None) {
                     if hit.1.action == Action::Closed as u8 {
@@ -179,7 +183,9 @@ fn egress_gate(pkt: &Packet) -> Option<(GateKey, GateValue)> {
             }
             lookup(*src, None)
         }
-        Packet::Ip { src, proto, sport, .. } => lookup(*src, sport.map(|p| (*proto, p))),
+        Packet::Ip {
+            src, proto, sport, ..
+        } => lookup(*src, sport.map(|p| (*proto, p))),
     }
 }
 
@@ -192,4 +198,3 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
-

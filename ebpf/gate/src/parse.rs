@@ -44,7 +44,10 @@ pub struct XdpFrame {
 impl XdpFrame {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        Self { start: ctx.data(), end: ctx.data_end() }
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
     }
 }
 
@@ -84,10 +87,20 @@ pub enum Packet {
     /// Ethernet/IPv4 ARP: sender and target protocol addresses.
     Arp { sender: GateKey, target: GateKey },
     /// ICMPv6 neighbour solicitation (`advert == false`) or advertisement.
-    Neighbour { src: GateKey, target: GateKey, advert: bool },
+    Neighbour {
+        src: GateKey,
+        target: GateKey,
+        advert: bool,
+    },
     /// Any other IPv4/IPv6 packet; ports only for the first fragment of TCP/UDP whose
     /// transport header is present.
-    Ip { src: GateKey, dst: GateKey, proto: u8, sport: Option<u16>, dport: Option<u16> },
+    Ip {
+        src: GateKey,
+        dst: GateKey,
+        proto: u8,
+        sport: Option<u16>,
+        dport: Option<u16>,
+    },
 }
 
 impl Packet {
@@ -128,7 +141,10 @@ fn arp<F: Frame>(f: &F, off: usize) -> Option<Packet> {
     }
     let sender = f.read::<[u8; 4]>(off + 14)?;
     let target = f.read::<[u8; 4]>(off + 24)?;
-    Some(Packet::Arp { sender: GateKey::v4(sender), target: GateKey::v4(target) })
+    Some(Packet::Arp {
+        sender: GateKey::v4(sender),
+        target: GateKey::v4(target),
+    })
 }
 
 #[inline(always)]
@@ -144,7 +160,13 @@ fn ipv4<F: Frame>(f: &F, off: usize) -> Option<Packet> {
     let proto = h[9];
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
-    let mut pkt = Packet::Ip { src, dst, proto, sport: None, dport: None };
+    let mut pkt = Packet::Ip {
+        src,
+        dst,
+        proto,
+        sport: None,
+        dport: None,
+    };
     if ihl >= 20 && frag_offset == 0 {
         ports(f, off + ihl, &mut pkt);
     }
@@ -166,12 +188,16 @@ fn ipv6<F: Frame>(f: &F, off: usize) -> Option<Packet> {
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let Some([nh, len]) = f.read::<[u8; 2]>(off) else { break };
+                let Some([nh, len]) = f.read::<[u8; 2]>(off) else {
+                    break;
+                };
                 next = nh;
                 off += (len as usize + 1) * 8;
             }
             IPPROTO_FRAGMENT => {
-                let Some([nh, _, hi, lo]) = f.read::<[u8; 4]>(off) else { break };
+                let Some([nh, _, hi, lo]) = f.read::<[u8; 4]>(off) else {
+                    break;
+                };
                 next = nh;
                 first_fragment = u16::from_be_bytes([hi, lo]) & 0xfff8 == 0;
                 off += 8;
@@ -182,13 +208,21 @@ fn ipv6<F: Frame>(f: &F, off: usize) -> Option<Packet> {
             }
         }
     }
-    let mut pkt = Packet::Ip { src, dst, proto: next, sport: None, dport: None };
+    let mut pkt = Packet::Ip {
+        src,
+        dst,
+        proto: next,
+        sport: None,
+        dport: None,
+    };
     if !known || !first_fragment {
         return Some(pkt);
     }
     if next == IPPROTO_ICMPV6 {
         // type, code, checksum, reserved, then the target address.
-        let Some([icmp_type, ..]) = f.read::<[u8; 4]>(off) else { return Some(pkt) };
+        let Some([icmp_type, ..]) = f.read::<[u8; 4]>(off) else {
+            return Some(pkt);
+        };
         if icmp_type == ND_NEIGHBOR_SOLICIT || icmp_type == ND_NEIGHBOR_ADVERT {
             if let Some(target) = f.read::<[u8; 16]>(off + 8) {
                 return Some(Packet::Neighbour {
@@ -207,7 +241,13 @@ fn ipv6<F: Frame>(f: &F, off: usize) -> Option<Packet> {
 /// Fills in the ports of a TCP/UDP packet whose transport header starts at `off`.
 #[inline(always)]
 fn ports<F: Frame>(f: &F, off: usize, pkt: &mut Packet) {
-    if let Packet::Ip { proto, sport, dport, .. } = pkt {
+    if let Packet::Ip {
+        proto,
+        sport,
+        dport,
+        ..
+    } = pkt
+    {
         if *proto != PROTO_TCP && *proto != PROTO_UDP {
             return;
         }

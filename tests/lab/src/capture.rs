@@ -2,7 +2,10 @@
 //!
 //! Absence is checked against a marker: the test has the sender emit a known frame after the
 //! ones it must not have sent, and reads until the marker, so nothing is left in flight.
-use std::{os::fd::{AsRawFd, FromRawFd, OwnedFd}, time::{Duration, Instant}};
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -16,9 +19,18 @@ pub struct Capture {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// ARP: (opcode, sender IPv4, target IPv4).
-    Arp { op: u16, sender: [u8; 4], target: [u8; 4] },
+    Arp {
+        op: u16,
+        sender: [u8; 4],
+        target: [u8; 4],
+    },
     /// IPv4: source, destination, protocol, the transport payload.
-    Ipv4 { src: [u8; 4], dst: [u8; 4], proto: u8, payload: Vec<u8> },
+    Ipv4 {
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        payload: Vec<u8>,
+    },
     Other,
 }
 
@@ -28,7 +40,9 @@ impl Capture {
         let iface = iface.to_string();
         ns.within(move || {
             let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+            let fd = unsafe {
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto)
+            };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
             }
@@ -43,7 +57,11 @@ impl Capture {
             sll.sll_protocol = proto as u16;
             sll.sll_ifindex = ifindex as i32;
             let rc = unsafe {
-                libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error()).context("binding the capture");
@@ -53,15 +71,27 @@ impl Capture {
     }
 
     fn recv(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros().max(1) as _ };
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as _,
+            tv_usec: timeout.subsec_micros().max(1) as _,
+        };
         unsafe {
-            libc::setsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
         }
         let mut buf = vec![0u8; 65536];
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
                 return Ok(None);
             }
             return Err(e.into());
@@ -71,13 +101,20 @@ impl Capture {
     }
 
     /// Every frame seen up to and including the first for which `is_marker` holds.
-    pub fn until(&self, timeout: Duration, is_marker: impl Fn(&Frame) -> bool) -> Result<Vec<Frame>> {
+    pub fn until(
+        &self,
+        timeout: Duration,
+        is_marker: impl Fn(&Frame) -> bool,
+    ) -> Result<Vec<Frame>> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("the marker frame did not arrive within {timeout:?} ({} frames seen)", seen.len());
+                bail!(
+                    "the marker frame did not arrive within {timeout:?} ({} frames seen)",
+                    seen.len()
+                );
             }
             if let Some(raw) = self.recv(left)? {
                 let f = decode(&raw);
@@ -118,5 +155,7 @@ pub fn decode(raw: &[u8]) -> Frame {
 
 /// Parses a dotted IPv4 address for comparisons with captured frames.
 pub fn v4(s: &str) -> [u8; 4] {
-    s.parse::<std::net::Ipv4Addr>().expect("IPv4 address").octets()
+    s.parse::<std::net::Ipv4Addr>()
+        .expect("IPv4 address")
+        .octets()
 }

@@ -27,7 +27,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `cmd`, failing with its stderr if it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}{}",
@@ -90,7 +92,8 @@ impl Netns {
 
     /// Runs `f` on a thread inside this namespace (only the network namespace changes).
     pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        let file = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
         std::thread::scope(|s| {
             s.spawn(|| {
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -152,12 +155,22 @@ impl Takeover {
     }
 
     /// The counters of one entry (`service` like "udp/53" or None), or None if absent.
-    pub fn entry(&self, ns: &Netns, iface: &str, addr: &str, service: Option<&str>) -> Result<Option<serde_json::Value>> {
+    pub fn entry(
+        &self,
+        ns: &Netns,
+        iface: &str,
+        addr: &str,
+        service: Option<&str>,
+    ) -> Result<Option<serde_json::Value>> {
         let map = self.map(ns)?;
-        let Some(ifaces) = map["interfaces"].as_array() else { return Ok(None) };
+        let Some(ifaces) = map["interfaces"].as_array() else {
+            return Ok(None);
+        };
         for i in ifaces.iter().filter(|i| i["iface"] == iface) {
             for e in i["entries"].as_array().into_iter().flatten() {
-                let svc = e["service"].as_object().map(|s| format!("{}/{}", s["proto"].as_str().unwrap_or(""), s["port"]));
+                let svc = e["service"]
+                    .as_object()
+                    .map(|s| format!("{}/{}", s["proto"].as_str().unwrap_or(""), s["port"]));
                 if e["address"] == addr && svc.as_deref() == service {
                     return Ok(Some(e.clone()));
                 }
@@ -167,7 +180,14 @@ impl Takeover {
     }
 
     /// One counter of an entry, such as ("rx_drop", "packets"); 0 if the entry is absent.
-    pub fn counter(&self, ns: &Netns, iface: &str, addr: &str, service: Option<&str>, which: &str) -> Result<u64> {
+    pub fn counter(
+        &self,
+        ns: &Netns,
+        iface: &str,
+        addr: &str,
+        service: Option<&str>,
+        which: &str,
+    ) -> Result<u64> {
         Ok(self
             .entry(ns, iface, addr, service)?
             .and_then(|e| e["counters"][which]["packets"].as_u64())

@@ -49,7 +49,9 @@ impl Host {
 
     /// A permanent neighbour entry, so ARP/ND is not part of what a test measures.
     pub fn static_neigh(&self, addr: &str, mac: &str) -> Result<()> {
-        self.ns.ip(&format!("neigh replace {addr} lladdr {mac} dev lan nud permanent"))?;
+        self.ns.ip(&format!(
+            "neigh replace {addr} lladdr {mac} dev lan nud permanent"
+        ))?;
         Ok(())
     }
 }
@@ -67,12 +69,19 @@ impl Lan {
     /// arrives if the receiving end runs an XDP program.
     pub fn new(takeover: &Takeover, names: &[&str]) -> Result<Self> {
         let switch = Netns::new("sw")?;
-        let mut lan = Lan { hosts: Vec::new(), switch };
+        let mut lan = Lan {
+            hosts: Vec::new(),
+            switch,
+        };
         lan.switch.ip("link add br0 type bridge stp_state 0")?;
         lan.switch.ip("link set br0 up")?;
         for (i, name) in names.iter().enumerate() {
             let ns = Netns::new(name)?;
-            let host = Host { name: name.to_string(), ns, index: i as u8 };
+            let host = Host {
+                name: name.to_string(),
+                ns,
+                index: i as u8,
+            };
             let port = format!("p-{name}");
             crate::ip(&format!(
                 "link add lan netns {} address {} type veth peer {port} netns {}",
@@ -104,7 +113,10 @@ impl Lan {
     }
 
     pub fn host(&self, name: &str) -> &Host {
-        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
     }
 
     /// A direct veth `ded` between hosts `a` and `b` (the patent's dedicated line), with
@@ -122,7 +134,11 @@ impl Lan {
             h.ns.ip(&format!("addr add {}/24 dev ded", h.ded_addr4()))?;
             h.ns.ip("link set ded up")?;
             h.ns.sh("ethtool -K ded tx off >/dev/null")?;
-            h.ns.ip(&format!("neigh replace {} lladdr {} dev ded nud permanent", o.ded_addr4(), o.ded_mac()))?;
+            h.ns.ip(&format!(
+                "neigh replace {} lladdr {} dev ded nud permanent",
+                o.ded_addr4(),
+                o.ded_mac()
+            ))?;
         }
         wait_oper_up(&a.ns, "ded")?;
         wait_oper_up(&b.ns, "ded")
@@ -131,7 +147,11 @@ impl Lan {
 
 /// Polls `f` until it returns `Some`, or fails after `timeout` with `what`. For waiting on
 /// an event that must happen, never for the absence of one.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f()? {
@@ -145,8 +165,14 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
 }
 
 fn wait_oper_up(ns: &Netns, iface: &str) -> Result<()> {
-    wait_for(&format!("{iface} in {} to come up", ns.name), Duration::from_secs(10), || {
-        let out = ns.ip(&format!("-o link show dev {iface}")).context("ip link show")?;
-        Ok(out.contains("state UP").then_some(()))
-    })
+    wait_for(
+        &format!("{iface} in {} to come up", ns.name),
+        Duration::from_secs(10),
+        || {
+            let out = ns
+                .ip(&format!("-o link show dev {iface}"))
+                .context("ip link show")?;
+            Ok(out.contains("state UP").then_some(()))
+        },
+    )
 }

@@ -14,6 +14,8 @@ use anyhow::{Context, Result};
 use crate::Netns;
 
 /// Answers every datagram with `<tag> <request>`, so the client sees which host replied.
+/// Bind it to the address it serves: replies then leave from that address (a wildcard
+/// socket would answer from the host's primary address).
 pub struct Responder {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -39,7 +41,10 @@ impl Responder {
                 }
             })
         };
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -61,29 +66,51 @@ pub struct Client {
 impl Client {
     pub fn new(ns: &Netns, bind: &str, target: &str) -> Result<Self> {
         let sock = ns.udp(bind)?;
-        let target = target.parse().with_context(|| format!("bad target {target}"))?;
+        let target = target
+            .parse()
+            .with_context(|| format!("bad target {target}"))?;
         Ok(Self { sock, target })
     }
 
     pub fn send(&self, seq: u64) -> Result<()> {
-        self.sock.send_to(format!("req {seq}").as_bytes(), self.target)?;
+        self.sock
+            .send_to(format!("req {seq}").as_bytes(), self.target)?;
         Ok(())
     }
 
-    /// The next reply within `timeout`, as (tag, seq).
+    /// The next reply from the target within `timeout`, as (tag, seq). A datagram from any
+    /// other address (a server answering from its own address) is not a reply.
     pub fn recv(&self, timeout: Duration) -> Result<Option<(String, u64)>> {
-        self.sock.set_read_timeout(Some(timeout))?;
+        let deadline = std::time::Instant::now() + timeout;
         let mut buf = [0u8; 2048];
-        match self.sock.recv(&mut buf) {
-            Ok(n) => {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let mut parts = text.split_whitespace();
-                let tag = parts.next().unwrap_or_default().to_string();
-                let seq = parts.nth(1).and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-                Ok(Some((tag, seq)))
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
-            Err(e) => Err(e.into()),
+            self.sock.set_read_timeout(Some(left))?;
+            match self.sock.recv_from(&mut buf) {
+                Ok((_, from)) if from != self.target => continue,
+                Ok((n, _)) => {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let mut parts = text.split_whitespace();
+                    let tag = parts.next().unwrap_or_default().to_string();
+                    let seq = parts
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(u64::MAX);
+                    return Ok(Some((tag, seq)));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
