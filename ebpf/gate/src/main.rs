@@ -137,6 +137,13 @@ fn forward(ctx: &XdpContext, gate: &GateValue) -> u32 {
     }
 }
 
+/// Passes everything: the baseline the benchmark compares the gate with (on veth, attaching
+/// any XDP program changes the receive path), and a receiver for frames redirected to a veth.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[classifier]
 pub fn gate_egress(ctx: TcContext) -> i32 {
     let frame = SkbFrame::new(&ctx);
