@@ -6,7 +6,8 @@ use aya::{
     Ebpf,
 };
 use takeover_common::{
-    Action, Counters, GateKey, GateValue, COUNTERS_MAP, GATES_MAP, REDIRECT_MAP,
+    Action, Counters, GateKey, GateValue, ACTION_NONE, COUNTERS_MAP, FLAG_SERVICES, GATES_MAP,
+    REDIRECT_MAP,
 };
 
 use super::{pins::PinDir, target::Target};
@@ -66,28 +67,106 @@ impl Gates {
     }
 
     /// Sets the gate of `target`. Counters of an existing entry are kept.
-    pub fn set(&mut self, target: &Target, value: GateValue) -> Result<()> {
+    ///
+    /// Keeps the table's invariant (see `FLAG_SERVICES`): a service entry is written before its
+    /// address entry is flagged, so the data plane never looks for a service that is not there.
+    pub fn set(&mut self, target: &Target, mut value: GateValue) -> Result<()> {
+        let addr_key = target.key().address();
+        let existing = self.raw(&addr_key)?;
+        value.flags = 0;
+        if target.service.is_none() {
+            // An address verdict keeps the address's service flag.
+            value.flags = existing.map_or(0, |e| e.flags & FLAG_SERVICES);
+            return self.write(target, &addr_key, value);
+        }
+        self.write(target, &target.key(), value)?;
+        match existing {
+            Some(e) if e.has_services() => Ok(()),
+            Some(mut e) => {
+                e.flags |= FLAG_SERVICES;
+                self.write(target, &addr_key, e)
+            }
+            None => self.write(target, &addr_key, GateValue::services_only()),
+        }
+    }
+
+    fn write(&mut self, target: &Target, key: &GateKey, value: GateValue) -> Result<()> {
         self.gates
-            .insert(target.key(), value, 0)
+            .insert(key, value, 0)
             .with_context(|| format!("cannot write the gate of {target} (table full?)"))
+    }
+
+    fn raw(&self, key: &GateKey) -> Result<Option<GateValue>> {
+        match self.gates.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn delete(&mut self, target: &Target, key: &GateKey) -> Result<()> {
+        self.gates
+            .remove(key)
+            .with_context(|| format!("cannot remove the gate of {target}"))?;
+        // The data plane may not have counted anything yet: no counters entry is fine.
+        if self.counters.get(key, 0).is_ok() {
+            self.counters
+                .remove(key)
+                .with_context(|| format!("cannot remove the counters of {target}"))?;
+        }
+        Ok(())
     }
 
     /// Removes the gate of `target` and its counters; `false` if there was none.
     pub fn remove(&mut self, target: &Target) -> Result<bool> {
         let key = target.key();
-        if self.get(target)?.is_none() {
+        let addr_key = key.address();
+        let Some(addr) = self.raw(&addr_key)? else {
+            return Ok(false);
+        };
+        if target.service.is_none() {
+            if addr.action == ACTION_NONE {
+                return Ok(false);
+            }
+            if addr.has_services() {
+                // The services stay; the address goes back to having no verdict of its own.
+                self.write(target, &addr_key, GateValue::services_only())?;
+                if self.counters.get(&addr_key, 0).is_ok() {
+                    self.counters.remove(&addr_key)?;
+                }
+                return Ok(true);
+            }
+            self.delete(target, &addr_key)?;
+            return Ok(true);
+        }
+        if self.raw(&key)?.is_none() {
             return Ok(false);
         }
-        self.gates
-            .remove(&key)
-            .with_context(|| format!("cannot remove the gate of {target}"))?;
-        // The data plane may not have counted anything yet: no counters entry is fine.
-        if self.counters.get(&key, 0).is_ok() {
-            self.counters
-                .remove(&key)
-                .with_context(|| format!("cannot remove the counters of {target}"))?;
+        let last = !self
+            .raw_keys()?
+            .iter()
+            .any(|k| k.address() == addr_key && *k != addr_key && *k != key);
+        if last {
+            // Unflag first: from then on the data plane no longer looks for this service.
+            if addr.action == ACTION_NONE {
+                self.delete(target, &addr_key)?;
+            } else {
+                let mut a = addr;
+                a.flags &= !FLAG_SERVICES;
+                self.write(target, &addr_key, a)?;
+            }
         }
+        self.delete(target, &key)?;
         Ok(true)
+    }
+
+    fn raw_keys(&self) -> Result<Vec<GateKey>> {
+        Ok(self.gates.keys().collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Number of raw table entries, placeholders included (for tests of the bookkeeping).
+    pub fn raw_len(&self) -> Result<usize> {
+        Ok(self.raw_keys()?.len())
     }
 
     /// Lets `Forward` entries leave through interface `ifindex` (XDP_REDIRECT needs it in
@@ -105,12 +184,11 @@ impl Gates {
         Ok(out)
     }
 
+    /// The entry of `target`, if it has a verdict (placeholders do not count).
     pub fn get(&self, target: &Target) -> Result<Option<Entry>> {
-        let key = target.key();
-        match self.gates.get(&key, 0) {
-            Ok(value) => Ok(Some(self.entry(*target, value)?)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
+        match self.raw(&target.key())? {
+            Some(v) if v.action != ACTION_NONE => Ok(Some(self.entry(*target, v)?)),
+            _ => Ok(None),
         }
     }
 
@@ -138,6 +216,9 @@ impl Gates {
         let mut out = Vec::new();
         for item in self.gates.iter() {
             let (key, value) = item?;
+            if value.action == ACTION_NONE {
+                continue;
+            }
             // Keys no takeover writes are skipped rather than shown wrongly.
             if let Some(target) = Target::from_key(&key) {
                 out.push(self.entry(target, value)?);

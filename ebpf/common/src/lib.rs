@@ -124,13 +124,25 @@ impl Action {
     }
 }
 
+/// `GateValue::action` of an address entry that only carries [`FLAG_SERVICES`]: the address
+/// itself is not gated (its traffic passes untouched), only the services listed for it are.
+pub const ACTION_NONE: u8 = 0;
+
+/// `GateValue::flags` of an address entry: per-service entries exist for this address. The
+/// data plane looks the address up first and the service only when this is set, so addresses
+/// without services cost one lookup. The agent keeps it true: every service entry has an
+/// address entry with this flag (with `ACTION_NONE` if the address has no verdict of its own).
+pub const FLAG_SERVICES: u8 = 1;
+
 /// Value of the gate table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GateValue {
-    /// An [`Action`] as `u8` (a map value must accept any byte the other side writes).
+    /// An [`Action`] as `u8`, or [`ACTION_NONE`] (a map value must accept any byte written).
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// [`FLAG_SERVICES`] on address entries.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// `Forward`: interface to redirect to (must be in the redirect map), 0 = back out of the
     /// interface it came in on (XDP_TX).
     pub ifindex: u32,
@@ -141,24 +153,42 @@ pub struct GateValue {
 }
 
 impl GateValue {
+    const EMPTY: Self = Self {
+        action: ACTION_NONE,
+        flags: 0,
+        _pad: [0; 2],
+        ifindex: 0,
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+    };
+
     pub const fn new(action: Action) -> Self {
         Self {
             action: action as u8,
-            _pad: [0; 3],
-            ifindex: 0,
-            dst_mac: [0; 6],
-            src_mac: [0; 6],
+            ..Self::EMPTY
         }
     }
 
     pub const fn forward(ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Self {
         Self {
             action: Action::Forward as u8,
-            _pad: [0; 3],
             ifindex,
             dst_mac,
             src_mac,
+            ..Self::EMPTY
         }
+    }
+
+    /// The placeholder address entry of an address that only has service entries.
+    pub const fn services_only() -> Self {
+        Self {
+            flags: FLAG_SERVICES,
+            ..Self::EMPTY
+        }
+    }
+
+    pub const fn has_services(&self) -> bool {
+        self.flags & FLAG_SERVICES != 0
     }
 }
 

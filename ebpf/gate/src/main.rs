@@ -14,7 +14,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
-use takeover_common::{Action, Counters, GateKey, GateValue, MAX_GATES, MAX_REDIRECT_IFACES};
+use takeover_common::{
+    Action, Counters, GateKey, GateValue, ACTION_NONE, FLAG_SERVICES, MAX_GATES,
+    MAX_REDIRECT_IFACES,
+};
 
 use parse::{Packet, SkbFrame, XdpFrame};
 
@@ -47,16 +50,23 @@ fn counters(key: &GateKey) -> Option<&'static mut Counters> {
     COUNTERS.get_ptr_mut(key).map(|c| unsafe { &mut *c })
 }
 
-/// The gate entry for `key`, the per-service entry first, then the address-wide one.
+/// The gate entry that decides for `key` (an address) and, if the packet has one, its
+/// service: the address entry first, then the service entry if the address has any.
 #[inline(always)]
 fn lookup(key: GateKey, service: Option<(u8, u16)>) -> Option<(GateKey, GateValue)> {
-    if let Some((proto, port)) = service {
-        let skey = key.service(proto, port);
-        if let Some(v) = unsafe { GATES.get(skey) } {
-            return Some((skey, *v));
+    let addr = *unsafe { GATES.get(key) }?;
+    if addr.flags & FLAG_SERVICES != 0 {
+        if let Some((proto, port)) = service {
+            let skey = key.service(proto, port);
+            if let Some(v) = unsafe { GATES.get(skey) } {
+                return Some((skey, *v));
+            }
         }
     }
-    unsafe { GATES.get(key) }.map(|v| (key, *v))
+    if addr.action == ACTION_NONE {
+        return None;
+    }
+    Some((key, addr))
 }
 
 #[xdp]

@@ -10,9 +10,9 @@
 //! the kernel receive timestamp of the first datagram that got through.
 use std::{
     fmt::Write as _,
-    os::unix::process::CommandExt as _,
     net::UdpSocket,
     os::fd::AsRawFd,
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -50,14 +50,23 @@ fn pair() -> Result<Pair> {
     rx.ip("addr add 10.88.0.100/24 dev lan")?;
     tx.ip("link set lan up")?;
     rx.ip("link set lan up")?;
-    tx.ip(&format!("neigh replace 10.88.0.100 lladdr {RX_MAC} dev lan nud permanent"))?;
-    rx.ip(&format!("neigh replace 10.88.0.1 lladdr {TX_MAC} dev lan nud permanent"))?;
+    tx.ip(&format!(
+        "neigh replace 10.88.0.100 lladdr {RX_MAC} dev lan nud permanent"
+    ))?;
+    rx.ip(&format!(
+        "neigh replace 10.88.0.1 lladdr {TX_MAC} dev lan nud permanent"
+    ))?;
     Ok(Pair { tx, rx })
 }
 
 /// A trafgen config: one UDP frame 10.88.0.1:12345 -> 10.88.0.100:9, 64 bytes on the wire.
 fn trafgen_config(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let mac = |m: &str| m.split(':').map(|b| format!("0x{b}")).collect::<Vec<_>>().join(", ");
+    let mac = |m: &str| {
+        m.split(':')
+            .map(|b| format!("0x{b}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let conf = format!(
         "{{\n  {}, {},\n  0x08, 0x00,\n  0x45, 0x00, 0x00, 0x2e, 0x00, 0x01, 0x40, 0x00, 0x40, 0x11, csumip(14, 33),\n  10, 88, 0, 1,\n  {}, {}, {}, {},\n  0x30, 0x39, 0x00, 0x09, 0x00, 0x1a, 0x00, 0x00,\n  fill(0x41, 18)\n}}\n",
         mac(RX_MAC),
@@ -73,7 +82,10 @@ fn trafgen_config(dir: &std::path::Path) -> Result<std::path::PathBuf> {
 }
 
 fn rx_packets(ns: &Netns) -> Result<u64> {
-    Ok(ns.sh("cat /sys/class/net/lan/statistics/rx_packets")?.trim().parse()?)
+    Ok(ns
+        .sh("cat /sys/class/net/lan/statistics/rx_packets")?
+        .trim()
+        .parse()?)
 }
 
 /// Sends `PACKETS` frames and returns the rate `rx` received them at. trafgen is retried
@@ -83,7 +95,13 @@ fn blast(p: &Pair, conf: &std::path::Path) -> Result<f64> {
     for _ in 0..2 {
         let before = rx_packets(&p.rx)?;
         let start = Instant::now();
-        match run(p.tx.cmd("trafgen").args(["--dev", "lan", "--conf"]).arg(conf).args(["-n", &PACKETS.to_string(), "-q", "--cpus", "1"])) {
+        match run(p
+            .tx
+            .cmd("trafgen")
+            .args(["--dev", "lan", "--conf"])
+            .arg(conf)
+            .args(["-n", &PACKETS.to_string(), "-q", "--cpus", "1"]))
+        {
             Ok(_) => {
                 let elapsed = start.elapsed();
                 let got = rx_packets(&p.rx)? - before;
@@ -105,12 +123,18 @@ impl PassProgram {
     fn attach(ns: &Netns) -> Result<Self> {
         let object = std::fs::read("target/ebpf/bpfel-unknown-none/release/takeover-gate")
             .context("the eBPF object (run from the repository root after a release build)")?;
-        let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/takeover-bench-{}", std::process::id()));
+        let pins =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/takeover-bench-{}", std::process::id()));
         std::fs::create_dir_all(&pins)?;
         let dir = pins.clone();
         let ebpf = ns.within(move || {
-            let mut ebpf = EbpfLoader::new().default_map_pin_directory(&dir).load(&object)?;
-            let prog: &mut Xdp = ebpf.program_mut(PASS_PROGRAM).context("no xdp_pass")?.try_into()?;
+            let mut ebpf = EbpfLoader::new()
+                .default_map_pin_directory(&dir)
+                .load(&object)?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(PASS_PROGRAM)
+                .context("no xdp_pass")?
+                .try_into()?;
             prog.load()?;
             prog.attach("lan", XdpMode::Driver)?;
             Ok(ebpf)
@@ -136,10 +160,20 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [Self::NoProgram, Self::XdpPassOnly, Self::XdpUnknown, Self::XdpOpen, Self::XdpClosed, Self::TcOpen];
+    const ALL: [Scenario; 6] = [
+        Self::NoProgram,
+        Self::XdpPassOnly,
+        Self::XdpUnknown,
+        Self::XdpOpen,
+        Self::XdpClosed,
+        Self::TcOpen,
+    ];
 
     fn is_xdp(self) -> bool {
-        matches!(self, Self::XdpPassOnly | Self::XdpUnknown | Self::XdpOpen | Self::XdpClosed)
+        matches!(
+            self,
+            Self::XdpPassOnly | Self::XdpUnknown | Self::XdpOpen | Self::XdpClosed
+        )
     }
 
     fn describe(self) -> &'static str {
@@ -199,7 +233,8 @@ fn main() -> Result<()> {
     let p = pair()?;
     let conf = trafgen_config(&std::env::temp_dir())?;
 
-    let mut rates: Vec<(Scenario, Vec<f64>)> = Scenario::ALL.iter().map(|s| (*s, Vec::new())).collect();
+    let mut rates: Vec<(Scenario, Vec<f64>)> =
+        Scenario::ALL.iter().map(|s| (*s, Vec::new())).collect();
     for round in 0..ROUNDS {
         for (s, v) in rates.iter_mut() {
             let _pass = s.prepare(&t, &p)?;
@@ -226,17 +261,16 @@ fn flip_latency(t: &Takeover, p: &Pair) -> Result<Flips> {
     let key = GateKey::v4(LOGICAL);
     // A steady stream: one frame every 2 us at most.
     let conf = trafgen_config(&std::env::temp_dir())?;
-    let mut sender = p
-        .tx
-        .cmd("trafgen")
-        .args(["--dev", "lan", "--conf"])
-        .arg(&conf)
-        .args(["-n", "0", "-q", "--cpus", "1", "-t", "2us"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // trafgen forks a worker per CPU: give it a process group of its own to stop them all.
-        .process_group(0)
-        .spawn()?;
+    let mut sender =
+        p.tx.cmd("trafgen")
+            .args(["--dev", "lan", "--conf"])
+            .arg(&conf)
+            .args(["-n", "0", "-q", "--cpus", "1", "-t", "2us"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // trafgen forks a worker per CPU: give it a process group of its own to stop them all.
+            .process_group(0)
+            .spawn()?;
     let mut out = Flips::default();
     let result = (|| -> Result<()> {
         for _ in 0..FLIPS {
@@ -246,13 +280,16 @@ fn flip_latency(t: &Takeover, p: &Pair) -> Result<Flips> {
             let t0 = realtime();
             gates.insert(key, GateValue::new(Action::Open), 0)?;
             let t1 = realtime();
-            let ts = recv_timestamp(&sock, Duration::from_secs(2))?.context("no datagram after opening the gate")?;
+            let ts = recv_timestamp(&sock, Duration::from_secs(2))?
+                .context("no datagram after opening the gate")?;
             out.latency_us.push((ts - t0) * 1e6);
             out.update_us.push((t1 - t0) * 1e6);
             // The stream's own spacing bounds how early the first datagram can be seen.
             let mut prev = ts;
             for _ in 0..20 {
-                let Some(next) = recv_timestamp(&sock, Duration::from_secs(1))? else { break };
+                let Some(next) = recv_timestamp(&sock, Duration::from_secs(1))? else {
+                    break;
+                };
                 out.spacing_us.push((next - prev) * 1e6);
                 prev = next;
             }
@@ -274,7 +311,10 @@ struct Flips {
 }
 
 fn realtime() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
@@ -282,7 +322,13 @@ fn realtime() -> f64 {
 fn enable_timestamps(sock: &UdpSocket) -> Result<()> {
     let one: libc::c_int = 1;
     let rc = unsafe {
-        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one as *const _ as *const libc::c_void, 4)
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &one as *const _ as *const libc::c_void,
+            4,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error().into());
@@ -302,7 +348,10 @@ fn drain(sock: &UdpSocket) -> Result<()> {
 fn recv_timestamp(sock: &UdpSocket, timeout: Duration) -> Result<Option<f64>> {
     sock.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 2048];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     let mut control = [0u64; 16];
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -312,7 +361,10 @@ fn recv_timestamp(sock: &UdpSocket, timeout: Duration) -> Result<Option<f64>> {
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
     if n < 0 {
         let e = std::io::Error::last_os_error();
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             return Ok(None);
         }
         return Err(e.into());
@@ -321,7 +373,8 @@ fn recv_timestamp(sock: &UdpSocket, timeout: Duration) -> Result<Option<f64>> {
     while !cmsg.is_null() {
         let c = unsafe { &*cmsg };
         if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SO_TIMESTAMPNS {
-            let ts: libc::timespec = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+            let ts: libc::timespec =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
             return Ok(Some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9));
         }
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
@@ -332,25 +385,46 @@ fn recv_timestamp(sock: &UdpSocket, timeout: Duration) -> Result<Option<f64>> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{cores} cores ({cpu}), kernel {kernel}")
 }
 
 fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<()> {
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
     let mut s = String::new();
     writeln!(s, "## Gate cost (`cargo xtask bench gate`)\n")?;
-    writeln!(s, "Measured {date} on {}, by `cargo xtask bench gate`.", machine())?;
+    writeln!(
+        s,
+        "Measured {date} on {}, by `cargo xtask bench gate`.",
+        machine()
+    )?;
     writeln!(
         s,
         "Veth pair between two namespaces; trafgen sends {PACKETS} 60-byte UDP frames (64 on the wire) per trial through the qdisc layer, one CPU; \
          rate = frames `rx` received (its `rx_packets`, XDP verdicts included) / sender wall time. {ROUNDS} rounds, scenarios alternating within each round. \
          The machine is shared and noisy: compare the ratios, measured side by side.\n"
     )?;
-    writeln!(s, "| scenario | median pps | min | max | vs no program | vs XDP_PASS program |")?;
+    writeln!(
+        s,
+        "| scenario | median pps | min | max | vs no program | vs XDP_PASS program |"
+    )?;
     writeln!(s, "|---|---|---|---|---|---|")?;
     let med = |i: usize| {
         let mut v = rates[i].1.clone();
@@ -361,11 +435,26 @@ fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<
         let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = v.iter().cloned().fold(0.0, f64::max);
         let m = median(v);
-        let vs_pass = if sc.is_xdp() { format!("{:.1} %", 100.0 * m / pass) } else { "-".into() };
-        writeln!(s, "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {vs_pass} |", sc.describe(), m, min, max, 100.0 * m / base)?;
+        let vs_pass = if sc.is_xdp() {
+            format!("{:.1} %", 100.0 * m / pass)
+        } else {
+            "-".into()
+        };
+        writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {vs_pass} |",
+            sc.describe(),
+            m,
+            min,
+            max,
+            100.0 * m / base
+        )?;
     }
     let lat = &mut flips.latency_us;
-    let (lmin, lmax) = (lat.iter().cloned().fold(f64::INFINITY, f64::min), lat.iter().cloned().fold(0.0, f64::max));
+    let (lmin, lmax) = (
+        lat.iter().cloned().fold(f64::INFINITY, f64::min),
+        lat.iter().cloned().fold(0.0, f64::max),
+    );
     writeln!(
         s,
         "\nFlip latency ({} flips; trafgen streams datagrams to a closed address, the bench opens the gate with one map update): from just before \
