@@ -769,8 +769,16 @@ fn service_entries_keep_their_address_flagged_whatever_the_order() {
     g.set(v4(LOGICAL4), Some("udp/53"), closed());
     assert_eq!(g.ingress(&svc).0, XDP_DROP);
     assert_eq!(g.ingress(&other).0, XDP_PASS);
-    assert_eq!(g.counters(v4(LOGICAL4), None), Default::default(), "placeholder counts nothing");
-    assert_eq!(g.gates.entries().unwrap().len(), 1, "placeholders are not shown");
+    assert_eq!(
+        g.counters(v4(LOGICAL4), None),
+        Default::default(),
+        "placeholder counts nothing"
+    );
+    assert_eq!(
+        g.gates.entries().unwrap().len(),
+        1,
+        "placeholders are not shown"
+    );
     assert_eq!(g.gates.raw_len().unwrap(), 2);
     // An address verdict written afterwards keeps the service in force.
     g.set(v4(LOGICAL4), None, open());
@@ -779,20 +787,36 @@ fn service_entries_keep_their_address_flagged_whatever_the_order() {
     assert_eq!(g.counters(v4(LOGICAL4), None).rx_pass_packets, 1);
     // Removing the address verdict leaves the service.
     assert!(g.gates.remove(&target(v4(LOGICAL4), None)).unwrap());
-    assert!(!g.gates.remove(&target(v4(LOGICAL4), None)).unwrap(), "nothing left to remove");
+    assert!(
+        !g.gates.remove(&target(v4(LOGICAL4), None)).unwrap(),
+        "nothing left to remove"
+    );
     assert_eq!(g.ingress(&svc).0, XDP_DROP);
     // Removing the last service leaves nothing behind.
-    assert!(g.gates.remove(&target(v4(LOGICAL4), Some("udp/53"))).unwrap());
+    assert!(g
+        .gates
+        .remove(&target(v4(LOGICAL4), Some("udp/53")))
+        .unwrap());
     assert_eq!(g.gates.raw_len().unwrap(), 0);
     assert_eq!(g.ingress(&svc).0, XDP_PASS);
     // With the address verdict kept, removing the last service unflags it.
     g.set(v4(LOGICAL4), None, closed());
     g.set(v4(LOGICAL4), Some("udp/53"), open());
     g.set(v4(LOGICAL4), Some("udp/54"), open());
-    assert!(g.gates.remove(&target(v4(LOGICAL4), Some("udp/53"))).unwrap());
-    assert_eq!(g.ingress(&svc).0, XDP_DROP, "udp/53 falls back to the address");
+    assert!(g
+        .gates
+        .remove(&target(v4(LOGICAL4), Some("udp/53")))
+        .unwrap());
+    assert_eq!(
+        g.ingress(&svc).0,
+        XDP_DROP,
+        "udp/53 falls back to the address"
+    );
     assert_eq!(g.ingress(&other).0, XDP_PASS, "udp/54 still open");
-    assert!(g.gates.remove(&target(v4(LOGICAL4), Some("udp/54"))).unwrap());
+    assert!(g
+        .gates
+        .remove(&target(v4(LOGICAL4), Some("udp/54")))
+        .unwrap());
     assert_eq!(g.gates.raw_len().unwrap(), 1);
     assert_eq!(g.ingress(&other).0, XDP_DROP);
 }

@@ -20,6 +20,8 @@ pub const XDP_PROGRAM: &str = "gate_ingress";
 pub const TC_PROGRAM: &str = "gate_egress";
 /// A program that passes everything (benchmark baseline).
 pub const PASS_PROGRAM: &str = "xdp_pass";
+/// A classifier with no opinion on anything (benchmark baseline).
+pub const TC_PASS_PROGRAM: &str = "tc_pass";
 
 /// Where everything is pinned: `<PIN_ROOT>/<netns>/<iface>/`. Network namespaces share one
 /// bpffs and may reuse interface names, so `<netns>` is the namespace's inode (`net-<ino>`).

@@ -154,6 +154,12 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Egress counterpart of `xdp_pass` (benchmark baseline): no opinion on anything.
+#[classifier]
+pub fn tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[classifier]
 pub fn gate_egress(ctx: TcContext) -> i32 {
     let frame = SkbFrame::new(&ctx);
