@@ -94,6 +94,7 @@ fn bad_input_is_refused_with_one_clear_line_and_changes_nothing() -> Result<()> 
             "192.0.2.11 has no gate on v0",
         ),
         ("map show --iface v1", "no gate is attached to v1"),
+        ("log --iface v1", "no gate is attached to v1"),
     ];
     for (args, says) in cases {
         refused(&t, &ns, args, says)?;

@@ -442,3 +442,60 @@ fn attach_replaces_a_gate_whose_interface_was_recreated() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn forward_to_a_vanished_interface_is_dropped_and_logged() -> Result<()> {
+    use std::io::BufRead as _;
+    let t = takeover();
+    let lan = Lan::new(&t, &["cli", "a", "b"])?;
+    let (cli, a) = (lan.host("cli"), lan.host("a"));
+    lan.dedicated_line("a", "b")?;
+    let _ra = server(&t, a)?;
+    cli.static_neigh(LOGICAL4, &a.mac())?;
+    t.ok(
+        &a.ns,
+        &format!(
+            "gate forward {LOGICAL4} --iface lan --to-mac {} --via ded",
+            lan.host("b").ded_mac()
+        ),
+    )?;
+    // The line goes away: the kernel drops it from the redirect map.
+    a.ns.ip("link del ded")?;
+
+    let mut log = t
+        .cmd(&a.ns)
+        .args(["log", "--iface", "lan"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = log.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let c = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{PORT}"))?;
+    // Requests until the event shows up (the logger may attach after the first ones).
+    let mut line = None;
+    for seq in 0..50 {
+        c.send(seq)?;
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            line = Some(l);
+            break;
+        }
+    }
+    log.kill()?;
+    log.wait()?;
+    let line = line.expect("no event logged");
+    assert!(
+        line.contains("WARN") && line.contains("not a redirect target"),
+        "{line}"
+    );
+    assert!(t.counter(&a.ns, "lan", LOGICAL4, None, "rx_drop")? >= 1);
+    assert_eq!(t.counter(&a.ns, "lan", LOGICAL4, None, "rx_forward")?, 0);
+    Ok(())
+}

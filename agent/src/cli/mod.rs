@@ -1,4 +1,5 @@
 //! Command-line definitions (clap) and their dispatch.
+mod events;
 mod show;
 
 use std::net::IpAddr;
@@ -70,6 +71,13 @@ enum Command {
     /// Inspect the gate tables.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
+    /// a full counters table) until interrupted. Nothing is logged per packet.
+    #[command(after_help = "Example:\n  takeover log --iface eth0")]
+    Log {
+        #[arg(long, value_name = "IF")]
+        iface: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -170,6 +178,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Gate(cmd) => gate(cmd),
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
+        Command::Log { iface } => events::follow(&iface),
     }
 }
 

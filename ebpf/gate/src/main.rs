@@ -10,10 +10,13 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
+use aya_log_ebpf::warn;
 use takeover_common::{
     Action, Counters, GateKey, GateValue, ACTION_NONE, FLAG_SERVICES, MAX_GATES,
     MAX_REDIRECT_IFACES,
@@ -38,16 +41,46 @@ static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_IFACES, 0);
 #[map(name = "INFO")]
 static INFO: Array<u32> = Array::pinned(1, 0);
 
+/// Per CPU, when each kind of rare event was last logged (ns): at most one line per second
+/// and CPU, so a misconfiguration hit by every packet cannot flood the log.
+#[map(name = "LOG_LAST")]
+static LOG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
+
+const EVENT_COUNTERS_FULL: u32 = 0;
+const EVENT_REDIRECT_MISSING: u32 = 1;
+const EVENT_KINDS: u32 = 2;
+
+/// True if an event of `kind` may be logged now (and records that it is).
+#[inline(always)]
+fn may_log(kind: u32) -> bool {
+    let Some(last) = LOG_LAST.get_ptr_mut(kind) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a per-CPU slot, only this CPU touches it.
+    unsafe {
+        if *last != 0 && now.wrapping_sub(*last) < 1_000_000_000 {
+            return false;
+        }
+        *last = now;
+    }
+    true
+}
+
 const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
-fn counters(key: &GateKey) -> Option<&'static mut Counters> {
+fn counters<C: EbpfContext>(ctx: &C, key: &GateKey) -> Option<&'static mut Counters> {
     if let Some(c) = COUNTERS.get_ptr_mut(key) {
         return Some(unsafe { &mut *c });
     }
     // First packet of this entry on any CPU: create it (a racing CPU may win; both fine).
     let _ = COUNTERS.insert(key, Counters::default(), BPF_NOEXIST);
-    COUNTERS.get_ptr_mut(key).map(|c| unsafe { &mut *c })
+    let c = COUNTERS.get_ptr_mut(key).map(|c| unsafe { &mut *c });
+    if c.is_none() && may_log(EVENT_COUNTERS_FULL) {
+        warn!(ctx, "counters table full: a gate entry goes uncounted");
+    }
+    c
 }
 
 /// The gate entry that decides for `key` (an address) and, if the packet has one, its
@@ -79,7 +112,7 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
     let Some((key, gate)) = ingress_gate(&pkt) else {
         return xdp_action::XDP_PASS;
     };
-    let c = counters(&key);
+    let c = counters(&ctx, &key);
     match Action::from_u8(gate.action) {
         Some(Action::Closed) => {
             if let Some(c) = c {
@@ -140,10 +173,19 @@ fn forward(ctx: &XdpContext, gate: &GateValue) -> u32 {
     if gate.ifindex == 0 {
         return xdp_action::XDP_TX;
     }
-    // A missing devmap entry is a misconfiguration: drop rather than loop the frame.
+    // A missing devmap entry is a misconfiguration (or the interface is gone): drop rather
+    // than loop the frame, and say so.
     match REDIRECT.redirect(gate.ifindex, xdp_action::XDP_DROP as u64) {
         Ok(v) => v,
-        Err(v) => v,
+        Err(v) => {
+            if may_log(EVENT_REDIRECT_MISSING) {
+                warn!(
+                    ctx,
+                    "forward dropped: interface {} is not a redirect target (gone?)", gate.ifindex
+                );
+            }
+            v
+        }
     }
 }
 
@@ -170,7 +212,7 @@ pub fn gate_egress(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let bytes = ctx.len() as u64;
-    let c = counters(&key);
+    let c = counters(&ctx, &key);
     if gate.action == Action::Closed as u8 {
         if let Some(c) = c {
             c.tx_drop_packets += 1;

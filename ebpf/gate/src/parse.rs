@@ -75,7 +75,11 @@ pub struct SkbFrame<'a> {
 impl<'a> SkbFrame<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a TcContext) -> Self {
-        Self { ctx, start: ctx.data(), end: ctx.data_end() }
+        Self {
+            ctx,
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
     }
 }
 
