@@ -47,6 +47,17 @@ fn server(t: &Takeover, host: &Host) -> Result<Vec<Responder>> {
     .collect()
 }
 
+/// Client `cli` and server `a` (see [`server`]); the client's neighbour entries for the
+/// logical addresses point at `a`, so ARP is not part of what the test measures.
+fn client_and_server(t: &Takeover) -> Result<(Lan, Vec<Responder>)> {
+    let lan = Lan::new(t, &["cli", "a"])?;
+    let srv = server(t, lan.host("a"))?;
+    let (cli, a) = (lan.host("cli"), lan.host("a"));
+    cli.static_neigh(LOGICAL4, &a.mac())?;
+    cli.static_neigh(LOGICAL6, &a.mac())?;
+    Ok((lan, srv))
+}
+
 /// Waits until a counter of an entry reaches `at_least` (the data plane counts asynchronously
 /// to the sender: veth hands frames to the receiver's NAPI).
 fn wait_counter(
@@ -70,11 +81,8 @@ fn wait_counter(
 #[test]
 fn client_reaches_an_open_address_and_not_a_closed_one() -> Result<()> {
     let t = takeover();
-    let lan = Lan::new(&t, &["cli", "a"])?;
+    let (lan, _srv) = client_and_server(&t)?;
     let (cli, a) = (lan.host("cli"), lan.host("a"));
-    let _srv = server(&t, a)?;
-    cli.static_neigh(LOGICAL4, &a.mac())?;
-    cli.static_neigh(LOGICAL6, &a.mac())?;
     let c4 = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{PORT}"))?;
     let c6 = Client::new(&cli.ns, "[::]:0", &format!("[{LOGICAL6}]:{PORT}"))?;
     let own = Client::new(&cli.ns, "0.0.0.0:0", &format!("{}:{PORT}", a.addr4()))?;
@@ -207,10 +215,8 @@ fn closed_server_neither_answers_arp_nor_sends_from_the_address() -> Result<()> 
 #[test]
 fn flipping_the_gate_while_traffic_flows_changes_the_verdict_at_once() -> Result<()> {
     let t = takeover();
-    let lan = Lan::new(&t, &["cli", "a"])?;
+    let (lan, _srv) = client_and_server(&t)?;
     let (cli, a) = (lan.host("cli"), lan.host("a"));
-    let _srv = server(&t, a)?;
-    cli.static_neigh(LOGICAL4, &a.mac())?;
     t.ok(&a.ns, &format!("gate open {LOGICAL4} --iface lan"))?;
     let client = Arc::new(Client::new(
         &cli.ns,
@@ -359,10 +365,8 @@ fn forward_via_the_dedicated_line_reaches_the_peer() -> Result<()> {
 #[test]
 fn detach_restores_plain_behaviour() -> Result<()> {
     let t = takeover();
-    let lan = Lan::new(&t, &["cli", "a"])?;
+    let (lan, _srv) = client_and_server(&t)?;
     let (cli, a) = (lan.host("cli"), lan.host("a"));
-    let _srv = server(&t, a)?;
-    cli.static_neigh(LOGICAL4, &a.mac())?;
     t.ok(&a.ns, &format!("gate close {LOGICAL4} --iface lan"))?;
     let c = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL4}:{PORT}"))?;
     c.send(1)?;
@@ -384,11 +388,8 @@ fn detach_restores_plain_behaviour() -> Result<()> {
 #[test]
 fn gates_survive_the_loader_exiting_and_a_second_attach() -> Result<()> {
     let t = takeover();
-    let lan = Lan::new(&t, &["cli", "a"])?;
+    let (lan, _srv) = client_and_server(&t)?;
     let (cli, a) = (lan.host("cli"), lan.host("a"));
-    let _srv = server(&t, a)?;
-    cli.static_neigh(LOGICAL4, &a.mac())?;
-    cli.static_neigh(LOGICAL6, &a.mac())?;
     // Every `takeover` command is a process that has exited by now: the pins hold the gate.
     t.ok(&a.ns, &format!("gate close {LOGICAL4} --iface lan"))?;
     t.ok(&a.ns, &format!("gate open {LOGICAL6} --iface lan"))?;

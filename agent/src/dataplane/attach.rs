@@ -237,25 +237,14 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface) -> Result<Egress> {
         .context("the eBPF object has no TC program")?
         .try_into()?;
     prog.load().map_err(|e| load_error(TC_PROGRAM, e))?;
-    if tcx_supported() {
-        let id = prog
-            .attach(&iface.name, TcAttachType::Egress)
-            .map_err(|e| {
-                anyhow!(
-                    "cannot attach the egress classifier to {}: {}",
-                    iface.name,
-                    chain(&e)
-                )
-            })?;
-        let link: FdLink = prog.take_link(id)?.try_into()?;
-        link.pin(pins.tc_link())
-            .with_context(|| format!("pinning {}", pins.tc_link().display()))?;
-        return Ok(Egress::Tcx);
-    }
-    // Before tcx: a filter on the clsact qdisc, which lives as long as the qdisc does.
-    if let Err(e) = tc::qdisc_add_clsact(&iface.name) {
-        if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST)) {
-            return Err(anyhow!("cannot add a clsact qdisc to {}: {e}", iface.name));
+    let tcx = tcx_supported();
+    if !tcx {
+        // Before tcx: a filter on the clsact qdisc, which lives as long as the qdisc does.
+        if let Err(e) = tc::qdisc_add_clsact(&iface.name) {
+            if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+            {
+                return Err(anyhow!("cannot add a clsact qdisc to {}: {e}", iface.name));
+            }
         }
     }
     let id = prog
@@ -267,9 +256,15 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, iface: &Iface) -> Result<Egress> {
                 chain(&e)
             )
         })?;
-    // Dropping the link would remove the filter; it must stay after this process exits.
-    std::mem::forget(prog.take_link(id)?);
-    Ok(Egress::Netlink)
+    if !tcx {
+        // Dropping the link would remove the filter; it must stay after this process exits.
+        std::mem::forget(prog.take_link(id)?);
+        return Ok(Egress::Netlink);
+    }
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(pins.tc_link())
+        .with_context(|| format!("pinning {}", pins.tc_link().display()))?;
+    Ok(Egress::Tcx)
 }
 
 fn busy(e: &ProgramError) -> bool {
