@@ -1,0 +1,421 @@
+//! The agent's configuration: a TOML file, the same on every node but for `[node]`.
+//!
+//! Parsing is pure (`parse` takes the text); every error names its key and line, and all of
+//! them are reported at once, so `takeover check-config` fixes a file in one pass.
+mod duration;
+
+use std::{collections::BTreeSet, fmt, net::IpAddr, net::SocketAddr, ops::Range, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use duration::parse_duration;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub node: Node,
+    pub peers: Vec<Peer>,
+    pub addresses: Vec<LogicalAddress>,
+    pub heartbeat: Heartbeat,
+    pub preempt: Preempt,
+    pub fence: Fence,
+    pub announce: Announce,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    /// The LAN interface that carries the logical addresses.
+    pub lan: String,
+    pub xdp_mode: XdpMode,
+    /// Local address of each path, in the same order as every peer's `paths`.
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    pub name: String,
+    /// One address per path: the dedicated line first, the LAN second.
+    pub paths: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogicalAddress {
+    pub ip: IpAddr,
+    pub prefix: u8,
+    /// Preferred owner first, then the standbys in order of preference.
+    pub preference: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    /// A peer is dead when every path has been silent for `misses` intervals.
+    pub misses: u32,
+}
+
+impl Heartbeat {
+    pub fn dead_after(&self) -> Duration {
+        self.interval * self.misses
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Preempt {
+    /// Give an address back to a node that prefers it when it recovers.
+    pub enabled: bool,
+    /// How long that node must be healthy first (hysteresis against flapping).
+    pub delay: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fence {
+    /// argv; the peer's name is appended. Exit status 0 means the peer is fenced.
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Announce {
+    pub count: u32,
+    pub interval: Duration,
+}
+
+/// One problem in a configuration file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: usize,
+    pub column: usize,
+    /// The key, as a dotted path (`peer[1].paths`), or empty for a syntax error.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        } else {
+            write!(f, "line {}, column {}: {}: {}", self.line, self.column, self.key, self.message)
+        }
+    }
+}
+
+// ---- the file as written ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: Spanned<RawNode>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+    #[serde(default)]
+    address: Vec<Spanned<RawAddress>>,
+    heartbeat: Option<Spanned<RawHeartbeat>>,
+    preempt: Option<Spanned<RawPreempt>>,
+    fence: Option<Spanned<RawFence>>,
+    announce: Option<Spanned<RawAnnounce>>,
+    auth: Spanned<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    lan: Spanned<String>,
+    xdp_mode: Option<Spanned<String>>,
+    listen: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    paths: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAddress {
+    ip: Spanned<String>,
+    owner: Spanned<String>,
+    #[serde(default)]
+    standbys: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    interval: Option<Spanned<String>>,
+    misses: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreempt {
+    enabled: Option<Spanned<bool>>,
+    delay: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFence {
+    command: Spanned<Vec<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    count: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    key_file: Spanned<String>,
+}
+
+/// Defaults, chosen for the targets of DESIGN.md (detection in a few milliseconds).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
+pub const DEFAULT_MISSES: u32 = 5;
+pub const DEFAULT_PREEMPT_DELAY: Duration = Duration::from_secs(2);
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Collects errors against the text they are about.
+struct Check<'a> {
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Check<'_> {
+    fn at(&self, span: Range<usize>) -> (usize, usize) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = self.at(span);
+        self.errors.push(ConfigError { line, column, key: key.into(), message: message.into() });
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, range: (Duration, Duration)) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d >= range.0 && d <= range.1 => d,
+            Ok(_) => {
+                self.error(v.span(), key, format!("must be between {:?} and {:?}", range.0, range.1));
+                default
+            }
+            Err(e) => {
+                self.error(v.span(), key, e);
+                default
+            }
+        }
+    }
+
+    fn socket(&mut self, v: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            _ => {
+                self.error(v.span(), key, format!("{:?} is not an address with a port, such as 10.0.0.1:7400 or [fd00::1]:7400", v.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, v: &Spanned<String>, key: &str) -> String {
+        let n = v.get_ref();
+        let ok = !n.is_empty() && n.len() <= 32 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            self.error(v.span(), key, format!("{n:?} is not a node name (1-32 of a-z, A-Z, 0-9, '-', '_', '.')"));
+        }
+        n.clone()
+    }
+}
+
+/// Parses and validates a configuration; on failure, every problem found.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Check { text, errors: Vec::new() };
+    let raw: Raw = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            c.error(span, "", e.message().trim().to_string());
+            return Err(c.errors);
+        }
+    };
+
+    // [node]
+    let node = raw.node.get_ref();
+    let name = c.name(&node.name, "node.name");
+    let lan = node.lan.get_ref().clone();
+    if lan.is_empty() || lan.len() > 15 || lan.contains('/') || lan.contains(char::is_whitespace) {
+        c.error(node.lan.span(), "node.lan", format!("{lan:?} is not an interface name"));
+    }
+    let xdp_mode = match node.xdp_mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("auto", _)) => XdpMode::Auto,
+        Some(("driver", _)) => XdpMode::Driver,
+        Some(("generic", _)) => XdpMode::Generic,
+        Some((other, span)) => {
+            c.error(span, "node.xdp_mode", format!("{other:?} is not auto, driver or generic"));
+            XdpMode::Auto
+        }
+    };
+    let listen: Vec<SocketAddr> = node.listen.get_ref().iter().filter_map(|l| c.socket(l, "node.listen")).collect();
+    let npaths = node.listen.get_ref().len();
+    if !(1..=2).contains(&npaths) {
+        c.error(node.listen.span(), "node.listen", "give one local address per path: the dedicated line first, the LAN second (1 or 2)");
+    }
+
+    // [[peer]]
+    let mut names = BTreeSet::from([name.clone()]);
+    let mut peers = Vec::new();
+    if raw.peer.is_empty() {
+        c.error(raw.node.span(), "peer", "no [[peer]]: a takeover needs at least one other node");
+    }
+    for (i, p) in raw.peer.iter().enumerate() {
+        let p = p.get_ref();
+        let key = format!("peer[{i}]");
+        let pname = c.name(&p.name, &format!("{key}.name"));
+        if !names.insert(pname.clone()) {
+            c.error(p.name.span(), format!("{key}.name"), format!("{pname:?} is already a node (names must be unique, this node's too)"));
+        }
+        let paths: Vec<SocketAddr> = p.paths.get_ref().iter().filter_map(|a| c.socket(a, &format!("{key}.paths"))).collect();
+        if p.paths.get_ref().len() != npaths {
+            c.error(p.paths.span(), format!("{key}.paths"), format!("has {} paths but node.listen has {npaths}: one address per path, in the same order", p.paths.get_ref().len()));
+        }
+        peers.push(Peer { name: pname, paths });
+    }
+
+    // [[address]]
+    let mut addresses = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, a) in raw.address.iter().enumerate() {
+        let a = a.get_ref();
+        let key = format!("address[{i}]");
+        let (ip, prefix) = match parse_cidr(a.ip.get_ref()) {
+            Ok(v) => v,
+            Err(e) => {
+                c.error(a.ip.span(), format!("{key}.ip"), e);
+                continue;
+            }
+        };
+        if !seen.insert(ip) {
+            c.error(a.ip.span(), format!("{key}.ip"), format!("{ip} is listed twice"));
+        }
+        let mut preference = vec![a.owner.get_ref().clone()];
+        preference.extend(a.standbys.iter().map(|s| s.get_ref().clone()));
+        for (j, n) in std::iter::once(&a.owner).chain(a.standbys.iter()).enumerate() {
+            let k = if j == 0 { format!("{key}.owner") } else { format!("{key}.standbys") };
+            if !names.contains(n.get_ref()) {
+                c.error(n.span(), k, format!("{:?} is neither this node nor a [[peer]]", n.get_ref()));
+            } else if preference[..j].contains(n.get_ref()) {
+                c.error(n.span(), k, format!("{:?} is listed twice", n.get_ref()));
+            }
+        }
+        addresses.push(LogicalAddress { ip, prefix, preference });
+    }
+    if raw.address.is_empty() {
+        c.error(raw.node.span(), "address", "no [[address]]: nothing to take over");
+    }
+
+    // [heartbeat], [preempt], [fence], [announce], [auth]
+    let hb = raw.heartbeat.as_ref().map(|h| h.get_ref());
+    let interval = c.duration(&hb.and_then(|h| h.interval.clone()), "heartbeat.interval", DEFAULT_HEARTBEAT_INTERVAL, (Duration::from_micros(100), Duration::from_secs(10)));
+    let misses = match hb.and_then(|h| h.misses.as_ref()) {
+        None => DEFAULT_MISSES,
+        Some(m) if (2..=1000).contains(m.get_ref()) => *m.get_ref() as u32,
+        Some(m) => {
+            c.error(m.span(), "heartbeat.misses", "must be between 2 and 1000");
+            DEFAULT_MISSES
+        }
+    };
+    let pre = raw.preempt.as_ref().map(|p| p.get_ref());
+    let preempt = Preempt {
+        enabled: pre.and_then(|p| p.enabled.as_ref()).map_or(true, |e| *e.get_ref()),
+        delay: c.duration(&pre.and_then(|p| p.delay.clone()), "preempt.delay", DEFAULT_PREEMPT_DELAY, (Duration::ZERO, Duration::from_secs(3600))),
+    };
+    let fence = match &raw.fence {
+        None => {
+            c.error(0..0, "fence.command", "missing: without fencing, a takeover can leave two hosts serving one address; give a command that powers the peer off or cuts it off the LAN (the peer's name is appended)");
+            Fence { command: vec![], timeout: DEFAULT_FENCE_TIMEOUT }
+        }
+        Some(f) => {
+            let f = f.get_ref();
+            if f.command.get_ref().is_empty() || f.command.get_ref()[0].is_empty() {
+                c.error(f.command.span(), "fence.command", "must name a program, such as [\"/usr/local/sbin/fence-node\"]");
+            }
+            Fence {
+                command: f.command.get_ref().clone(),
+                timeout: c.duration(&f.timeout, "fence.timeout", DEFAULT_FENCE_TIMEOUT, (Duration::from_millis(1), Duration::from_secs(600))),
+            }
+        }
+    };
+    let ann = raw.announce.as_ref().map(|a| a.get_ref());
+    let announce = Announce {
+        count: match ann.and_then(|a| a.count.as_ref()) {
+            None => DEFAULT_ANNOUNCE_COUNT,
+            Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                c.error(n.span(), "announce.count", "must be between 1 and 100");
+                DEFAULT_ANNOUNCE_COUNT
+            }
+        },
+        interval: c.duration(&ann.and_then(|a| a.interval.clone()), "announce.interval", DEFAULT_ANNOUNCE_INTERVAL, (Duration::ZERO, Duration::from_secs(10))),
+    };
+    let key_file = PathBuf::from(raw.auth.get_ref().key_file.get_ref());
+    if key_file.as_os_str().is_empty() {
+        c.error(raw.auth.get_ref().key_file.span(), "auth.key_file", "must be a path");
+    }
+
+    if !c.errors.is_empty() {
+        c.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(c.errors);
+    }
+    Ok(Config {
+        node: Node { name, lan, xdp_mode, listen },
+        peers,
+        addresses,
+        heartbeat: Heartbeat { interval, misses },
+        preempt,
+        fence,
+        announce,
+        key_file,
+    })
+}
+
+/// `10.0.0.100`, `10.0.0.100/24`, `fd00::100/64` (default prefix: /32 or /128).
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address (with an optional /prefix)"))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return Err(format!("{ip} cannot be a logical address (unspecified, loopback or multicast)"));
+    }
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p.parse::<u8>().ok().filter(|p| (1..=max).contains(p)).ok_or_else(|| format!("prefix /{p} must be 1-{max}"))?,
+    };
+    Ok((ip, prefix))
+}
+
+#[cfg(test)]
+mod tests;
