@@ -188,3 +188,41 @@ fn map_show_renders_a_table_and_stable_json() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn check_config_accepts_the_sample_and_lists_every_problem() -> Result<()> {
+    let t = takeover();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/takeover.toml");
+    let out = std::process::Command::new(&t.bin)
+        .args(["check-config", sample])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+
+    let bad = std::env::temp_dir().join(format!("takeover-bad-{}.toml", std::process::id()));
+    let text = std::fs::read_to_string(sample)?
+        .replace("owner = \"a\"", "owner = \"nobody\"")
+        .replace("misses = 5", "misses = 1");
+    std::fs::write(&bad, text)?;
+    let out = std::process::Command::new(&t.bin)
+        .arg("check-config")
+        .arg(&bad)
+        .output()?;
+    std::fs::remove_file(&bad)?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("address[0].owner: \"nobody\" is neither this node nor a [[peer]]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("heartbeat.misses: must be between 2 and 1000"),
+        "{stderr}"
+    );
+    Ok(())
+}

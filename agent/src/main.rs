@@ -10,8 +10,9 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line an operator can act on: the error and its causes.
-            eprintln!("takeover: {}", format!("{e:#}").replace('\n', " "));
+            // One line an operator can act on: the error and its causes (check-config lists
+            // one problem per line).
+            eprintln!("takeover: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,4 +1,5 @@
 //! Command-line definitions (clap) and their dispatch.
+mod check;
 mod events;
 mod show;
 
@@ -71,6 +72,15 @@ enum Command {
     /// Inspect the gate tables.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Validate a configuration file and explain every problem (key and line). Needs no root.
+    #[command(
+        name = "check-config",
+        after_help = "Example:\n  takeover check-config /etc/takeover/takeover.toml"
+    )]
+    CheckConfig {
+        /// The TOML file (see examples/takeover.toml).
+        file: std::path::PathBuf,
+    },
     /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
     /// a full counters table) until interrupted. Nothing is logged per packet.
     #[command(after_help = "Example:\n  takeover log --iface eth0")]
@@ -152,6 +162,9 @@ pub fn run(cli: Cli) -> Result<()> {
         sys::require_root()?;
         sys::netns::enter(ns)?;
     }
+    if let Command::CheckConfig { file } = &cli.command {
+        return check::check(file);
+    }
     sys::require_root()?;
     match cli.command {
         Command::Attach { iface, mode } => {
@@ -179,6 +192,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gate(cmd) => gate(cmd),
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
         Command::Log { iface } => events::follow(&iface),
+        Command::CheckConfig { .. } => unreachable!("handled above"),
     }
 }
 

@@ -3,7 +3,9 @@ use std::time::Duration;
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let bad = || format!("{s:?} is not a duration such as 500us, 1ms, 2s or 1m");
     let value: f64 = num.parse().map_err(|_| bad())?;

@@ -4,7 +4,10 @@
 //! them are reported at once, so `takeover check-config` fixes a file in one pass.
 mod duration;
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, net::SocketAddr, ops::Range, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeSet, fmt, net::IpAddr, net::SocketAddr, ops::Range, path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -103,9 +106,17 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
-            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+            write!(
+                f,
+                "line {}, column {}: {}",
+                self.line, self.column, self.message
+            )
         } else {
-            write!(f, "line {}, column {}: {}: {}", self.line, self.column, self.key, self.message)
+            write!(
+                f,
+                "line {}, column {}: {}: {}",
+                self.line, self.column, self.key, self.message
+            )
         }
     }
 }
@@ -210,15 +221,30 @@ impl Check<'_> {
 
     fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
         let (line, column) = self.at(span);
-        self.errors.push(ConfigError { line, column, key: key.into(), message: message.into() });
+        self.errors.push(ConfigError {
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
-    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, range: (Duration, Duration)) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        range: (Duration, Duration),
+    ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
             Ok(d) if d >= range.0 && d <= range.1 => d,
             Ok(_) => {
-                self.error(v.span(), key, format!("must be between {:?} and {:?}", range.0, range.1));
+                self.error(
+                    v.span(),
+                    key,
+                    format!("must be between {:?} and {:?}", range.0, range.1),
+                );
                 default
             }
             Err(e) => {
@@ -240,9 +266,16 @@ impl Check<'_> {
 
     fn name(&mut self, v: &Spanned<String>, key: &str) -> String {
         let n = v.get_ref();
-        let ok = !n.is_empty() && n.len() <= 32 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let ok = !n.is_empty()
+            && n.len() <= 32
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {
-            self.error(v.span(), key, format!("{n:?} is not a node name (1-32 of a-z, A-Z, 0-9, '-', '_', '.')"));
+            self.error(
+                v.span(),
+                key,
+                format!("{n:?} is not a node name (1-32 of a-z, A-Z, 0-9, '-', '_', '.')"),
+            );
         }
         n.clone()
     }
@@ -250,7 +283,10 @@ impl Check<'_> {
 
 /// Parses and validates a configuration; on failure, every problem found.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let mut c = Check { text, errors: Vec::new() };
+    let mut c = Check {
+        text,
+        errors: Vec::new(),
+    };
     let raw: Raw = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -265,37 +301,71 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let name = c.name(&node.name, "node.name");
     let lan = node.lan.get_ref().clone();
     if lan.is_empty() || lan.len() > 15 || lan.contains('/') || lan.contains(char::is_whitespace) {
-        c.error(node.lan.span(), "node.lan", format!("{lan:?} is not an interface name"));
+        c.error(
+            node.lan.span(),
+            "node.lan",
+            format!("{lan:?} is not an interface name"),
+        );
     }
-    let xdp_mode = match node.xdp_mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+    let xdp_mode = match node
+        .xdp_mode
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
         None | Some(("auto", _)) => XdpMode::Auto,
         Some(("driver", _)) => XdpMode::Driver,
         Some(("generic", _)) => XdpMode::Generic,
         Some((other, span)) => {
-            c.error(span, "node.xdp_mode", format!("{other:?} is not auto, driver or generic"));
+            c.error(
+                span,
+                "node.xdp_mode",
+                format!("{other:?} is not auto, driver or generic"),
+            );
             XdpMode::Auto
         }
     };
-    let listen: Vec<SocketAddr> = node.listen.get_ref().iter().filter_map(|l| c.socket(l, "node.listen")).collect();
+    let listen: Vec<SocketAddr> = node
+        .listen
+        .get_ref()
+        .iter()
+        .filter_map(|l| c.socket(l, "node.listen"))
+        .collect();
     let npaths = node.listen.get_ref().len();
     if !(1..=2).contains(&npaths) {
-        c.error(node.listen.span(), "node.listen", "give one local address per path: the dedicated line first, the LAN second (1 or 2)");
+        c.error(
+            node.listen.span(),
+            "node.listen",
+            "give one local address per path: the dedicated line first, the LAN second (1 or 2)",
+        );
     }
 
     // [[peer]]
     let mut names = BTreeSet::from([name.clone()]);
     let mut peers = Vec::new();
     if raw.peer.is_empty() {
-        c.error(raw.node.span(), "peer", "no [[peer]]: a takeover needs at least one other node");
+        c.error(
+            raw.node.span(),
+            "peer",
+            "no [[peer]]: a takeover needs at least one other node",
+        );
     }
     for (i, p) in raw.peer.iter().enumerate() {
         let p = p.get_ref();
         let key = format!("peer[{i}]");
         let pname = c.name(&p.name, &format!("{key}.name"));
         if !names.insert(pname.clone()) {
-            c.error(p.name.span(), format!("{key}.name"), format!("{pname:?} is already a node (names must be unique, this node's too)"));
+            c.error(
+                p.name.span(),
+                format!("{key}.name"),
+                format!("{pname:?} is already a node (names must be unique, this node's too)"),
+            );
         }
-        let paths: Vec<SocketAddr> = p.paths.get_ref().iter().filter_map(|a| c.socket(a, &format!("{key}.paths"))).collect();
+        let paths: Vec<SocketAddr> = p
+            .paths
+            .get_ref()
+            .iter()
+            .filter_map(|a| c.socket(a, &format!("{key}.paths")))
+            .collect();
         if p.paths.get_ref().len() != npaths {
             c.error(p.paths.span(), format!("{key}.paths"), format!("has {} paths but node.listen has {npaths}: one address per path, in the same order", p.paths.get_ref().len()));
         }
@@ -316,27 +386,55 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }
         };
         if !seen.insert(ip) {
-            c.error(a.ip.span(), format!("{key}.ip"), format!("{ip} is listed twice"));
+            c.error(
+                a.ip.span(),
+                format!("{key}.ip"),
+                format!("{ip} is listed twice"),
+            );
         }
         let mut preference = vec![a.owner.get_ref().clone()];
         preference.extend(a.standbys.iter().map(|s| s.get_ref().clone()));
-        for (j, n) in std::iter::once(&a.owner).chain(a.standbys.iter()).enumerate() {
-            let k = if j == 0 { format!("{key}.owner") } else { format!("{key}.standbys") };
+        for (j, n) in std::iter::once(&a.owner)
+            .chain(a.standbys.iter())
+            .enumerate()
+        {
+            let k = if j == 0 {
+                format!("{key}.owner")
+            } else {
+                format!("{key}.standbys")
+            };
             if !names.contains(n.get_ref()) {
-                c.error(n.span(), k, format!("{:?} is neither this node nor a [[peer]]", n.get_ref()));
+                c.error(
+                    n.span(),
+                    k,
+                    format!("{:?} is neither this node nor a [[peer]]", n.get_ref()),
+                );
             } else if preference[..j].contains(n.get_ref()) {
                 c.error(n.span(), k, format!("{:?} is listed twice", n.get_ref()));
             }
         }
-        addresses.push(LogicalAddress { ip, prefix, preference });
+        addresses.push(LogicalAddress {
+            ip,
+            prefix,
+            preference,
+        });
     }
     if raw.address.is_empty() {
-        c.error(raw.node.span(), "address", "no [[address]]: nothing to take over");
+        c.error(
+            raw.node.span(),
+            "address",
+            "no [[address]]: nothing to take over",
+        );
     }
 
     // [heartbeat], [preempt], [fence], [announce], [auth]
     let hb = raw.heartbeat.as_ref().map(|h| h.get_ref());
-    let interval = c.duration(&hb.and_then(|h| h.interval.clone()), "heartbeat.interval", DEFAULT_HEARTBEAT_INTERVAL, (Duration::from_micros(100), Duration::from_secs(10)));
+    let interval = c.duration(
+        &hb.and_then(|h| h.interval.clone()),
+        "heartbeat.interval",
+        DEFAULT_HEARTBEAT_INTERVAL,
+        (Duration::from_micros(100), Duration::from_secs(10)),
+    );
     let misses = match hb.and_then(|h| h.misses.as_ref()) {
         None => DEFAULT_MISSES,
         Some(m) if (2..=1000).contains(m.get_ref()) => *m.get_ref() as u32,
@@ -347,22 +445,41 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     };
     let pre = raw.preempt.as_ref().map(|p| p.get_ref());
     let preempt = Preempt {
-        enabled: pre.and_then(|p| p.enabled.as_ref()).map_or(true, |e| *e.get_ref()),
-        delay: c.duration(&pre.and_then(|p| p.delay.clone()), "preempt.delay", DEFAULT_PREEMPT_DELAY, (Duration::ZERO, Duration::from_secs(3600))),
+        enabled: pre
+            .and_then(|p| p.enabled.as_ref())
+            .map_or(true, |e| *e.get_ref()),
+        delay: c.duration(
+            &pre.and_then(|p| p.delay.clone()),
+            "preempt.delay",
+            DEFAULT_PREEMPT_DELAY,
+            (Duration::ZERO, Duration::from_secs(3600)),
+        ),
     };
     let fence = match &raw.fence {
         None => {
             c.error(0..0, "fence.command", "missing: without fencing, a takeover can leave two hosts serving one address; give a command that powers the peer off or cuts it off the LAN (the peer's name is appended)");
-            Fence { command: vec![], timeout: DEFAULT_FENCE_TIMEOUT }
+            Fence {
+                command: vec![],
+                timeout: DEFAULT_FENCE_TIMEOUT,
+            }
         }
         Some(f) => {
             let f = f.get_ref();
             if f.command.get_ref().is_empty() || f.command.get_ref()[0].is_empty() {
-                c.error(f.command.span(), "fence.command", "must name a program, such as [\"/usr/local/sbin/fence-node\"]");
+                c.error(
+                    f.command.span(),
+                    "fence.command",
+                    "must name a program, such as [\"/usr/local/sbin/fence-node\"]",
+                );
             }
             Fence {
                 command: f.command.get_ref().clone(),
-                timeout: c.duration(&f.timeout, "fence.timeout", DEFAULT_FENCE_TIMEOUT, (Duration::from_millis(1), Duration::from_secs(600))),
+                timeout: c.duration(
+                    &f.timeout,
+                    "fence.timeout",
+                    DEFAULT_FENCE_TIMEOUT,
+                    (Duration::from_millis(1), Duration::from_secs(600)),
+                ),
             }
         }
     };
@@ -376,11 +493,20 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 DEFAULT_ANNOUNCE_COUNT
             }
         },
-        interval: c.duration(&ann.and_then(|a| a.interval.clone()), "announce.interval", DEFAULT_ANNOUNCE_INTERVAL, (Duration::ZERO, Duration::from_secs(10))),
+        interval: c.duration(
+            &ann.and_then(|a| a.interval.clone()),
+            "announce.interval",
+            DEFAULT_ANNOUNCE_INTERVAL,
+            (Duration::ZERO, Duration::from_secs(10)),
+        ),
     };
     let key_file = PathBuf::from(raw.auth.get_ref().key_file.get_ref());
     if key_file.as_os_str().is_empty() {
-        c.error(raw.auth.get_ref().key_file.span(), "auth.key_file", "must be a path");
+        c.error(
+            raw.auth.get_ref().key_file.span(),
+            "auth.key_file",
+            "must be a path",
+        );
     }
 
     if !c.errors.is_empty() {
@@ -388,7 +514,12 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         return Err(c.errors);
     }
     Ok(Config {
-        node: Node { name, lan, xdp_mode, listen },
+        node: Node {
+            name,
+            lan,
+            xdp_mode,
+            listen,
+        },
         peers,
         addresses,
         heartbeat: Heartbeat { interval, misses },
@@ -405,14 +536,22 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
         Some((ip, p)) => (ip, Some(p)),
         None => (s, None),
     };
-    let ip: IpAddr = ip.parse().map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address (with an optional /prefix)"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address (with an optional /prefix)"))?;
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-        return Err(format!("{ip} cannot be a logical address (unspecified, loopback or multicast)"));
+        return Err(format!(
+            "{ip} cannot be a logical address (unspecified, loopback or multicast)"
+        ));
     }
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
-        Some(p) => p.parse::<u8>().ok().filter(|p| (1..=max).contains(p)).ok_or_else(|| format!("prefix /{p} must be 1-{max}"))?,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| (1..=max).contains(p))
+            .ok_or_else(|| format!("prefix /{p} must be 1-{max}"))?,
     };
     Ok((ip, prefix))
 }

@@ -40,8 +40,20 @@ key_file = "/etc/takeover/key"
 fn defaults_fill_what_is_left_out() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.node.xdp_mode, XdpMode::Auto);
-    assert_eq!(c.heartbeat, Heartbeat { interval: DEFAULT_HEARTBEAT_INTERVAL, misses: DEFAULT_MISSES });
-    assert_eq!(c.preempt, Preempt { enabled: true, delay: DEFAULT_PREEMPT_DELAY });
+    assert_eq!(
+        c.heartbeat,
+        Heartbeat {
+            interval: DEFAULT_HEARTBEAT_INTERVAL,
+            misses: DEFAULT_MISSES
+        }
+    );
+    assert_eq!(
+        c.preempt,
+        Preempt {
+            enabled: true,
+            delay: DEFAULT_PREEMPT_DELAY
+        }
+    );
     assert_eq!(c.announce.count, DEFAULT_ANNOUNCE_COUNT);
     assert_eq!(c.addresses[0].prefix, 32);
 }
@@ -54,31 +66,89 @@ fn errors_with(from: &str, to: &str) -> Vec<ConfigError> {
 
 fn assert_error(errors: &[ConfigError], line: usize, key: &str, says: &str) {
     assert!(
-        errors.iter().any(|e| e.line == line && e.key == key && e.message.contains(says)),
+        errors
+            .iter()
+            .any(|e| e.line == line && e.key == key && e.message.contains(says)),
         "expected line {line} {key}: ...{says}..., got {errors:#?}"
     );
 }
 
 #[test]
 fn every_error_names_its_key_and_line() {
-    assert_error(&errors_with(r#"name = "a""#, r#"name = "a b""#), 3, "node.name", "is not a node name");
-    assert_error(&errors_with(r#"owner = "a""#, r#"owner = "c""#), 13, "address[0].owner", "neither this node nor a [[peer]]");
-    assert_error(&errors_with(r#"standbys = ["b"]"#, r#"standbys = ["b", "b"]"#), 14, "address[0].standbys", "listed twice");
-    assert_error(&errors_with(r#"ip = "10.0.0.100""#, r#"ip = "10.0.0.300""#), 12, "address[0].ip", "not an IPv4 or IPv6 address");
-    assert_error(&errors_with(r#"ip = "10.0.0.100""#, r#"ip = "127.0.0.1""#), 12, "address[0].ip", "cannot be a logical address");
-    assert_error(&errors_with(r#"ip = "10.0.0.100""#, r#"ip = "10.0.0.100/33""#), 12, "address[0].ip", "prefix /33");
-    assert_error(&errors_with(r#"paths = ["10.0.0.2:7400"]"#, r#"paths = ["10.0.0.2"]"#), 9, "peer[0].paths", "not an address with a port");
     assert_error(
-        &errors_with(r#"paths = ["10.0.0.2:7400"]"#, r#"paths = ["10.0.0.2:7400", "10.1.0.2:7400"]"#),
+        &errors_with(r#"name = "a""#, r#"name = "a b""#),
+        3,
+        "node.name",
+        "is not a node name",
+    );
+    assert_error(
+        &errors_with(r#"owner = "a""#, r#"owner = "c""#),
+        13,
+        "address[0].owner",
+        "neither this node nor a [[peer]]",
+    );
+    assert_error(
+        &errors_with(r#"standbys = ["b"]"#, r#"standbys = ["b", "b"]"#),
+        14,
+        "address[0].standbys",
+        "listed twice",
+    );
+    assert_error(
+        &errors_with(r#"ip = "10.0.0.100""#, r#"ip = "10.0.0.300""#),
+        12,
+        "address[0].ip",
+        "not an IPv4 or IPv6 address",
+    );
+    assert_error(
+        &errors_with(r#"ip = "10.0.0.100""#, r#"ip = "127.0.0.1""#),
+        12,
+        "address[0].ip",
+        "cannot be a logical address",
+    );
+    assert_error(
+        &errors_with(r#"ip = "10.0.0.100""#, r#"ip = "10.0.0.100/33""#),
+        12,
+        "address[0].ip",
+        "prefix /33",
+    );
+    assert_error(
+        &errors_with(r#"paths = ["10.0.0.2:7400"]"#, r#"paths = ["10.0.0.2"]"#),
+        9,
+        "peer[0].paths",
+        "not an address with a port",
+    );
+    assert_error(
+        &errors_with(
+            r#"paths = ["10.0.0.2:7400"]"#,
+            r#"paths = ["10.0.0.2:7400", "10.1.0.2:7400"]"#,
+        ),
         9,
         "peer[0].paths",
         "has 2 paths but node.listen has 1",
     );
-    assert_error(&errors_with(r#"name = "b""#, r#"name = "a""#), 8, "peer[0].name", "already a node");
-    assert_error(&errors_with(r#"lan = "eth0""#, "lan = \"eth0\"\nxdp_mode = \"fast\""), 5, "node.xdp_mode", "not auto, driver or generic");
-    assert_error(&errors_with(r#"command = ["/bin/true"]"#, "command = []"), 17, "fence.command", "must name a program");
     assert_error(
-        &errors_with("[fence]\ncommand = [\"/bin/true\"]\n", "[heartbeat]\ninterval = \"1h\"\nmisses = 1\n"),
+        &errors_with(r#"name = "b""#, r#"name = "a""#),
+        8,
+        "peer[0].name",
+        "already a node",
+    );
+    assert_error(
+        &errors_with(r#"lan = "eth0""#, "lan = \"eth0\"\nxdp_mode = \"fast\""),
+        5,
+        "node.xdp_mode",
+        "not auto, driver or generic",
+    );
+    assert_error(
+        &errors_with(r#"command = ["/bin/true"]"#, "command = []"),
+        17,
+        "fence.command",
+        "must name a program",
+    );
+    assert_error(
+        &errors_with(
+            "[fence]\ncommand = [\"/bin/true\"]\n",
+            "[heartbeat]\ninterval = \"1h\"\nmisses = 1\n",
+        ),
         17,
         "heartbeat.interval",
         "not a duration",
@@ -87,7 +157,9 @@ fn every_error_names_its_key_and_line() {
 
 #[test]
 fn all_errors_are_reported_at_once_in_file_order() {
-    let text = MINIMAL.replacen(r#"owner = "a""#, r#"owner = "z""#, 1).replacen(r#"name = "a""#, r#"name = """#, 1);
+    let text = MINIMAL
+        .replacen(r#"owner = "a""#, r#"owner = "z""#, 1)
+        .replacen(r#"name = "a""#, r#"name = """#, 1);
     let errors = parse(&text).unwrap_err();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors[0].line < errors[1].line);
@@ -96,7 +168,9 @@ fn all_errors_are_reported_at_once_in_file_order() {
 #[test]
 fn missing_fence_is_refused_with_the_reason() {
     let errors = errors_with("[fence]\ncommand = [\"/bin/true\"]\n", "");
-    assert!(errors.iter().any(|e| e.key == "fence.command" && e.message.contains("two hosts serving one address")));
+    assert!(errors
+        .iter()
+        .any(|e| e.key == "fence.command" && e.message.contains("two hosts serving one address")));
 }
 
 #[test]
@@ -105,7 +179,11 @@ fn syntax_errors_and_unknown_keys_point_at_the_line() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].line, 19);
     let errors = errors_with(r#"lan = "eth0""#, "lan = \"eth0\"\nlna = \"eth1\"");
-    assert_eq!((errors[0].line, errors[0].message.contains("unknown field")), (5, true), "{errors:#?}");
+    assert_eq!(
+        (errors[0].line, errors[0].message.contains("unknown field")),
+        (5, true),
+        "{errors:#?}"
+    );
     let shown = errors[0].to_string();
     assert!(shown.starts_with("line 5, column 1: "), "{shown}");
 }
