@@ -447,7 +447,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let preempt = Preempt {
         enabled: pre
             .and_then(|p| p.enabled.as_ref())
-            .map_or(true, |e| *e.get_ref()),
+            .is_none_or(|e| *e.get_ref()),
         delay: c.duration(
             &pre.and_then(|p| p.delay.clone()),
             "preempt.delay",
