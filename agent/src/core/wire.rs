@@ -1,0 +1,417 @@
+//! The peer protocol's wire format: versioned, binary, authenticated with HMAC-SHA256 over
+//! the whole message, with sequence numbers per path and an incarnation per agent start so
+//! that a replayed or reordered message is recognised.
+//!
+//! ```text
+//! magic "TKOV" | version u8 | kind u8 | path u8 | flags u8 | name_len u8 | name
+//! | incarnation u64 | seq u64 | sent_at_us u64 | echo_us u64 | echo_hold_us u32
+//! | served u16 | served × (family u8 (4|6) | address 4|16 | epoch u64) | HMAC-SHA256 (32)
+//! ```
+//! All integers big-endian. Pure: no sockets, no clock.
+use std::net::IpAddr;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+pub const MAGIC: [u8; 4] = *b"TKOV";
+pub const VERSION: u8 = 1;
+const KIND_HEARTBEAT: u8 = 1;
+const TAG_LEN: usize = 32;
+/// Fits in one unfragmented datagram on any LAN.
+pub const MAX_MESSAGE: usize = 1400;
+/// Addresses one heartbeat can list (each takes at most 25 bytes).
+pub const MAX_SERVED: usize = 48;
+pub const MAX_NAME: usize = 32;
+
+const FLAG_LAN_UP: u8 = 1;
+const FLAG_READY: u8 = 2;
+
+/// A heartbeat: the sender's liveness on one path and a summary of its state table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub sender: String,
+    /// Chosen at each agent start, larger than any before it (wall-clock nanoseconds).
+    pub incarnation: u64,
+    /// Per path, increasing from 1.
+    pub seq: u64,
+    /// Index of the path (0 = dedicated line, 1 = LAN).
+    pub path: u8,
+    /// Sender's monotonic clock, for round-trip times.
+    pub sent_at_us: u64,
+    /// The last `sent_at_us` the sender received from the recipient on this path (0: none)...
+    pub echo_us: u64,
+    /// ...and how long the sender held it before this message.
+    pub echo_hold_us: u32,
+    /// The sender's LAN interface is up (its communication part works).
+    pub lan_up: bool,
+    /// The sender has finished starting up (heard its peers or waited out the dead time).
+    pub ready: bool,
+    /// Addresses whose gate is open on the sender, with the epoch it opened them in.
+    pub serving: Vec<(IpAddr, u64)>,
+}
+
+/// Why a datagram was not accepted. Every case changes nothing but a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rejected {
+    /// Shorter than a header plus a tag, or cut inside a field.
+    Truncated,
+    /// Not ours at all.
+    BadMagic,
+    /// Ours, but a version this agent does not speak.
+    ForeignVersion,
+    /// The HMAC does not match: forged, corrupted, or another key.
+    BadTag,
+    /// Authentic but not well formed (kind, name, family, counts, trailing bytes).
+    Malformed,
+    /// Authentic, but already seen or older than what was seen (replayed or reordered).
+    Replayed,
+}
+
+impl Rejected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Truncated => "truncated",
+            Rejected::BadMagic => "bad_magic",
+            Rejected::ForeignVersion => "foreign_version",
+            Rejected::BadTag => "bad_tag",
+            Rejected::Malformed => "malformed",
+            Rejected::Replayed => "replayed",
+        }
+    }
+}
+
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// Encodes and signs `hb`. Panics only on values the agent never builds (a name over
+/// `MAX_NAME`, more than `MAX_SERVED` addresses): those are bugs, not input.
+pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
+    assert!(
+        hb.sender.len() <= MAX_NAME && !hb.sender.is_empty(),
+        "node name length"
+    );
+    assert!(
+        hb.serving.len() <= MAX_SERVED,
+        "too many served addresses for one heartbeat"
+    );
+    let mut b = Vec::with_capacity(128);
+    b.extend_from_slice(&MAGIC);
+    b.push(VERSION);
+    b.push(KIND_HEARTBEAT);
+    b.push(hb.path);
+    b.push(if hb.lan_up { FLAG_LAN_UP } else { 0 } | if hb.ready { FLAG_READY } else { 0 });
+    b.push(hb.sender.len() as u8);
+    b.extend_from_slice(hb.sender.as_bytes());
+    for v in [hb.incarnation, hb.seq, hb.sent_at_us, hb.echo_us] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.extend_from_slice(&hb.echo_hold_us.to_be_bytes());
+    b.extend_from_slice(&(hb.serving.len() as u16).to_be_bytes());
+    for (addr, epoch) in &hb.serving {
+        match addr {
+            IpAddr::V4(a) => {
+                b.push(4);
+                b.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                b.push(6);
+                b.extend_from_slice(&a.octets());
+            }
+        }
+        b.extend_from_slice(&epoch.to_be_bytes());
+    }
+    let mut m = mac(key);
+    m.update(&b);
+    b.extend_from_slice(&m.finalize().into_bytes());
+    b
+}
+
+/// A bounds-checked reader: every read past the end is `Truncated`, never a panic.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Rejected> {
+        let end = self.pos.checked_add(n).ok_or(Rejected::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(Rejected::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, Rejected> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Rejected> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap()))
+    }
+
+    fn u32(&mut self) -> Result<u32, Rejected> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap()))
+    }
+
+    fn u64(&mut self) -> Result<u64, Rejected> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+/// Checks and decodes a datagram. The tag is verified before anything but the magic and
+/// version is looked at, so nothing unauthenticated reaches the parser.
+pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
+    if buf.len() < 5 {
+        return Err(Rejected::Truncated);
+    }
+    if buf[..4] != MAGIC {
+        return Err(Rejected::BadMagic);
+    }
+    if buf[4] != VERSION {
+        return Err(Rejected::ForeignVersion);
+    }
+    if buf.len() < 5 + TAG_LEN || buf.len() > MAX_MESSAGE {
+        return Err(Rejected::Truncated);
+    }
+    let (body, tag) = buf.split_at(buf.len() - TAG_LEN);
+    let mut m = mac(key);
+    m.update(body);
+    m.verify_slice(tag).map_err(|_| Rejected::BadTag)?;
+
+    // Authentic from here on: what is wrong now is a bug in the sender, still refused.
+    let mut r = Reader { buf: body, pos: 5 };
+    let malformed = |e: Rejected| {
+        if e == Rejected::Truncated {
+            Rejected::Malformed
+        } else {
+            e
+        }
+    };
+    let parse = |r: &mut Reader| -> Result<Heartbeat, Rejected> {
+        if r.u8()? != KIND_HEARTBEAT {
+            return Err(Rejected::Malformed);
+        }
+        let path = r.u8()?;
+        let flags = r.u8()?;
+        let name_len = r.u8()? as usize;
+        if name_len == 0 || name_len > MAX_NAME {
+            return Err(Rejected::Malformed);
+        }
+        let sender = std::str::from_utf8(r.take(name_len)?)
+            .map_err(|_| Rejected::Malformed)?
+            .to_string();
+        let (incarnation, seq, sent_at_us, echo_us) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let echo_hold_us = r.u32()?;
+        let n = r.u16()? as usize;
+        if n > MAX_SERVED {
+            return Err(Rejected::Malformed);
+        }
+        let mut serving = Vec::with_capacity(n);
+        for _ in 0..n {
+            let addr = match r.u8()? {
+                4 => IpAddr::from(<[u8; 4]>::try_from(r.take(4)?).unwrap()),
+                6 => IpAddr::from(<[u8; 16]>::try_from(r.take(16)?).unwrap()),
+                _ => return Err(Rejected::Malformed),
+            };
+            serving.push((addr, r.u64()?));
+        }
+        if r.pos != r.buf.len() || seq == 0 || incarnation == 0 {
+            return Err(Rejected::Malformed);
+        }
+        Ok(Heartbeat {
+            sender,
+            incarnation,
+            seq,
+            path,
+            sent_at_us,
+            echo_us,
+            echo_hold_us,
+            lan_up: flags & FLAG_LAN_UP != 0,
+            ready: flags & FLAG_READY != 0,
+            serving,
+        })
+    };
+    parse(&mut r).map_err(malformed)
+}
+
+/// Anti-replay state for one peer: the newest incarnation seen and, per path, the highest
+/// sequence number. Only strictly newer messages are accepted; an older one, even if late
+/// rather than replayed, carries nothing newer than what was already taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayGuard {
+    incarnation: u64,
+    highest: Vec<u64>,
+}
+
+impl ReplayGuard {
+    pub fn check(&mut self, hb: &Heartbeat) -> Result<(), Rejected> {
+        let path = hb.path as usize;
+        if hb.incarnation < self.incarnation {
+            return Err(Rejected::Replayed);
+        }
+        if hb.incarnation > self.incarnation {
+            // The peer restarted: its sequence numbers start again.
+            self.incarnation = hb.incarnation;
+            self.highest.clear();
+        }
+        if self.highest.len() <= path {
+            self.highest.resize(path + 1, 0);
+        }
+        if hb.seq <= self.highest[path] {
+            return Err(Rejected::Replayed);
+        }
+        self.highest[path] = hb.seq;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn hb(seq: u64) -> Heartbeat {
+        Heartbeat {
+            sender: "node-a".into(),
+            incarnation: 1_700_000_000_000_000_000,
+            seq,
+            path: 1,
+            sent_at_us: 123_456,
+            echo_us: 123_000,
+            echo_hold_us: 42,
+            lan_up: true,
+            ready: true,
+            serving: vec![
+                ("10.0.0.100".parse().unwrap(), 7),
+                ("fd00::100".parse().unwrap(), 8),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = hb(5);
+        assert_eq!(decode(&encode(&m, KEY), KEY), Ok(m));
+        let empty = Heartbeat {
+            serving: vec![],
+            lan_up: false,
+            ready: false,
+            ..hb(1)
+        };
+        assert_eq!(decode(&encode(&empty, KEY), KEY), Ok(empty));
+    }
+
+    #[test]
+    fn a_full_heartbeat_fits_one_datagram() {
+        let m = Heartbeat {
+            sender: "x".repeat(MAX_NAME),
+            serving: vec![("fd00::1".parse().unwrap(), u64::MAX); MAX_SERVED],
+            ..hb(1)
+        };
+        let bytes = encode(&m, KEY);
+        assert!(bytes.len() <= MAX_MESSAGE, "{}", bytes.len());
+        assert_eq!(decode(&bytes, KEY), Ok(m));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let bytes = encode(&hb(5), KEY);
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            let r = decode(&b, KEY);
+            let expected = match i / 8 {
+                0..=3 => Rejected::BadMagic,
+                4 => Rejected::ForeignVersion,
+                _ => Rejected::BadTag,
+            };
+            assert_eq!(r, Err(expected), "bit {i}");
+        }
+    }
+
+    #[test]
+    fn another_key_is_a_forgery() {
+        assert_eq!(
+            decode(&encode(&hb(5), b"another key entirely"), KEY),
+            Err(Rejected::BadTag)
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let bytes = encode(&hb(5), KEY);
+        for len in 0..bytes.len() {
+            let r = decode(&bytes[..len], KEY);
+            assert!(
+                matches!(r, Err(Rejected::Truncated) | Err(Rejected::BadTag)),
+                "len {len}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn authentic_but_malformed_is_rejected() {
+        // Re-sign a body with a bad field: the sender has the key but a bug.
+        let sign = |mut body: Vec<u8>| {
+            let mut m = mac(KEY);
+            m.update(&body);
+            body.extend_from_slice(&m.finalize().into_bytes());
+            body
+        };
+        let good = encode(&hb(5), KEY);
+        let body = good[..good.len() - TAG_LEN].to_vec();
+        let mut kind = body.clone();
+        kind[5] = 9;
+        assert_eq!(decode(&sign(kind), KEY), Err(Rejected::Malformed));
+        let mut trailing = body.clone();
+        trailing.push(0);
+        assert_eq!(decode(&sign(trailing), KEY), Err(Rejected::Malformed));
+        let short = body[..body.len() - 3].to_vec();
+        assert_eq!(decode(&sign(short), KEY), Err(Rejected::Malformed));
+        let mut family = body.clone();
+        let at = body.len() - (1 + 16 + 8) - (1 + 4 + 8);
+        family[at] = 5;
+        assert_eq!(decode(&sign(family), KEY), Err(Rejected::Malformed));
+    }
+
+    #[test]
+    fn foreign_and_garbage_datagrams_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..20_000 {
+            let len = i % 200;
+            let mut b: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            if i % 3 == 0 && len >= 5 {
+                b[..4].copy_from_slice(&MAGIC);
+                b[4] = VERSION;
+            }
+            assert!(decode(&b, KEY).is_err());
+        }
+    }
+
+    #[test]
+    fn replayed_and_reordered_messages_are_refused() {
+        let mut g = ReplayGuard::default();
+        assert_eq!(g.check(&hb(1)), Ok(()));
+        assert_eq!(g.check(&hb(2)), Ok(()));
+        assert_eq!(g.check(&hb(2)), Err(Rejected::Replayed), "duplicate");
+        assert_eq!(g.check(&hb(1)), Err(Rejected::Replayed), "older");
+        assert_eq!(g.check(&hb(10)), Ok(()), "a gap is fine (losses)");
+        // Paths count separately.
+        assert_eq!(g.check(&Heartbeat { path: 0, ..hb(3) }), Ok(()));
+        // A restart: a newer incarnation starts over; the old one is dead for good.
+        let restarted = Heartbeat {
+            incarnation: hb(1).incarnation + 1,
+            ..hb(1)
+        };
+        assert_eq!(g.check(&restarted), Ok(()));
+        assert_eq!(g.check(&hb(11)), Err(Rejected::Replayed), "old incarnation");
+    }
+}
