@@ -5,7 +5,8 @@
 //! ```text
 //! magic "TKOV" | version u8 | kind u8 | path u8 | flags u8 | name_len u8 | name
 //! | incarnation u64 | seq u64 | sent_at_us u64 | echo_us u64 | echo_hold_us u32
-//! | served u16 | served × (family u8 (4|6) | address 4|16 | epoch u64) | HMAC-SHA256 (32)
+//! | served u16 | served × (family u8 (4|6) | address 4|16 | epoch u64)
+//! | votes u16 | votes × (family u8 | address 4|16 | node index u8) | HMAC-SHA256 (32)
 //! ```
 //! All integers big-endian. Pure: no sockets, no clock.
 use std::net::IpAddr;
@@ -19,8 +20,8 @@ const KIND_HEARTBEAT: u8 = 1;
 const TAG_LEN: usize = 32;
 /// Fits in one unfragmented datagram on any LAN.
 pub const MAX_MESSAGE: usize = 1400;
-/// Addresses one heartbeat can list (each takes at most 25 bytes).
-pub const MAX_SERVED: usize = 48;
+/// Addresses one heartbeat can list, served and voted (at most 25 + 18 bytes each).
+pub const MAX_SERVED: usize = 28;
 pub const MAX_NAME: usize = 32;
 
 const FLAG_LAN_UP: u8 = 1;
@@ -48,6 +49,9 @@ pub struct Heartbeat {
     pub ready: bool,
     /// Addresses whose gate is open on the sender, with the epoch it opened them in.
     pub serving: Vec<(IpAddr, u64)>,
+    /// Per address, the node the sender thinks should serve it (index into the sorted list
+    /// of node names). A node opens an address only when every live peer votes for it.
+    pub votes: Vec<(IpAddr, u8)>,
 }
 
 /// Why a datagram was not accepted. Every case changes nothing but a counter.
@@ -92,8 +96,8 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
         "node name length"
     );
     assert!(
-        hb.serving.len() <= MAX_SERVED,
-        "too many served addresses for one heartbeat"
+        hb.serving.len() <= MAX_SERVED && hb.votes.len() <= MAX_SERVED,
+        "too many addresses for one heartbeat"
     );
     let mut b = Vec::with_capacity(128);
     b.extend_from_slice(&MAGIC);
@@ -109,22 +113,31 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&hb.echo_hold_us.to_be_bytes());
     b.extend_from_slice(&(hb.serving.len() as u16).to_be_bytes());
     for (addr, epoch) in &hb.serving {
-        match addr {
-            IpAddr::V4(a) => {
-                b.push(4);
-                b.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                b.push(6);
-                b.extend_from_slice(&a.octets());
-            }
-        }
+        put_addr(&mut b, addr);
         b.extend_from_slice(&epoch.to_be_bytes());
+    }
+    b.extend_from_slice(&(hb.votes.len() as u16).to_be_bytes());
+    for (addr, node) in &hb.votes {
+        put_addr(&mut b, addr);
+        b.push(*node);
     }
     let mut m = mac(key);
     m.update(&b);
     b.extend_from_slice(&m.finalize().into_bytes());
     b
+}
+
+fn put_addr(b: &mut Vec<u8>, addr: &IpAddr) {
+    match addr {
+        IpAddr::V4(a) => {
+            b.push(4);
+            b.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            b.push(6);
+            b.extend_from_slice(&a.octets());
+        }
+    }
 }
 
 /// A bounds-checked reader: every read past the end is `Truncated`, never a panic.
@@ -155,6 +168,23 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, Rejected> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap()))
+    }
+
+    fn addr(&mut self) -> Result<IpAddr, Rejected> {
+        match self.u8()? {
+            4 => Ok(IpAddr::from(<[u8; 4]>::try_from(self.take(4)?).unwrap())),
+            6 => Ok(IpAddr::from(<[u8; 16]>::try_from(self.take(16)?).unwrap())),
+            _ => Err(Rejected::Malformed),
+        }
+    }
+
+    /// A count of list items, refused above `MAX_SERVED`.
+    fn count(&mut self) -> Result<usize, Rejected> {
+        let n = self.u16()? as usize;
+        if n > MAX_SERVED {
+            return Err(Rejected::Malformed);
+        }
+        Ok(n)
     }
 }
 
@@ -202,18 +232,15 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
             .to_string();
         let (incarnation, seq, sent_at_us, echo_us) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
         let echo_hold_us = r.u32()?;
-        let n = r.u16()? as usize;
-        if n > MAX_SERVED {
-            return Err(Rejected::Malformed);
-        }
+        let n = r.count()?;
         let mut serving = Vec::with_capacity(n);
         for _ in 0..n {
-            let addr = match r.u8()? {
-                4 => IpAddr::from(<[u8; 4]>::try_from(r.take(4)?).unwrap()),
-                6 => IpAddr::from(<[u8; 16]>::try_from(r.take(16)?).unwrap()),
-                _ => return Err(Rejected::Malformed),
-            };
-            serving.push((addr, r.u64()?));
+            serving.push((r.addr()?, r.u64()?));
+        }
+        let n = r.count()?;
+        let mut votes = Vec::with_capacity(n);
+        for _ in 0..n {
+            votes.push((r.addr()?, r.u8()?));
         }
         if r.pos != r.buf.len() || seq == 0 || incarnation == 0 {
             return Err(Rejected::Malformed);
@@ -229,6 +256,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
             lan_up: flags & FLAG_LAN_UP != 0,
             ready: flags & FLAG_READY != 0,
             serving,
+            votes,
         })
     };
     parse(&mut r).map_err(malformed)
@@ -286,6 +314,10 @@ mod tests {
                 ("10.0.0.100".parse().unwrap(), 7),
                 ("fd00::100".parse().unwrap(), 8),
             ],
+            votes: vec![
+                ("10.0.0.100".parse().unwrap(), 0),
+                ("fd00::100".parse().unwrap(), 1),
+            ],
         }
     }
 
@@ -295,6 +327,7 @@ mod tests {
         assert_eq!(decode(&encode(&m, KEY), KEY), Ok(m));
         let empty = Heartbeat {
             serving: vec![],
+            votes: vec![],
             lan_up: false,
             ready: false,
             ..hb(1)
@@ -307,6 +340,7 @@ mod tests {
         let m = Heartbeat {
             sender: "x".repeat(MAX_NAME),
             serving: vec![("fd00::1".parse().unwrap(), u64::MAX); MAX_SERVED],
+            votes: vec![("fd00::1".parse().unwrap(), 3); MAX_SERVED],
             ..hb(1)
         };
         let bytes = encode(&m, KEY);
@@ -370,7 +404,9 @@ mod tests {
         let short = body[..body.len() - 3].to_vec();
         assert_eq!(decode(&sign(short), KEY), Err(Rejected::Malformed));
         let mut family = body.clone();
-        let at = body.len() - (1 + 16 + 8) - (1 + 4 + 8);
+        // The family byte of the first served address, counted from the end: two votes
+        // (v6, v4), their count, then the two served entries (v6, v4).
+        let at = body.len() - (1 + 16 + 1) - (1 + 4 + 1) - 2 - (1 + 16 + 8) - (1 + 4 + 8);
         family[at] = 5;
         assert_eq!(decode(&sign(family), KEY), Err(Rejected::Malformed));
     }

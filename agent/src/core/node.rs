@@ -1,0 +1,677 @@
+//! The failover state machine of one node (patent figs 7, 8, 10, 11, 13): who serves each
+//! logical address, from heartbeats, link events and fencing results.
+//!
+//! Sans-IO, in the manner of quinn-proto: the shell feeds it (`handle_datagram`,
+//! `handle_link`, `handle_fence`, `handle_timeout`) with the time, and drains what it decided
+//! (`poll_action`) and when it next wants to be woken (`poll_timeout`). Time is a `Duration`
+//! since an arbitrary start, so tests run it on virtual time.
+//!
+//! Safety rules (DESIGN.md invariants):
+//! - A node opens an address only if every other node is either alive and not serving it, or
+//!   dead and fenced (invariant 1). A dead peer is fenced before anything is taken from it.
+//! - A node that starts opens nothing until it has heard every peer or waited out the dead
+//!   time; gates it finds open (agent restart) stay open unless a peer serves them in a newer
+//!   epoch (invariant 3).
+//! - Only authentic, newer datagrams change anything (invariant 4).
+//! - A peer is dead only when every path is silent; one path lost is reported, never acted on
+//!   (invariant 5). A dedicated line whose carrier drops shortens the wait on the others.
+use std::{collections::VecDeque, net::IpAddr, time::Duration};
+
+use super::wire::{self, Heartbeat, Rejected, ReplayGuard};
+
+pub type NodeId = usize;
+pub type AddrId = usize;
+
+/// What the core needs of the configuration (see `config::Config`).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Every node's name; `me` indexes it.
+    pub nodes: Vec<String>,
+    pub me: NodeId,
+    /// Paths to every peer: 0 is the dedicated line (if there are two), the last the LAN.
+    pub paths: usize,
+    pub addresses: Vec<AddrSpec>,
+    pub interval: Duration,
+    pub misses: u32,
+    /// Misses that suffice when the dedicated line's carrier is down (a confirmation, not a
+    /// decision on its own).
+    pub confirm_misses: u32,
+    pub preempt: Option<Duration>,
+    /// After a failed fence, ask again this much later.
+    pub fence_retry: Duration,
+    pub key: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AddrSpec {
+    pub ip: IpAddr,
+    /// Preferred owner first.
+    pub preference: Vec<NodeId>,
+}
+
+impl CoreConfig {
+    fn dead_after(&self, misses: u32) -> Duration {
+        self.interval * misses
+    }
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    OpenGate {
+        addr: AddrId,
+    },
+    CloseGate {
+        addr: AddrId,
+    },
+    /// Gratuitous ARP / unsolicited NA for an address just opened.
+    Announce {
+        addr: AddrId,
+    },
+    /// Run the fence command for this peer and report with `handle_fence`.
+    Fence {
+        peer: NodeId,
+    },
+    /// Send this datagram to `peer` on `path`.
+    Send {
+        peer: NodeId,
+        path: usize,
+        bytes: Vec<u8>,
+    },
+    /// Something an operator should see in the log.
+    Notice(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceState {
+    /// Not needed (alive) or not yet asked for.
+    None,
+    Pending,
+    Fenced,
+    /// The fence command failed at this time: nothing is taken from this peer; retried later.
+    Failed(Duration),
+}
+
+/// The latest authentic summary from a peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Summary {
+    lan_up: bool,
+    ready: bool,
+    serving: Vec<(AddrId, u64)>,
+    /// Whom the peer thinks should serve each address (none before it is ready).
+    votes: Vec<(AddrId, NodeId)>,
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    last_heard: Vec<Option<Duration>>,
+    guard: ReplayGuard,
+    summary: Option<Summary>,
+    alive: bool,
+    /// Since when the peer has been eligible without a break (preempt hysteresis).
+    eligible_since: Option<Duration>,
+    fence: FenceState,
+    rtt: Vec<Option<Duration>>,
+    /// Per path: the last `sent_at_us` heard and when, to echo it back.
+    echo: Vec<Option<(u64, Duration)>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Addr {
+    open: bool,
+    epoch: u64,
+    /// The highest epoch seen for this address anywhere.
+    max_epoch: u64,
+}
+
+/// Counts of datagrams refused, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RejectCounts(pub std::collections::BTreeMap<&'static str, u64>);
+
+pub struct Core {
+    cfg: CoreConfig,
+    incarnation: u64,
+    started: Duration,
+    ready: bool,
+    lan_up: bool,
+    /// Our end of the dedicated line has carrier (meaningful with two paths).
+    dedicated_carrier: bool,
+    peers: Vec<Peer>,
+    addrs: Vec<Addr>,
+    seq: Vec<u64>,
+    next_heartbeat: Duration,
+    last_tick: Option<Duration>,
+    actions: VecDeque<Action>,
+    rejected: RejectCounts,
+    /// This node's vote per address, as last decided.
+    votes: Vec<Option<NodeId>>,
+}
+
+impl Core {
+    /// A core starting at `now`. `open` lists the gates found open in the data plane (an agent
+    /// restart) with their epochs; every other address's gate is closed first thing.
+    pub fn new(cfg: CoreConfig, incarnation: u64, now: Duration, open: &[(AddrId, u64)]) -> Self {
+        // Votes name nodes by index: every node must index them alike.
+        assert!(
+            cfg.nodes.windows(2).all(|w| w[0] < w[1]),
+            "node names must be sorted and unique"
+        );
+        assert!(cfg.nodes.len() <= u8::MAX as usize, "at most 255 nodes");
+        let n = cfg.nodes.len();
+        let peer = Peer {
+            last_heard: vec![None; cfg.paths],
+            guard: ReplayGuard::default(),
+            summary: None,
+            alive: false,
+            eligible_since: None,
+            fence: FenceState::None,
+            rtt: vec![None; cfg.paths],
+            echo: vec![None; cfg.paths],
+        };
+        let mut addrs = vec![Addr::default(); cfg.addresses.len()];
+        for &(a, epoch) in open {
+            addrs[a] = Addr {
+                open: true,
+                epoch,
+                max_epoch: epoch,
+            };
+        }
+        let mut core = Core {
+            incarnation,
+            started: now,
+            ready: false,
+            lan_up: true,
+            dedicated_carrier: true,
+            peers: vec![peer; n],
+            seq: vec![0; cfg.paths],
+            next_heartbeat: now,
+            last_tick: None,
+            actions: VecDeque::new(),
+            rejected: RejectCounts::default(),
+            votes: vec![None; addrs.len()],
+            addrs,
+            cfg,
+        };
+        for a in 0..core.addrs.len() {
+            if !core.addrs[a].open {
+                core.actions.push_back(Action::CloseGate { addr: a });
+            }
+        }
+        core
+    }
+
+    fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.cfg.me;
+        (0..self.cfg.nodes.len()).filter(move |&p| p != me)
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn poll_timeout(&self) -> Duration {
+        // Only instants after the last tick: one already handled must not wake us again
+        // (a past deadline would spin the shell's loop).
+        let floor = self.last_tick.unwrap_or(self.started);
+        let mut t = self.next_heartbeat;
+        let mut consider = |at: Duration| {
+            if at > floor {
+                t = t.min(at);
+            }
+        };
+        for p in self.others() {
+            if let Some(deadline) = self.death_deadline(p) {
+                consider(deadline);
+            }
+            if let FenceState::Failed(at) = self.peers[p].fence {
+                consider(at + self.cfg.fence_retry);
+            }
+            if let (Some(since), Some(delay)) = (self.peers[p].eligible_since, self.cfg.preempt) {
+                consider(since + delay);
+            }
+        }
+        if !self.ready {
+            consider(self.started + self.cfg.dead_after(self.cfg.misses));
+        }
+        t
+    }
+
+    /// When peer `p` will be declared dead if nothing more is heard.
+    fn death_deadline(&self, p: NodeId) -> Option<Duration> {
+        let peer = &self.peers[p];
+        if !peer.alive {
+            return None;
+        }
+        let last = peer.last_heard.iter().flatten().max()?;
+        let misses = if self.cfg.paths > 1 && !self.dedicated_carrier {
+            self.cfg.confirm_misses
+        } else {
+            self.cfg.misses
+        };
+        Some(*last + self.cfg.dead_after(misses))
+    }
+
+    /// A datagram arrived on `path`. Returns why it was refused, if it was.
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        path: usize,
+        bytes: &[u8],
+    ) -> Result<(), Rejected> {
+        let result = self.accept(now, path, bytes);
+        if let Err(r) = result {
+            *self.rejected.0.entry(r.as_str()).or_default() += 1;
+        }
+        result
+    }
+
+    fn accept(&mut self, now: Duration, path: usize, bytes: &[u8]) -> Result<(), Rejected> {
+        let hb = wire::decode(bytes, &self.cfg.key)?;
+        let p = self
+            .cfg
+            .nodes
+            .iter()
+            .position(|n| *n == hb.sender)
+            .ok_or(Rejected::Malformed)?;
+        if p == self.cfg.me || hb.path as usize != path || path >= self.cfg.paths {
+            return Err(Rejected::Malformed);
+        }
+        let mut serving = Vec::new();
+        for (ip, epoch) in &hb.serving {
+            let a = self
+                .cfg
+                .addresses
+                .iter()
+                .position(|s| s.ip == *ip)
+                .ok_or(Rejected::Malformed)?;
+            serving.push((a, *epoch));
+        }
+        self.peers[p].guard.check(&hb)?;
+        let us = now.as_micros() as u64;
+        let peer = &mut self.peers[p];
+        peer.last_heard[path] = Some(now);
+        peer.echo[path] = Some((hb.sent_at_us, now));
+        if hb.echo_us != 0 && us >= hb.echo_us + hb.echo_hold_us as u64 {
+            peer.rtt[path] = Some(Duration::from_micros(
+                us - hb.echo_us - hb.echo_hold_us as u64,
+            ));
+        }
+        if !peer.alive {
+            peer.alive = true;
+            // A peer we hear again (restarted, or back after a fence) needs a new fence if it
+            // dies again.
+            peer.fence = FenceState::None;
+            self.actions.push_back(Action::Notice(format!(
+                "peer {} is alive",
+                self.cfg.nodes[p]
+            )));
+        }
+        for &(a, epoch) in &serving {
+            self.addrs[a].max_epoch = self.addrs[a].max_epoch.max(epoch);
+        }
+        let mut votes = Vec::new();
+        for (ip, node) in &hb.votes {
+            let a = self
+                .cfg
+                .addresses
+                .iter()
+                .position(|s| s.ip == *ip)
+                .ok_or(Rejected::Malformed)?;
+            if *node as usize >= self.cfg.nodes.len() {
+                return Err(Rejected::Malformed);
+            }
+            votes.push((a, *node as NodeId));
+        }
+        let summary = Summary {
+            lan_up: hb.lan_up,
+            ready: hb.ready,
+            serving,
+            votes,
+        };
+        let changed = self.peers[p].summary.as_ref() != Some(&summary);
+        self.peers[p].summary = Some(summary);
+        if changed {
+            self.decide(now);
+        }
+        Ok(())
+    }
+
+    /// Our LAN interface's carrier/operational state changed (netlink).
+    pub fn handle_lan(&mut self, now: Duration, up: bool) {
+        if self.lan_up == up {
+            return;
+        }
+        self.lan_up = up;
+        self.actions.push_back(Action::Notice(format!(
+            "LAN link {}",
+            if up { "up" } else { "down" }
+        )));
+        self.decide(now);
+        // Tell the peers at once (on the paths that still work), not at the next heartbeat.
+        self.send_heartbeats(now);
+    }
+
+    /// Our end of the dedicated line lost or regained carrier.
+    pub fn handle_dedicated_carrier(&mut self, now: Duration, up: bool) {
+        if self.dedicated_carrier != up {
+            self.dedicated_carrier = up;
+            self.actions.push_back(Action::Notice(format!(
+                "dedicated line carrier {}",
+                if up { "up" } else { "down" }
+            )));
+            self.handle_timeout(now);
+        }
+    }
+
+    /// The fence command for `peer` finished.
+    pub fn handle_fence(&mut self, now: Duration, peer: NodeId, ok: bool) {
+        if self.peers[peer].fence != FenceState::Pending {
+            return;
+        }
+        self.peers[peer].fence = if ok {
+            FenceState::Fenced
+        } else {
+            FenceState::Failed(now)
+        };
+        let name = &self.cfg.nodes[peer];
+        self.actions.push_back(Action::Notice(if ok {
+            format!("peer {name} fenced")
+        } else {
+            format!("fencing peer {name} failed: not taking over its addresses")
+        }));
+        self.decide(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Duration) {
+        // A detector that woke late does not count the silence it slept through: credit the
+        // peers with the time this node was not running.
+        if let Some(last) = self.last_tick {
+            let slept = now.saturating_sub(last);
+            if slept > self.cfg.interval * 2 {
+                let credit = slept - self.cfg.interval;
+                for p in self.others().collect::<Vec<_>>() {
+                    for h in self.peers[p].last_heard.iter_mut().flatten() {
+                        *h = (*h + credit).min(now);
+                    }
+                }
+            }
+        }
+        self.last_tick = Some(now);
+        for p in self.others().collect::<Vec<_>>() {
+            if self.death_deadline(p).is_some_and(|d| now >= d) {
+                let peer = &mut self.peers[p];
+                peer.alive = false;
+                peer.eligible_since = None;
+                self.actions.push_back(Action::Notice(format!(
+                    "peer {} is dead: every path silent",
+                    self.cfg.nodes[p]
+                )));
+            }
+        }
+        if !self.ready
+            && (self.others().all(|p| self.peers[p].alive)
+                || now >= self.started + self.cfg.dead_after(self.cfg.misses))
+        {
+            self.ready = true;
+        }
+        if now >= self.next_heartbeat {
+            self.send_heartbeats(now);
+        }
+        self.decide(now);
+    }
+
+    fn eligible(&self, n: NodeId) -> bool {
+        if n == self.cfg.me {
+            return self.ready && self.lan_up;
+        }
+        let p = &self.peers[n];
+        p.alive && p.summary.as_ref().is_some_and(|s| s.lan_up && s.ready)
+    }
+
+    /// Who serves `a` now as far as this node knows, with the epoch: the highest epoch wins
+    /// if views briefly overlap (only the newest server keeps it).
+    fn current(&self, a: AddrId) -> Option<(NodeId, u64)> {
+        let mut best = self.addrs[a]
+            .open
+            .then_some((self.cfg.me, self.addrs[a].epoch));
+        for p in self.others() {
+            let Some(s) = self.peers[p]
+                .summary
+                .as_ref()
+                .filter(|_| self.peers[p].alive)
+            else {
+                continue;
+            };
+            if let Some(&(_, e)) = s.serving.iter().find(|(x, _)| *x == a) {
+                // Newer epoch first; on a tie (never expected) the lower node index.
+                if best
+                    .is_none_or(|(bn, be)| (e, std::cmp::Reverse(p)) > (be, std::cmp::Reverse(bn)))
+                {
+                    best = Some((p, e));
+                }
+            }
+        }
+        best
+    }
+
+    /// Who should serve `a`: the current server while it is eligible, unless a more
+    /// preferred node has been eligible for the preempt delay; else the first eligible node.
+    fn target(&self, now: Duration, a: AddrId) -> Option<NodeId> {
+        let pref = &self.cfg.addresses[a].preference;
+        let first = pref.iter().copied().find(|&n| self.eligible(n));
+        let Some((cur, _)) = self.current(a).filter(|(c, _)| self.eligible(*c)) else {
+            return first;
+        };
+        let Some(delay) = self.cfg.preempt else {
+            return Some(cur);
+        };
+        let rank = |n: NodeId| pref.iter().position(|&x| x == n).unwrap_or(usize::MAX);
+        let settled = |n: NodeId| {
+            n == self.cfg.me
+                || self.peers[n]
+                    .eligible_since
+                    .is_some_and(|s| now >= s + delay)
+        };
+        match pref
+            .iter()
+            .copied()
+            .find(|&n| self.eligible(n) && settled(n))
+        {
+            Some(b) if rank(b) < rank(cur) => Some(b),
+            _ => Some(cur),
+        }
+    }
+
+    /// May this node open `a` now? Every other node must be alive and not serving it, or
+    /// dead and fenced. Asks for the fences it still needs.
+    fn safe_to_open(&mut self, now: Duration, a: AddrId) -> bool {
+        let mut safe = true;
+        for p in self.others().collect::<Vec<_>>() {
+            let peer = &self.peers[p];
+            if peer.alive {
+                // A live peer must not serve it and must agree that this node should.
+                let me = self.cfg.me;
+                let agrees = peer.summary.as_ref().is_some_and(|s| {
+                    !s.serving.iter().any(|(x, _)| *x == a) && s.votes.contains(&(a, me))
+                });
+                if !agrees {
+                    safe = false;
+                }
+                continue;
+            }
+            match peer.fence {
+                FenceState::Fenced => {}
+                FenceState::Pending => safe = false,
+                FenceState::Failed(at) if now < at + self.cfg.fence_retry => safe = false,
+                FenceState::None | FenceState::Failed(_) => {
+                    self.peers[p].fence = FenceState::Pending;
+                    self.actions.push_back(Action::Fence { peer: p });
+                    safe = false;
+                }
+            }
+        }
+        safe
+    }
+
+    /// Opens and closes this node's gates to match the targets.
+    fn decide(&mut self, now: Duration) {
+        for p in self.others().collect::<Vec<_>>() {
+            let e = self.eligible(p);
+            let peer = &mut self.peers[p];
+            match (e, peer.eligible_since) {
+                (true, None) => peer.eligible_since = Some(now),
+                (false, Some(_)) => peer.eligible_since = None,
+                _ => {}
+            }
+        }
+        let me = self.cfg.me;
+        let mut changed = false;
+        for a in 0..self.addrs.len() {
+            // Before it is ready a node has no opinion and opens nothing.
+            let target = if self.ready {
+                self.target(now, a)
+            } else {
+                None
+            };
+            if self.votes[a] != target {
+                self.votes[a] = target;
+                changed = true;
+            }
+            if self.addrs[a].open {
+                // A peer serving it in a newer epoch wins (e.g. after a partition); otherwise
+                // keep it until ready (an agent restart keeps the gates it finds), then follow
+                // the target (link down, preempt).
+                let newer_elsewhere = self.current(a).is_some_and(|(c, _)| c != me);
+                if newer_elsewhere || (self.ready && target != Some(me)) {
+                    self.addrs[a].open = false;
+                    self.actions.push_back(Action::CloseGate { addr: a });
+                    changed = true;
+                }
+            } else if target == Some(me) && self.safe_to_open(now, a) {
+                let epoch = self.addrs[a].max_epoch.max(self.addrs[a].epoch) + 1;
+                self.addrs[a] = Addr {
+                    open: true,
+                    epoch,
+                    max_epoch: epoch,
+                };
+                self.actions.push_back(Action::OpenGate { addr: a });
+                self.actions.push_back(Action::Announce { addr: a });
+                changed = true;
+            }
+        }
+        if changed {
+            self.send_heartbeats(now);
+        }
+    }
+
+    fn send_heartbeats(&mut self, now: Duration) {
+        let serving: Vec<(IpAddr, u64)> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.open)
+            .map(|(i, a)| (self.cfg.addresses[i].ip, a.epoch))
+            .collect();
+        let votes: Vec<(IpAddr, u8)> = self
+            .votes
+            .iter()
+            .enumerate()
+            .filter_map(|(a, v)| v.map(|n| (self.cfg.addresses[a].ip, n as u8)))
+            .collect();
+        let us = now.as_micros() as u64;
+        for path in 0..self.cfg.paths {
+            self.seq[path] += 1;
+            for p in self.others().collect::<Vec<_>>() {
+                let (echo_us, echo_hold_us) = match self.peers[p].echo[path] {
+                    Some((sent, at)) => (
+                        sent,
+                        (now.saturating_sub(at)).as_micros().min(u32::MAX as u128) as u32,
+                    ),
+                    None => (0, 0),
+                };
+                let hb = Heartbeat {
+                    sender: self.cfg.nodes[self.cfg.me].clone(),
+                    incarnation: self.incarnation,
+                    seq: self.seq[path],
+                    path: path as u8,
+                    sent_at_us: us.max(1),
+                    echo_us,
+                    echo_hold_us,
+                    lan_up: self.lan_up,
+                    ready: self.ready,
+                    serving: serving.clone(),
+                    votes: votes.clone(),
+                };
+                self.actions.push_back(Action::Send {
+                    peer: p,
+                    path,
+                    bytes: wire::encode(&hb, &self.cfg.key),
+                });
+            }
+        }
+        self.next_heartbeat = now + self.cfg.interval;
+    }
+
+    // ---- read-only views for status and tests ----
+
+    pub fn is_open(&self, a: AddrId) -> bool {
+        self.addrs[a].open
+    }
+
+    pub fn epoch(&self, a: AddrId) -> u64 {
+        self.addrs[a].epoch
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn peer_alive(&self, p: NodeId) -> bool {
+        self.peers[p].alive
+    }
+
+    pub fn fence_state(&self, p: NodeId) -> FenceState {
+        self.peers[p].fence
+    }
+
+    /// Per path: when the peer was last heard, and the round-trip time.
+    pub fn path_status(&self, p: NodeId) -> Vec<(Option<Duration>, Option<Duration>)> {
+        self.peers[p]
+            .last_heard
+            .iter()
+            .copied()
+            .zip(self.peers[p].rtt.iter().copied())
+            .collect()
+    }
+
+    pub fn rejected(&self) -> &RejectCounts {
+        &self.rejected
+    }
+
+    /// Everything that decides behaviour, for checking that a refused datagram changed nothing.
+    pub fn digest(&self) -> String {
+        format!(
+            "{:?}|{}|{}|{:?}",
+            self.addrs
+                .iter()
+                .map(|a| (a.open, a.epoch, a.max_epoch))
+                .collect::<Vec<_>>(),
+            self.ready,
+            self.lan_up,
+            self.peers
+                .iter()
+                .map(|p| (
+                    p.alive,
+                    p.last_heard.clone(),
+                    p.summary.clone(),
+                    p.fence,
+                    p.guard.clone()
+                ))
+                .collect::<Vec<_>>()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

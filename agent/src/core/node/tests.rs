@@ -1,0 +1,427 @@
+//! Failure stories of the core on virtual time, then randomized fault schedules that check
+//! DESIGN.md's invariants. A failing schedule prints its seed and the end of its trace.
+use std::time::Duration;
+
+use super::super::sim::{Rng, Sim, DEDICATED, LAN};
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Two nodes, 1 ms heartbeats, 5 misses, preempt after 100 ms; settled.
+fn pair(preempt: Option<Duration>) -> Sim {
+    let mut s = Sim::new(2, MS, preempt, 1);
+    let t = s.now + ms(50);
+    s.run_until(t);
+    s
+}
+
+fn after(s: &mut Sim, d: Duration) {
+    let t = s.now + d;
+    s.run_until(t);
+}
+
+/// Runs until `cond` holds (checked every 100 us) and returns how long that took.
+fn time_until(s: &mut Sim, limit: Duration, mut cond: impl FnMut(&Sim) -> bool) -> Duration {
+    let start = s.now;
+    while !cond(s) {
+        assert!(s.now - start < limit, "not within {limit:?}:\n{}", s.tail());
+        after(s, Duration::from_micros(100));
+    }
+    s.now - start
+}
+
+#[test]
+fn each_owner_serves_its_address_once_started() {
+    let s = pair(Some(ms(100)));
+    assert_eq!(s.servers(0), vec![0]);
+    assert_eq!(s.servers(1), vec![1]);
+    assert_eq!(s.fences_requested, 0);
+}
+
+#[test]
+fn crash_of_the_active_is_fenced_then_taken_over() {
+    let mut s = pair(Some(ms(100)));
+    s.crash(0);
+    let took = time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    // Dead after 5 silent intervals, then the fence (2 ms here), then open.
+    assert!(took >= ms(5) && took <= ms(9), "{took:?}");
+    assert_eq!(s.fences_requested, 1);
+    assert_eq!(s.servers(1), vec![1], "its own address stays");
+}
+
+#[test]
+fn silent_death_is_detected_like_a_crash() {
+    let mut s = pair(None);
+    s.nodes[0].mute = true;
+    let took = time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    assert!(took <= ms(9), "{took:?}");
+    assert!(
+        !s.nodes[0].powered,
+        "the fence powered the silent node off first"
+    );
+}
+
+#[test]
+fn lan_down_on_the_active_moves_its_address_without_waiting_for_timeouts() {
+    let mut s = pair(Some(ms(100)));
+    s.set_lan(0, false);
+    let took = time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    // Told over the dedicated line at once: one delivery, not five missed heartbeats.
+    assert!(took < MS, "{took:?}");
+    assert_eq!(
+        s.fences_requested, 0,
+        "the active is alive and closed its gate itself"
+    );
+    // Back up: after the preempt delay the address goes home, never open on both.
+    s.set_lan(0, true);
+    after(&mut s, ms(50));
+    assert_eq!(s.servers(0), vec![1], "not before the preempt delay");
+    time_until(&mut s, ms(200), |s| s.servers(0) == vec![0]);
+}
+
+#[test]
+fn losing_the_dedicated_line_alone_changes_nothing() {
+    for carrier in [false, true] {
+        let mut s = pair(Some(ms(100)));
+        let changes = s.gate_changes;
+        s.set_dedicated(0, 1, false, carrier);
+        after(&mut s, ms(2000));
+        assert_eq!(
+            (s.gate_changes, s.fences_requested),
+            (changes, 0),
+            "carrier {carrier}:\n{}",
+            s.tail()
+        );
+        assert!(s.nodes[1].core.as_ref().unwrap().peer_alive(0));
+    }
+}
+
+#[test]
+fn losing_the_lan_path_alone_changes_nothing() {
+    let mut s = pair(Some(ms(100)));
+    let changes = s.gate_changes;
+    // The switch drops the heartbeats between the two, but both LAN links are up.
+    s.cut[0][1][LAN] = true;
+    s.cut[1][0][LAN] = true;
+    after(&mut s, ms(2000));
+    assert_eq!((s.gate_changes, s.fences_requested), (changes, 0));
+}
+
+#[test]
+fn a_cut_dedicated_line_shortens_the_wait_when_the_lan_confirms() {
+    let mut s = pair(None);
+    // The peer dies and its end of the cable goes dark: two missed LAN heartbeats confirm.
+    s.set_dedicated(0, 1, false, true);
+    s.crash(0);
+    let took = time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    assert!(took <= ms(5), "{took:?}");
+}
+
+#[test]
+fn failback_waits_for_the_preempt_delay_and_never_overlaps() {
+    let mut s = pair(Some(ms(100)));
+    s.crash(0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    s.boot(0);
+    after(&mut s, ms(60));
+    assert_eq!(s.servers(0), vec![1], "n0 is back but not settled");
+    let took = time_until(&mut s, ms(300), |s| s.servers(0) == vec![0]);
+    assert!(took <= ms(60), "{took:?}");
+}
+
+#[test]
+fn without_preempt_an_address_stays_where_it_went() {
+    let mut s = pair(None);
+    s.crash(0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    s.boot(0);
+    after(&mut s, ms(1000));
+    assert_eq!(s.servers(0), vec![1]);
+}
+
+#[test]
+fn a_failed_fence_stops_the_takeover() {
+    let mut s = pair(None);
+    s.fence_works = false;
+    s.nodes[0].mute = true;
+    after(&mut s, ms(3000));
+    assert_eq!(
+        s.servers(0),
+        vec![0],
+        "n0 may still serve: nobody else opens"
+    );
+    assert!(s.fences_requested >= 2, "retried");
+    assert!(matches!(
+        s.fence_state(1, 0),
+        Some(FenceState::Failed(_) | FenceState::Pending)
+    ));
+}
+
+#[test]
+fn an_agent_restart_on_the_active_keeps_its_gates() {
+    let mut s = pair(Some(ms(100)));
+    let changes = s.gate_changes;
+    s.kill_agent(0);
+    after(&mut s, ms(3));
+    s.start_agent(0);
+    after(&mut s, ms(500));
+    assert_eq!(
+        s.gate_changes,
+        changes,
+        "no gate closed or opened:\n{}",
+        s.tail()
+    );
+    assert_eq!(s.servers(0), vec![0]);
+    assert_eq!(s.fences_requested, 0);
+}
+
+#[test]
+fn an_agent_dead_longer_than_the_dead_time_is_fenced_before_its_address_moves() {
+    let mut s = pair(None);
+    s.kill_agent(0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    assert!(
+        !s.nodes[0].powered,
+        "its gates were still open: it had to be fenced"
+    );
+}
+
+#[test]
+fn a_restarted_node_opens_nothing_a_live_peer_serves() {
+    let mut s = pair(None);
+    s.crash(0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    s.boot(0);
+    after(&mut s, ms(500));
+    assert_eq!(s.servers(0), vec![1]);
+    assert_eq!(s.servers(1), vec![1]);
+}
+
+#[test]
+fn a_late_wakeup_does_not_count_the_silence_it_slept_through() {
+    let mut s = pair(None);
+    let now = s.now;
+    let core = s.nodes[1].core.as_mut().unwrap();
+    // Nothing was heard for 50 ms because this node was not running, not the peer.
+    core.handle_timeout(now + ms(50));
+    assert!(core.peer_alive(0));
+}
+
+#[test]
+fn forged_replayed_and_malformed_datagrams_change_nothing() {
+    let mut s = pair(None);
+    let real = s.captured.last().cloned().expect("something was captured");
+    let mut rng = Rng::new(7);
+    let mut forged = Vec::new();
+    for i in 0..200 {
+        let mut b = real.2.clone();
+        let at = rng.below(b.len() as u64) as usize;
+        b[at] ^= 1 << (i % 8);
+        forged.push(b);
+    }
+    forged.push(vec![]);
+    forged.push(b"TKOV".to_vec());
+    forged.push(real.2[..real.2.len() - 1].to_vec());
+    for f in &forged {
+        let (r, before, after) = s.inject(1, LAN, f).unwrap();
+        assert!(r.is_err(), "a forged datagram was accepted");
+        assert_eq!(before, after, "a refused datagram changed the state");
+    }
+    // Replays of what was on the wire earlier.
+    for (to, path, bytes) in s.captured.clone() {
+        let (r, before, after) = s.inject(to, path, &bytes).unwrap();
+        assert_eq!(r, Err(wire::Rejected::Replayed));
+        assert_eq!(before, after);
+    }
+    let counts = &s.nodes[1].core.as_ref().unwrap().rejected().0;
+    assert!(
+        counts.get("bad_tag").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    assert!(
+        counts.get("replayed").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+}
+
+// ---- randomized schedules ---------------------------------------------------------------
+
+/// One random schedule: faults of every kind, checked continuously for invariant 1 (inside
+/// the simulation) and 4 (at each injection); at the end, everything heals and each address
+/// must be served by exactly one node, its owner when preempt is on.
+fn random_schedule(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let nodes = if rng.chance(0.3) { 3 } else { 2 };
+    let preempt = if rng.chance(0.5) {
+        Some(ms(20 + rng.below(80)))
+    } else {
+        None
+    };
+    let mut s = Sim::new(nodes, MS, preempt, seed);
+    s.loss = [0.0, 0.01, 0.05, 0.2][rng.below(4) as usize];
+    s.duplicate = [0.0, 0.05][rng.below(2) as usize];
+    s.jitter = Duration::from_micros(rng.below(400));
+    s.fence_works = rng.chance(0.85);
+    after(&mut s, ms(20));
+    for _ in 0..12 {
+        let n = rng.below(nodes as u64) as usize;
+        let m = (n + 1 + rng.below(nodes as u64 - 1) as usize) % nodes;
+        match rng.below(10) {
+            0 => s.crash(n),
+            1 => s.boot(n),
+            2 => s.kill_agent(n),
+            3 => {
+                if s.nodes[n].powered && s.nodes[n].core.is_none() {
+                    s.start_agent(n)
+                }
+            }
+            4 => s.set_lan(n, !s.nodes[n].lan_up),
+            5 => {
+                let up = s.cut[n][m][DEDICATED];
+                let carrier = rng.chance(0.5);
+                s.set_dedicated(n, m, up, carrier)
+            }
+            6 => s.nodes[n].mute = !s.nodes[n].mute,
+            7 => {
+                s.cut[n][m][LAN] = !s.cut[n][m][LAN];
+            }
+            _ => {
+                // An attacker: a replay of anything captured, or a corrupted copy.
+                if let Some((to, path, bytes)) = s
+                    .captured
+                    .get(rng.below(s.captured.len() as u64) as usize)
+                    .cloned()
+                {
+                    let mut b = bytes;
+                    if rng.chance(0.5) {
+                        let at = rng.below(b.len() as u64) as usize;
+                        b[at] ^= 0x40;
+                    }
+                    if let Some((r, before, after)) = s.inject(to, path, &b) {
+                        if r.is_err() {
+                            assert_eq!(
+                                before, after,
+                                "seed {seed}: a refused datagram changed the state"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        after(&mut s, Duration::from_micros(200 + rng.below(40_000)));
+    }
+    // Heal everything and let it settle.
+    s.loss = 0.0;
+    s.duplicate = 0.0;
+    s.fence_works = true;
+    for n in 0..nodes {
+        s.nodes[n].mute = false;
+        for m in 0..nodes {
+            s.cut[n][m] = vec![false, false];
+        }
+    }
+    for n in 0..nodes {
+        for m in 0..nodes {
+            if n != m {
+                s.set_dedicated(n, m, true, true);
+            }
+        }
+        if !s.nodes[n].lan_up {
+            s.set_lan(n, true);
+        }
+    }
+    // A fence still in flight may power a node off again: boot until all stay up.
+    for _ in 0..10 {
+        for n in 0..nodes {
+            s.boot(n);
+            if s.nodes[n].core.is_none() {
+                s.start_agent(n);
+            }
+        }
+        after(&mut s, ms(100));
+        if s.nodes.iter().all(|n| n.powered) {
+            break;
+        }
+    }
+    after(&mut s, ms(400));
+    for a in 0..nodes {
+        let servers = s.servers(a);
+        assert_eq!(
+            servers.len(),
+            1,
+            "seed {seed}: a{a} served by {servers:?} after healing\n{}",
+            s.tail()
+        );
+        if preempt.is_some() {
+            assert_eq!(
+                servers,
+                vec![a],
+                "seed {seed}: a{a} not back with its owner\n{}",
+                s.tail()
+            );
+        }
+    }
+}
+
+#[test]
+fn random_fault_schedules_keep_the_invariants() {
+    let base: u64 = std::env::var("TAKEOVER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let count: u64 = std::env::var("TAKEOVER_SIM_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    for i in 0..count {
+        let seed = base + i;
+        let r = std::panic::catch_unwind(|| random_schedule(seed));
+        if let Err(e) = r {
+            eprintln!("failing schedule: TAKEOVER_SIM_SEED={seed} TAKEOVER_SIM_SCHEDULES=1");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+/// Invariant 5 over random schedules: one path at a time fails (cut, with or without
+/// carrier, or the LAN dropping heartbeats) while the other works; nothing may move.
+#[test]
+fn random_single_path_losses_never_cause_a_takeover() {
+    for seed in 0..300u64 {
+        let mut rng = Rng::new(seed);
+        let mut s = Sim::new(2, MS, Some(ms(50)), seed);
+        s.jitter = Duration::from_micros(rng.below(300));
+        after(&mut s, ms(30));
+        let changes = s.gate_changes;
+        for _ in 0..6 {
+            let path = rng.below(2) as usize;
+            let carrier = path == DEDICATED && rng.chance(0.5);
+            // The surviving path may lose a little, unless a dark cable shortens the wait.
+            s.loss = if carrier { 0.0 } else { 0.01 };
+            if path == DEDICATED {
+                s.set_dedicated(0, 1, false, carrier);
+            } else {
+                s.cut[0][1][LAN] = true;
+                s.cut[1][0][LAN] = true;
+            }
+            after(&mut s, ms(50 + rng.below(300)));
+            if path == DEDICATED {
+                s.set_dedicated(0, 1, true, carrier);
+            } else {
+                s.cut[0][1][LAN] = false;
+                s.cut[1][0][LAN] = false;
+            }
+            after(&mut s, ms(20));
+        }
+        assert_eq!(
+            (s.gate_changes, s.fences_requested),
+            (changes, 0),
+            "seed {seed}\n{}",
+            s.tail()
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! A simulated cluster for the core's tests: several nodes, a network with two paths per pair
+//! (dedicated line and LAN), virtual time, and faults (crashes, agent restarts, path cuts,
+//! LAN failures, losses, duplicates, reordering, forged and replayed datagrams). It checks
+//! DESIGN.md's invariants after every step.
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use super::node::{Action, AddrSpec, Core, CoreConfig, FenceState, NodeId};
+
+pub const DEDICATED: usize = 0;
+pub const LAN: usize = 1;
+
+/// Small, seedable, good enough for schedules (xorshift64*).
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
+    }
+}
+
+pub struct SimNode {
+    /// The agent; `None` while it is not running.
+    pub core: Option<Core>,
+    /// The machine is on (a crash or a fence turns it off).
+    pub powered: bool,
+    /// The data plane's gates, which outlive the agent (pinned).
+    pub gates: Vec<bool>,
+    /// Epochs of open gates, as the agent would persist them beside the pins.
+    pub epochs: Vec<u64>,
+    pub incarnation: u64,
+    pub lan_up: bool,
+    /// Nothing this node sends leaves it (silent death: carrier up, nothing out).
+    pub mute: bool,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Delivery {
+    at: Duration,
+    order: u64,
+    to: NodeId,
+    path: usize,
+    bytes: Vec<u8>,
+}
+
+pub struct Sim {
+    pub now: Duration,
+    pub cfg: CoreConfig,
+    pub nodes: Vec<SimNode>,
+    in_flight: BinaryHeap<Reverse<Delivery>>,
+    /// `cut[from][to][path]`: that direction of that path carries nothing.
+    pub cut: Vec<Vec<Vec<bool>>>,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub jitter: Duration,
+    pub base_delay: Duration,
+    /// Whether fence commands succeed (they power the peer off).
+    pub fence_works: bool,
+    pub fence_delay: Duration,
+    fences: Vec<(Duration, NodeId, NodeId)>,
+    order: u64,
+    pub rng: Rng,
+    /// Datagrams seen on the wire, for replay attacks.
+    pub captured: Vec<(NodeId, usize, Vec<u8>)>,
+    pub fences_requested: u64,
+    pub gate_changes: u64,
+    pub trace: Vec<String>,
+}
+
+pub fn config(
+    nodes: usize,
+    me: NodeId,
+    interval: Duration,
+    preempt: Option<Duration>,
+) -> CoreConfig {
+    // Address i is owned by node i % nodes; the others stand by in order.
+    let addresses = (0..nodes)
+        .map(|i| AddrSpec {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 77, 0, 100 + i as u8)),
+            preference: (0..nodes).map(|k| (i + k) % nodes).collect(),
+        })
+        .collect();
+    CoreConfig {
+        nodes: (0..nodes).map(|i| format!("n{i}")).collect(),
+        me,
+        paths: 2,
+        addresses,
+        interval,
+        misses: 5,
+        confirm_misses: 2,
+        preempt,
+        fence_retry: Duration::from_millis(50),
+        key: b"simulation key, 32 bytes long!!".to_vec(),
+    }
+}
+
+impl Sim {
+    pub fn new(nodes: usize, interval: Duration, preempt: Option<Duration>, seed: u64) -> Self {
+        let cfg = config(nodes, 0, interval, preempt);
+        let addrs = cfg.addresses.len();
+        let mut sim = Sim {
+            now: Duration::from_secs(1),
+            nodes: Vec::new(),
+            in_flight: BinaryHeap::new(),
+            cut: vec![vec![vec![false; 2]; nodes]; nodes],
+            loss: 0.0,
+            duplicate: 0.0,
+            jitter: Duration::ZERO,
+            base_delay: Duration::from_micros(50),
+            fence_works: true,
+            fence_delay: Duration::from_millis(2),
+            fences: Vec::new(),
+            order: 0,
+            rng: Rng::new(seed),
+            captured: Vec::new(),
+            fences_requested: 0,
+            gate_changes: 0,
+            trace: Vec::new(),
+            cfg,
+        };
+        for n in 0..nodes {
+            sim.nodes.push(SimNode {
+                core: None,
+                powered: true,
+                gates: vec![false; addrs],
+                epochs: vec![0; addrs],
+                incarnation: 0,
+                lan_up: true,
+                mute: false,
+            });
+            sim.start_agent(n);
+        }
+        sim
+    }
+
+    fn node_cfg(&self, n: NodeId) -> CoreConfig {
+        CoreConfig {
+            me: n,
+            ..self.cfg.clone()
+        }
+    }
+
+    /// Starts (or restarts) node `n`'s agent; gates it finds open stay as they are.
+    pub fn start_agent(&mut self, n: NodeId) {
+        let cfg = self.node_cfg(n);
+        let node = &mut self.nodes[n];
+        node.incarnation += 1;
+        let open: Vec<(usize, u64)> = (0..node.gates.len())
+            .filter(|&a| node.gates[a])
+            .map(|a| (a, node.epochs[a]))
+            .collect();
+        let mut core = Core::new(cfg, node.incarnation, self.now, &open);
+        if !node.lan_up {
+            core.handle_lan(self.now, false);
+        }
+        self.nodes[n].core = Some(core);
+        self.trace.push(format!("{:?} n{n} agent starts", self.now));
+        self.drain(n);
+    }
+
+    /// The agent process dies (SIGKILL); the machine and its gates stay.
+    pub fn kill_agent(&mut self, n: NodeId) {
+        self.nodes[n].core = None;
+        self.trace.push(format!("{:?} n{n} agent killed", self.now));
+    }
+
+    /// The machine goes down: agent gone, gates gone.
+    pub fn crash(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n];
+        node.powered = false;
+        node.core = None;
+        node.gates.iter_mut().for_each(|g| *g = false);
+        self.trace.push(format!("{:?} n{n} crashes", self.now));
+    }
+
+    /// The machine comes back (a reboot clears the pinned gates).
+    pub fn boot(&mut self, n: NodeId) {
+        if self.nodes[n].powered {
+            return;
+        }
+        self.nodes[n].powered = true;
+        self.nodes[n].mute = false;
+        self.trace.push(format!("{:?} n{n} boots", self.now));
+        self.start_agent(n);
+    }
+
+    pub fn set_lan(&mut self, n: NodeId, up: bool) {
+        self.nodes[n].lan_up = up;
+        self.trace.push(format!(
+            "{:?} n{n} LAN {}",
+            self.now,
+            if up { "up" } else { "down" }
+        ));
+        let now = self.now;
+        if let Some(c) = self.nodes[n].core.as_mut() {
+            c.handle_lan(now, up);
+        }
+        self.drain(n);
+    }
+
+    /// Cuts or heals the dedicated line between `a` and `b`; `carrier` says whether the ends
+    /// see it (a cable pulled) or not (a box in the middle died).
+    pub fn set_dedicated(&mut self, a: NodeId, b: NodeId, up: bool, carrier: bool) {
+        self.cut[a][b][DEDICATED] = !up;
+        self.cut[b][a][DEDICATED] = !up;
+        self.trace.push(format!(
+            "{:?} line n{a}-n{b} {}",
+            self.now,
+            if up { "up" } else { "cut" }
+        ));
+        if carrier {
+            let now = self.now;
+            for n in [a, b] {
+                if let Some(c) = self.nodes[n].core.as_mut() {
+                    c.handle_dedicated_carrier(now, up);
+                }
+                self.drain(n);
+            }
+        }
+    }
+
+    /// Hands a datagram to node `to` as if it came off the wire, bypassing the network.
+    pub fn inject(
+        &mut self,
+        to: NodeId,
+        path: usize,
+        bytes: &[u8],
+    ) -> Option<(Result<(), super::wire::Rejected>, String, String)> {
+        let now = self.now;
+        let core = self.nodes[to].core.as_mut()?;
+        let before = core.digest();
+        let r = core.handle_datagram(now, path, bytes);
+        let after = core.digest();
+        self.drain(to);
+        Some((r, before, after))
+    }
+
+    fn drain(&mut self, n: NodeId) {
+        loop {
+            let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) else {
+                break;
+            };
+            match action {
+                Action::OpenGate { addr } => {
+                    self.nodes[n].gates[addr] = true;
+                    self.nodes[n].epochs[addr] = self.nodes[n].core.as_ref().unwrap().epoch(addr);
+                    self.gate_changes += 1;
+                    self.trace
+                        .push(format!("{:?} n{n} opens a{addr}", self.now));
+                }
+                Action::CloseGate { addr } => {
+                    if self.nodes[n].gates[addr] {
+                        self.gate_changes += 1;
+                        self.trace
+                            .push(format!("{:?} n{n} closes a{addr}", self.now));
+                    }
+                    self.nodes[n].gates[addr] = false;
+                }
+                Action::Announce { .. } | Action::Notice(_) => {}
+                Action::Fence { peer } => {
+                    self.fences_requested += 1;
+                    self.trace
+                        .push(format!("{:?} n{n} fences n{peer}", self.now));
+                    self.fences.push((self.now + self.fence_delay, n, peer));
+                }
+                Action::Send { peer, path, bytes } => self.send(n, peer, path, bytes),
+            }
+        }
+        self.check_invariant_1();
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>) {
+        if self.captured.len() < 4096 && self.rng.chance(0.05) {
+            self.captured.push((to, path, bytes.clone()));
+        }
+        let lan_ok = path != LAN || (self.nodes[from].lan_up && self.nodes[to].lan_up);
+        if self.nodes[from].mute
+            || self.cut[from][to][path]
+            || !lan_ok
+            || self.rng.chance(self.loss)
+        {
+            return;
+        }
+        let copies = if self.rng.chance(self.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = Duration::from_nanos(self.rng.below(self.jitter.as_nanos() as u64 + 1));
+            self.order += 1;
+            self.in_flight.push(Reverse(Delivery {
+                at: self.now + self.base_delay + jitter,
+                order: self.order,
+                to,
+                path,
+                bytes: bytes.clone(),
+            }));
+        }
+    }
+
+    /// Invariant 1: for each address, at most one powered node has its gate open (a fenced
+    /// node is powered off, so it counts no more).
+    fn check_invariant_1(&self) {
+        for a in 0..self.cfg.addresses.len() {
+            let open: Vec<NodeId> = (0..self.nodes.len())
+                .filter(|&n| self.nodes[n].powered && self.nodes[n].gates[a])
+                .collect();
+            assert!(
+                open.len() <= 1,
+                "invariant 1 broken at {:?}: a{a} open on {open:?}\n{}",
+                self.now,
+                self.tail()
+            );
+        }
+    }
+
+    pub fn tail(&self) -> String {
+        self.trace
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs until `until`, processing deliveries, timers and fence completions in time order.
+    pub fn run_until(&mut self, until: Duration) {
+        let mut stuck = 0u32;
+        loop {
+            let before = self.now;
+            let mut next = until;
+            if let Some(Reverse(d)) = self.in_flight.peek() {
+                next = next.min(d.at);
+            }
+            for (at, _, _) in &self.fences {
+                next = next.min(*at);
+            }
+            for node in &self.nodes {
+                if let Some(c) = &node.core {
+                    next = next.min(c.poll_timeout().max(self.now));
+                }
+            }
+            if next >= until && self.now >= until {
+                break;
+            }
+            self.now = next.max(self.now);
+            if self.now >= until {
+                self.now = until;
+            }
+            self.step();
+            if self.now >= until {
+                break;
+            }
+            // Time must move on: a core asking to be woken at an instant already handled
+            // would spin the real agent's loop too.
+            stuck = if self.now == before { stuck + 1 } else { 0 };
+            assert!(
+                stuck < 10_000,
+                "no progress at {:?}: a core keeps asking to be woken now\n{}",
+                self.now,
+                self.tail()
+            );
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(Reverse(d)) = self.in_flight.peek() {
+            if d.at > now {
+                break;
+            }
+            let Reverse(d) = self.in_flight.pop().unwrap();
+            if !self.nodes[d.to].powered {
+                continue;
+            }
+            if let Some(c) = self.nodes[d.to].core.as_mut() {
+                let _ = c.handle_datagram(now, d.path, &d.bytes);
+            }
+            self.drain(d.to);
+        }
+        let due: Vec<(Duration, NodeId, NodeId)> =
+            self.fences.iter().copied().filter(|f| f.0 <= now).collect();
+        self.fences.retain(|f| f.0 > now);
+        for (_, by, peer) in due {
+            let ok = self.fence_works;
+            if ok {
+                self.trace.push(format!("{now:?} fence powers n{peer} off"));
+                self.crash(peer);
+            }
+            if let Some(c) = self.nodes[by].core.as_mut() {
+                c.handle_fence(now, peer, ok);
+            }
+            self.drain(by);
+        }
+        for n in 0..self.nodes.len() {
+            let due = self.nodes[n]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.poll_timeout() <= now);
+            if due {
+                self.nodes[n].core.as_mut().unwrap().handle_timeout(now);
+                self.drain(n);
+            }
+        }
+    }
+
+    /// Which powered nodes have address `a` open.
+    pub fn servers(&self, a: usize) -> Vec<NodeId> {
+        (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].powered && self.nodes[n].gates[a])
+            .collect()
+    }
+
+    pub fn fence_state(&self, by: NodeId, peer: NodeId) -> Option<FenceState> {
+        self.nodes[by].core.as_ref().map(|c| c.fence_state(peer))
+    }
+}
