@@ -256,10 +256,7 @@ impl Sim {
     }
 
     fn drain(&mut self, n: NodeId) {
-        loop {
-            let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) else {
-                break;
-            };
+        while let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) {
             match action {
                 Action::OpenGate { addr } => {
                     self.nodes[n].gates[addr] = true;
