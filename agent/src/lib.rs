@@ -5,4 +5,5 @@
 pub mod config;
 pub mod core;
 pub mod dataplane;
+pub mod io;
 pub mod sys;

@@ -58,6 +58,15 @@ pub fn load(path: &Path) -> Result<Config> {
     }
 }
 
+/// The shared key, refused if it is missing, short or readable by others.
+pub fn read_key(config: &Config) -> Result<Vec<u8>> {
+    if let Some(problem) = key_file_problems(config).into_iter().next() {
+        bail!("{problem}");
+    }
+    std::fs::read(&config.key_file)
+        .with_context(|| format!("cannot read {}", config.key_file.display()))
+}
+
 /// Problems with the key file that do not stop `check-config` (the file may live only on
 /// the nodes) but that `run` refuses.
 fn key_file_problems(config: &Config) -> Vec<String> {

@@ -72,6 +72,17 @@ enum Command {
     /// Inspect the gate tables.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Run the agent: heartbeats, fault detection, fencing, takeover and failback for the
+    /// logical addresses of the configuration. Stops on SIGTERM, leaving the gates as they are.
+    #[command(after_help = "Example:\n  takeover run --config /etc/takeover/takeover.toml")]
+    Run {
+        /// The TOML configuration (see examples/takeover.toml; check it with check-config).
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+        /// Do not ask for real-time priority and locked memory.
+        #[arg(long)]
+        no_realtime: bool,
+    },
     /// Validate a configuration file and explain every problem (key and line). Needs no root.
     #[command(
         name = "check-config",
@@ -193,6 +204,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
         Command::Log { iface } => events::follow(&iface),
         Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::Run {
+            config,
+            no_realtime,
+        } => {
+            let cfg = check::load(&config)?;
+            let key = check::read_key(&cfg)?;
+            takeover::io::agent::run(cfg, key, !no_realtime)
+        }
     }
 }
 

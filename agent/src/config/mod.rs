@@ -64,6 +64,8 @@ pub struct Heartbeat {
     pub interval: Duration,
     /// A peer is dead when every path has been silent for `misses` intervals.
     pub misses: u32,
+    /// How long a starting agent waits to hear its peers before it fences the silent ones.
+    pub startup_grace: Duration,
 }
 
 impl Heartbeat {
@@ -168,6 +170,7 @@ struct RawAddress {
 struct RawHeartbeat {
     interval: Option<Spanned<String>>,
     misses: Option<Spanned<i64>>,
+    startup_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +203,7 @@ struct RawAuth {
 /// Defaults, chosen for the targets of DESIGN.md (detection in a few milliseconds).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 pub const DEFAULT_MISSES: u32 = 5;
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_PREEMPT_DELAY: Duration = Duration::from_secs(2);
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
@@ -435,6 +439,12 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         DEFAULT_HEARTBEAT_INTERVAL,
         (Duration::from_micros(100), Duration::from_secs(10)),
     );
+    let startup_grace = c.duration(
+        &hb.and_then(|h| h.startup_grace.clone()),
+        "heartbeat.startup_grace",
+        DEFAULT_STARTUP_GRACE,
+        (Duration::ZERO, Duration::from_secs(3600)),
+    );
     let misses = match hb.and_then(|h| h.misses.as_ref()) {
         None => DEFAULT_MISSES,
         Some(m) if (2..=1000).contains(m.get_ref()) => *m.get_ref() as u32,
@@ -522,7 +532,11 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         },
         peers,
         addresses,
-        heartbeat: Heartbeat { interval, misses },
+        heartbeat: Heartbeat {
+            interval,
+            misses,
+            startup_grace,
+        },
         preempt,
         fence,
         announce,

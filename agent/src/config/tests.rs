@@ -44,7 +44,8 @@ fn defaults_fill_what_is_left_out() {
         c.heartbeat,
         Heartbeat {
             interval: DEFAULT_HEARTBEAT_INTERVAL,
-            misses: DEFAULT_MISSES
+            misses: DEFAULT_MISSES,
+            startup_grace: DEFAULT_STARTUP_GRACE,
         }
     );
     assert_eq!(

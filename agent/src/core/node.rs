@@ -39,6 +39,10 @@ pub struct CoreConfig {
     pub preempt: Option<Duration>,
     /// After a failed fence, ask again this much later.
     pub fence_retry: Duration,
+    /// How long a starting node waits to hear its peers before it treats the silent ones as
+    /// dead (and fences them). At least the dead time; longer in practice, since agents are
+    /// rarely started within milliseconds of each other.
+    pub startup_grace: Duration,
     pub key: Vec<u8>,
 }
 
@@ -232,7 +236,7 @@ impl Core {
             }
         }
         if !self.ready {
-            consider(self.started + self.cfg.dead_after(self.cfg.misses));
+            consider(self.started + self.cfg.startup_grace);
         }
         t
     }
@@ -411,7 +415,7 @@ impl Core {
         }
         if !self.ready
             && (self.others().all(|p| self.peers[p].alive)
-                || now >= self.started + self.cfg.dead_after(self.cfg.misses))
+                || now >= self.started + self.cfg.startup_grace)
         {
             self.ready = true;
         }

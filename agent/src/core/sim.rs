@@ -110,6 +110,7 @@ pub fn config(
         confirm_misses: 2,
         preempt,
         fence_retry: Duration::from_millis(50),
+        startup_grace: interval * 5,
         key: b"simulation key, 32 bytes long!!".to_vec(),
     }
 }

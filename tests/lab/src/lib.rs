@@ -116,6 +116,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Ok(dir) = self.pin_dir() {
+            // The agent keeps its epochs beside, under /run/takeover/<same id>.
+            if let Some(id) = dir.file_name() {
+                let _ = std::fs::remove_dir_all(Path::new("/run/takeover").join(id));
+            }
             let _ = std::fs::remove_dir_all(dir);
         }
         let _ = ip(&format!("netns del {}", self.name));

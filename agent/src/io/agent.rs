@@ -1,0 +1,346 @@
+//! `takeover run`: the thin tokio shell around the core. It owns the sockets, the clock, the
+//! gate table, netlink and the fence command; the core decides.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use takeover_common::{Action as GateAction, GateValue};
+use tokio::{net::UdpSocket, sync::mpsc};
+
+use super::{announce, netlink};
+use crate::{
+    config::{Config, XdpMode},
+    core::{
+        node::{Action, AddrSpec, Core, CoreConfig, NodeId},
+        wire::MAX_MESSAGE,
+    },
+    dataplane::{self, AttachMode, Gates, PinDir, Target},
+    sys::{iface::Iface, netns},
+};
+
+/// The core's view of the configuration: node names sorted (votes name nodes by index, so
+/// every node must number them alike), and each peer's address per path.
+pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAddr>>) {
+    let mut names: Vec<String> = std::iter::once(cfg.node.name.clone())
+        .chain(cfg.peers.iter().map(|p| p.name.clone()))
+        .collect();
+    names.sort();
+    let index = |n: &str| names.iter().position(|x| x == n).expect("validated name");
+    let mut paths = vec![Vec::new(); names.len()];
+    for p in &cfg.peers {
+        paths[index(&p.name)] = p.paths.clone();
+    }
+    let core = CoreConfig {
+        me: index(&cfg.node.name),
+        paths: cfg.node.listen.len(),
+        addresses: cfg
+            .addresses
+            .iter()
+            .map(|a| AddrSpec {
+                ip: a.ip,
+                preference: a.preference.iter().map(|n| index(n)).collect(),
+            })
+            .collect(),
+        interval: cfg.heartbeat.interval,
+        misses: cfg.heartbeat.misses,
+        confirm_misses: 2.min(cfg.heartbeat.misses),
+        preempt: cfg.preempt.enabled.then_some(cfg.preempt.delay),
+        fence_retry: Duration::from_secs(1),
+        startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
+        key,
+        nodes: names,
+    };
+    (core, paths)
+}
+
+/// Where the epochs of open gates are kept between agent runs: tmpfs, so they survive an
+/// agent restart (like the pinned gates) and not a reboot (which clears the pins too).
+fn epochs_file(iface: &str) -> Result<PathBuf> {
+    Ok(PathBuf::from(format!(
+        "/run/takeover/{}/{iface}.epochs",
+        netns::current_id()?
+    )))
+}
+
+fn load_epochs(path: &PathBuf) -> BTreeMap<IpAddr, u64> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| {
+                    let (ip, e) = l.split_once(' ')?;
+                    Some((ip.parse().ok()?, e.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn save_epochs(path: &PathBuf, epochs: &BTreeMap<IpAddr, u64>) {
+    let text: String = epochs.iter().map(|(ip, e)| format!("{ip} {e}\n")).collect();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn log(msg: impl AsRef<str>) {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "{}.{:06} takeover: {}",
+        d.as_secs(),
+        d.subsec_micros(),
+        msg.as_ref()
+    );
+}
+
+/// Real-time priority and locked memory for the one thread that runs the agent, so that a
+/// busy machine does not delay heartbeats. Failures are reported, not fatal.
+fn realtime() {
+    unsafe {
+        if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0 {
+            log(format!(
+                "warning: mlockall: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let param = libc::sched_param { sched_priority: 50 };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
+            log(format!(
+                "warning: SCHED_FIFO: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+}
+
+enum Input {
+    Datagram(usize, Vec<u8>),
+    Fence(NodeId, bool),
+}
+
+pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
+    if realtime_priority {
+        realtime();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(agent(cfg, key))
+}
+
+async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
+    let lan = Iface::by_name(&cfg.node.lan)?;
+    let mode = match cfg.node.xdp_mode {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Driver => AttachMode::Driver,
+        XdpMode::Generic => AttachMode::Generic,
+    };
+    let attached = dataplane::attach(&lan, mode)?;
+    log(format!(
+        "gate on {}: ingress XDP {}, egress {}",
+        lan.name, attached.xdp, attached.egress
+    ));
+    let mut gates = Gates::open(&PinDir::for_iface(&lan.name)?)?;
+    let mac = lan.mac()?;
+    let (core_cfg, peer_paths) = core_config(&cfg, key);
+    let addresses: Vec<IpAddr> = core_cfg.addresses.iter().map(|a| a.ip).collect();
+
+    // Gates found open (an agent restart) stay open; every other one is closed before the
+    // address is configured, so a standby never answers for it, not even for a moment.
+    let epochs_path = epochs_file(&lan.name)?;
+    let mut epochs = load_epochs(&epochs_path);
+    let mut open = Vec::new();
+    for (a, ip) in addresses.iter().enumerate() {
+        let t = Target::new(*ip, None);
+        let is_open = gates
+            .get(&t)?
+            .is_some_and(|e| e.action == Some(GateAction::Open));
+        if is_open {
+            open.push((a, epochs.get(ip).copied().unwrap_or(1)));
+        } else {
+            gates.set(&t, GateValue::new(GateAction::Closed))?;
+        }
+    }
+    let nl = netlink::connect()?;
+    for a in &cfg.addresses {
+        netlink::ensure_address(&nl, lan.index, a.ip, a.prefix).await?;
+    }
+
+    // One socket per path.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+    let mut sockets = Vec::new();
+    for (path, addr) in cfg.node.listen.iter().enumerate() {
+        let sock = Arc::new(
+            UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind path {path} to {addr}"))?,
+        );
+        sockets.push(sock.clone());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_MESSAGE + 1];
+            while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                if tx.send(Input::Datagram(path, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    // The dedicated line's interface: its carrier is a hint for the core.
+    let dedicated = if cfg.node.listen.len() > 1 {
+        netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
+    } else {
+        None
+    };
+    let mut links = netlink::watch_links()?;
+
+    let start = Instant::now();
+    let now = || start.elapsed();
+    let incarnation = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let mut core = Core::new(core_cfg.clone(), incarnation, now(), &open);
+    if !netlink::is_up(&nl, lan.index).await? {
+        core.handle_lan(now(), false);
+    }
+    if let Some(d) = dedicated {
+        if !netlink::is_up(&nl, d).await? {
+            core.handle_dedicated_carrier(now(), false);
+        }
+    }
+    let announcer = Arc::new(
+        announce::Sender::new(lan.index).context("opening a packet socket for announcements")?,
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    log(format!(
+        "node {} running: {} path(s), {} address(es)",
+        cfg.node.name,
+        sockets.len(),
+        addresses.len()
+    ));
+
+    loop {
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::OpenGate { addr } => {
+                    gates.set(
+                        &Target::new(addresses[addr], None),
+                        GateValue::new(GateAction::Open),
+                    )?;
+                    epochs.insert(addresses[addr], core.epoch(addr));
+                    save_epochs(&epochs_path, &epochs);
+                    log(format!(
+                        "{} open (epoch {})",
+                        addresses[addr],
+                        core.epoch(addr)
+                    ));
+                }
+                Action::CloseGate { addr } => {
+                    gates.set(
+                        &Target::new(addresses[addr], None),
+                        GateValue::new(GateAction::Closed),
+                    )?;
+                    if epochs.remove(&addresses[addr]).is_some() {
+                        save_epochs(&epochs_path, &epochs);
+                        log(format!("{} closed", addresses[addr]));
+                    }
+                }
+                Action::Announce { addr } => {
+                    let (frames, sender, count, interval) = (
+                        announce::frames(addresses[addr], mac),
+                        announcer.clone(),
+                        cfg.announce.count,
+                        cfg.announce.interval,
+                    );
+                    tokio::spawn(async move {
+                        for i in 0..count {
+                            for f in &frames {
+                                if let Err(e) = sender.send(f) {
+                                    log(format!("announcement failed: {e}"));
+                                }
+                            }
+                            if i + 1 < count {
+                                tokio::time::sleep(interval).await;
+                            }
+                        }
+                    });
+                }
+                Action::Fence { peer } => {
+                    let (argv, timeout, name, tx) = (
+                        cfg.fence.command.clone(),
+                        cfg.fence.timeout,
+                        core_cfg.nodes[peer].clone(),
+                        tx.clone(),
+                    );
+                    log(format!("fencing {name}: {} {name}", argv.join(" ")));
+                    tokio::spawn(async move {
+                        let ok = fence(&argv, &name, timeout).await;
+                        let _ = tx.send(Input::Fence(peer, ok));
+                    });
+                }
+                Action::Send { peer, path, bytes } => {
+                    let _ = sockets[path].try_send_to(&bytes, peer_paths[peer][path]);
+                }
+                Action::Notice(text) => log(text),
+            }
+        }
+        let wake = tokio::time::Instant::from_std(start + core.poll_timeout());
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(Input::Datagram(path, bytes)) => {
+                    let _ = core.handle_datagram(now(), path, &bytes);
+                }
+                Some(Input::Fence(peer, ok)) => core.handle_fence(now(), peer, ok),
+                None => bail!("all sockets closed"),
+            },
+            ev = links.next() => match ev {
+                Some(ev) if ev.ifindex == lan.index => core.handle_lan(now(), ev.up),
+                Some(ev) if Some(ev.ifindex) == dedicated => core.handle_dedicated_carrier(now(), ev.up),
+                Some(_) => {}
+                None => bail!("netlink link events stopped"),
+            },
+            _ = tokio::time::sleep_until(wake) => core.handle_timeout(now()),
+            _ = term.recv() => {
+                // Gates stay as they are (pinned): a restart must not drop a packet.
+                log("SIGTERM: stopping; gates stay as they are");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs the fence command with the peer's name appended; true only on exit status 0 within
+/// the timeout.
+async fn fence(argv: &[String], peer: &str, timeout: Duration) -> bool {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).arg(peer).kill_on_drop(true);
+    match tokio::time::timeout(timeout, cmd.status()).await {
+        Ok(Ok(status)) if status.success() => true,
+        Ok(Ok(status)) => {
+            log(format!("fence command for {peer} failed: {status}"));
+            false
+        }
+        Ok(Err(e)) => {
+            log(format!("cannot run the fence command for {peer}: {e}"));
+            false
+        }
+        Err(_) => {
+            log(format!(
+                "fence command for {peer} timed out after {timeout:?}"
+            ));
+            false
+        }
+    }
+}

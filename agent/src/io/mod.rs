@@ -1,0 +1,4 @@
+//! The shell around the core: sockets, timers, netlink, the gate table, the fence command.
+pub mod agent;
+pub mod announce;
+pub mod netlink;

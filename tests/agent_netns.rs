@@ -1,0 +1,280 @@
+//! Real agents (`takeover run`) on the namespace topology: client `cli`, servers `a` and `b`
+//! on a bridge, and a dedicated line a<->b. Faults are real: links taken down, processes
+//! killed with SIGKILL. Every process is kept by PID and killed on drop.
+use std::{
+    io::Write as _,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::Result;
+use takeover_lab::{
+    topology::{wait_for, Host, Lan},
+    udp::{Client, Responder},
+    Takeover,
+};
+
+const LOGICAL: &str = "10.77.0.100";
+const PORT: u16 = 7000;
+const WAIT: Duration = Duration::from_secs(15);
+
+fn takeover() -> Takeover {
+    Takeover::new(env!("CARGO_BIN_EXE_takeover"))
+}
+
+/// A running agent; SIGKILLed and reaped on drop. Its log goes to a file the test can read.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Files the agents share: a key, a fence script (it cuts the named peer off the LAN, a valid
+/// fence), and one config per node.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    fn new(lan: &Lan) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "takeover-agents-{}-{}",
+            std::process::id(),
+            lan.switch.name
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join("key");
+        std::fs::File::create(&key)?.write_all(b"an integration test key of 32 by")?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        let mut script = String::from("#!/bin/sh\ncase \"$1\" in\n");
+        for h in &lan.hosts {
+            script.push_str(&format!(
+                "  {}) ip -n {} link set lan down ;;\n",
+                h.name, h.ns.name
+            ));
+        }
+        script.push_str("  *) exit 1 ;;\nesac\n");
+        let fence = dir.join("fence");
+        std::fs::write(&fence, script)?;
+        std::fs::set_permissions(&fence, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir })
+    }
+
+    fn config(&self, me: &Host, peer: &Host) -> Result<PathBuf> {
+        let text = format!(
+            r#"[node]
+name = "{me}"
+lan = "lan"
+listen = ["{me_ded}:7400", "{me_lan}:7400"]
+
+[[peer]]
+name = "{peer}"
+paths = ["{peer_ded}:7400", "{peer_lan}:7400"]
+
+[[address]]
+ip = "{LOGICAL}/24"
+owner = "a"
+standbys = ["b"]
+
+[heartbeat]
+interval = "5ms"
+misses = 6
+startup_grace = "3s"
+
+[preempt]
+delay = "300ms"
+
+[fence]
+command = ["{fence}"]
+timeout = "5s"
+
+[announce]
+count = 3
+interval = "10ms"
+
+[auth]
+key_file = "{key}"
+"#,
+            me = me.name,
+            me_ded = me.ded_addr4(),
+            me_lan = me.addr4(),
+            peer = peer.name,
+            peer_ded = peer.ded_addr4(),
+            peer_lan = peer.addr4(),
+            fence = self.dir.join("fence").display(),
+            key = self.dir.join("key").display(),
+        );
+        let path = self.dir.join(format!("{}.toml", me.name));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    fn start(&self, t: &Takeover, me: &Host, peer: &Host) -> Result<Agent> {
+        let config = self.config(me, peer)?;
+        let log = self.dir.join(format!("{}.log", me.name));
+        let child = t
+            .cmd(&me.ns)
+            .args(["run", "--no-realtime", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Agent { child, log })
+    }
+}
+
+/// Waits until the client's requests to the logical address are answered by `who`.
+fn wait_served_by(client: &Client, who: &str, what: &str) -> Result<()> {
+    let mut seq = 0;
+    wait_for(what, WAIT, || {
+        seq += 1;
+        Ok((client.request(seq, Duration::from_millis(50))?.as_deref() == Some(who)).then_some(()))
+    })
+}
+
+/// The address is configured by the agent; the responder binds to it once it is there.
+fn responder(host: &Host) -> Result<Responder> {
+    wait_for(&format!("{LOGICAL} on {}", host.name), WAIT, || {
+        Ok(host
+            .ns
+            .ip("-o addr show dev lan")?
+            .contains(LOGICAL)
+            .then_some(()))
+    })?;
+    Responder::spawn(&host.ns, &format!("{LOGICAL}:{PORT}"), &host.name)
+}
+
+struct Setup {
+    lan: Lan,
+    cluster: Cluster,
+    agents: Vec<Agent>,
+    _responders: Vec<Responder>,
+    client: Client,
+}
+
+impl Setup {
+    /// Adds both agents' logs to an error.
+    fn logged<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\na:\n{}\nb:\n{}",
+                self.agents[0].log(),
+                self.agents[1].log()
+            )
+        })
+    }
+}
+
+fn setup() -> Result<Setup> {
+    let t = takeover();
+    let lan = Lan::new(&t, &["cli", "a", "b"])?;
+    lan.dedicated_line("a", "b")?;
+    let cluster = Cluster::new(&lan)?;
+    let (a, b) = (lan.host("a"), lan.host("b"));
+    let agents = vec![cluster.start(&t, a, b)?, cluster.start(&t, b, a)?];
+    let responders = vec![responder(a)?, responder(b)?];
+    let client = Client::new(
+        &lan.host("cli").ns,
+        "0.0.0.0:0",
+        &format!("{LOGICAL}:{PORT}"),
+    )?;
+    if let Err(e) = wait_served_by(&client, "a", "a to serve its address") {
+        anyhow::bail!("{e}\na:\n{}\nb:\n{}", agents[0].log(), agents[1].log());
+    }
+    Ok(Setup {
+        lan,
+        cluster,
+        agents,
+        _responders: responders,
+        client,
+    })
+}
+
+#[test]
+fn crash_of_the_active_moves_its_address_to_the_standby() -> Result<()> {
+    let mut s = setup()?;
+    let a = s.lan.host("a");
+    // A real crash sends nothing: the agent dies (SIGKILL), then the links go down (an agent
+    // that saw its links go first would tell b, which is the LAN-down story below).
+    s.agents[0].kill();
+    a.ns.ip("link set lan down")?;
+    a.ns.ip("link set ded down")?;
+    // b fences a, opens, and announces: the client's ARP cache (a's MAC) is corrected.
+    s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
+    let log = s.agents[1].log();
+    assert!(
+        log.contains("fencing a"),
+        "b did not fence a:\n{log}\na:\n{}",
+        s.agents[0].log()
+    );
+    assert!(log.contains(&format!("{LOGICAL} open")), "{log}");
+    drop(s.cluster);
+    Ok(())
+}
+
+#[test]
+fn lan_link_down_on_the_active_moves_its_address_without_fencing() -> Result<()> {
+    let s = setup()?;
+    s.lan.host("a").ns.ip("link set lan down")?;
+    s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
+    let (la, lb) = (s.agents[0].log(), s.agents[1].log());
+    assert!(la.contains("LAN link down"), "{la}");
+    assert!(
+        !lb.contains("fencing"),
+        "b fenced a live peer that told it about its link:\n{lb}"
+    );
+    // Back up: after the preempt delay the address goes home.
+    s.lan.host("a").ns.ip("link set lan up")?;
+    s.logged(wait_served_by(
+        &s.client,
+        "a",
+        "the address to come back to a",
+    ))?;
+    Ok(())
+}
+
+#[test]
+fn losing_the_dedicated_line_alone_moves_nothing() -> Result<()> {
+    let s = setup()?;
+    s.lan.host("a").ns.ip("link set ded down")?;
+    // Long enough for several dead times (6 x 5 ms) and the preempt delay.
+    for seq in 1000..1100 {
+        assert_eq!(
+            s.client.request(seq, Duration::from_secs(1))?.as_deref(),
+            Some("a")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (la, lb) = (s.agents[0].log(), s.agents[1].log());
+    assert!(
+        !la.contains("fencing") && !lb.contains("fencing"),
+        "{la}\n{lb}"
+    );
+    assert!(la.contains("dedicated line carrier down"), "{la}");
+    Ok(())
+}
