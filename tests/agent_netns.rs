@@ -278,3 +278,99 @@ fn losing_the_dedicated_line_alone_moves_nothing() -> Result<()> {
     assert!(la.contains("dedicated line carrier down"), "{la}");
     Ok(())
 }
+
+#[test]
+fn status_shows_the_state_table() -> Result<()> {
+    let s = setup()?;
+    let t = takeover();
+    let b = s.lan.host("b");
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&b.ns, "status --json")?)?;
+    assert_eq!(v["node"], "b");
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["lan"]["state"], "up");
+    assert_eq!(v["addresses"][0]["address"], LOGICAL);
+    assert_eq!(v["addresses"][0]["gate"], "closed");
+    assert_eq!(v["addresses"][0]["served_by"], "a");
+    let peer = &v["peers"][0];
+    assert_eq!(
+        (peer["name"].as_str(), peer["state"].as_str()),
+        (Some("a"), Some("alive"))
+    );
+    for path in peer["paths"].as_array().unwrap() {
+        assert!(
+            path["last_heard_ms_ago"].as_f64().unwrap() < 1000.0,
+            "{path}"
+        );
+    }
+    let table = t.ok(&b.ns, "status")?;
+    assert!(
+        table.contains("PEER") && table.contains("dedicated") && table.contains("alive"),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[test]
+fn forged_and_replayed_heartbeats_are_rejected_and_counted() -> Result<()> {
+    use takeover_lab::capture::{Capture, Frame};
+    let s = setup()?;
+    let t = takeover();
+    let (a, b, cli) = (s.lan.host("a"), s.lan.host("b"), s.lan.host("cli"));
+    // A real heartbeat from a to b, taken off a's LAN interface.
+    let cap = Capture::start(&a.ns, "lan")?;
+    let b_lan = takeover_lab::capture::v4(&b.addr4());
+    let frames = cap.until(WAIT, |f| matches!(f, Frame::Ipv4 { dst, proto: 17, payload, .. } if *dst == b_lan && payload.len() > 8 && payload[2..4] == 7400u16.to_be_bytes()))?;
+    let Some(Frame::Ipv4 { payload, .. }) = frames.last() else {
+        unreachable!()
+    };
+    let heartbeat = payload[8..].to_vec();
+    // An attacker on the LAN replays it, flips a bit in it, and sends garbage.
+    let attacker = cli.ns.udp("0.0.0.0:0")?;
+    let to = format!("{}:7400", b.addr4());
+    let mut flipped = heartbeat.clone();
+    flipped[20] ^= 1;
+    for d in [&heartbeat, &flipped, &b"not a heartbeat at all".to_vec()] {
+        attacker.send_to(d, &to)?;
+    }
+    let counts = wait_for("the rejections to be counted", WAIT, || {
+        let v: serde_json::Value = serde_json::from_str(&t.ok(&b.ns, "status --json")?)?;
+        let r = v["rejected"].clone();
+        let all = ["replayed", "bad_tag", "bad_magic"]
+            .iter()
+            .all(|k| r[k].as_u64().unwrap_or(0) >= 1);
+        Ok(all.then_some(v))
+    })?;
+    // And nothing changed: a still serves, b still stands by.
+    assert_eq!(counts["addresses"][0]["served_by"], "a");
+    assert_eq!(counts["peers"][0]["state"], "alive");
+    assert_eq!(
+        s.client.request(9999, Duration::from_secs(1))?.as_deref(),
+        Some("a")
+    );
+    Ok(())
+}
+
+#[test]
+fn run_refuses_an_invalid_config_with_every_problem() -> Result<()> {
+    let t = takeover();
+    let ns = takeover_lab::Netns::new("badcfg")?;
+    let path = std::env::temp_dir().join(format!("takeover-badcfg-{}.toml", std::process::id()));
+    std::fs::write(&path, "[node]\nname = \"a\"\nlan = \"lan\"\nlisten = [\"10.0.0.1\"]\n[auth]\nkey_file = \"/nonexistent\"\n")?;
+    let out = t
+        .cmd(&ns)
+        .args(["run", "--no-realtime", "--config"])
+        .arg(&path)
+        .output()?;
+    std::fs::remove_file(&path)?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node.listen")
+            && stderr.contains("fence.command")
+            && stderr.contains("[[peer]]"),
+        "{stderr}"
+    );
+    // It stopped before touching anything: no gate attached.
+    assert!(!ns.pin_dir()?.exists());
+    Ok(())
+}

@@ -83,6 +83,15 @@ enum Command {
         #[arg(long)]
         no_realtime: bool,
     },
+    /// The running agent's state table: components and peers with their state and since
+    /// when, every address with its owner and gate, per path the last heartbeat and RTT,
+    /// rejected datagrams.
+    #[command(after_help = "Examples:\n  takeover status\n  takeover --netns blue status --json")]
+    Status {
+        /// Machine-readable output (stable field names).
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and explain every problem (key and line). Needs no root.
     #[command(
         name = "check-config",
@@ -203,6 +212,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gate(cmd) => gate(cmd),
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
         Command::Log { iface } => events::follow(&iface),
+        Command::Status { json } => {
+            let v = takeover::io::control::query()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", takeover::io::control::render(&v));
+            }
+            Ok(())
+        }
         Command::CheckConfig { .. } => unreachable!("handled above"),
         Command::Run {
             config,

@@ -115,6 +115,8 @@ struct Peer {
     /// Since when the peer has been eligible without a break (preempt hysteresis).
     eligible_since: Option<Duration>,
     fence: FenceState,
+    /// When `alive` last changed.
+    since: Option<Duration>,
     rtt: Vec<Option<Duration>>,
     /// Per path: the last `sent_at_us` heard and when, to echo it back.
     echo: Vec<Option<(u64, Duration)>>,
@@ -169,6 +171,7 @@ impl Core {
             alive: false,
             eligible_since: None,
             fence: FenceState::None,
+            since: None,
             rtt: vec![None; cfg.paths],
             echo: vec![None; cfg.paths],
         };
@@ -303,6 +306,7 @@ impl Core {
         }
         if !peer.alive {
             peer.alive = true;
+            peer.since = Some(now);
             // A peer we hear again (restarted, or back after a fence) needs a new fence if it
             // dies again.
             peer.fence = FenceState::None;
@@ -406,6 +410,7 @@ impl Core {
             if self.death_deadline(p).is_some_and(|d| now >= d) {
                 let peer = &mut self.peers[p];
                 peer.alive = false;
+                peer.since = Some(now);
                 peer.eligible_since = None;
                 self.actions.push_back(Action::Notice(format!(
                     "peer {} is dead: every path silent",
@@ -625,6 +630,24 @@ impl Core {
 
     pub fn epoch(&self, a: AddrId) -> u64 {
         self.addrs[a].epoch
+    }
+
+    pub fn lan_up(&self) -> bool {
+        self.lan_up
+    }
+
+    /// Who serves `a` as far as this node knows (itself included).
+    pub fn server(&self, a: AddrId) -> Option<NodeId> {
+        self.current(a).map(|(n, _)| n)
+    }
+
+    /// Since when peer `p` has been alive or dead (the last change), if it ever changed.
+    pub fn peer_since(&self, p: NodeId) -> Option<Duration> {
+        self.peers[p].since
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
     }
 
     pub fn is_ready(&self) -> bool {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use takeover_common::{Action as GateAction, GateValue};
 use tokio::{net::UdpSocket, sync::mpsc};
 
-use super::{announce, netlink};
+use super::{announce, control, netlink};
 use crate::{
     config::{Config, XdpMode},
     core::{
@@ -224,6 +224,8 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
         announce::Sender::new(lan.index).context("opening a packet socket for announcements")?,
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (status_tx, mut status_rx) = mpsc::unbounded_channel();
+    control::listen(status_tx)?;
     log(format!(
         "node {} running: {} path(s), {} address(es)",
         cfg.node.name,
@@ -312,6 +314,9 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
                 None => bail!("netlink link events stopped"),
             },
             _ = tokio::time::sleep_until(wake) => core.handle_timeout(now()),
+            Some(req) = status_rx.recv() => {
+                let _ = req.reply.send(control::status(&core, now(), &lan.name));
+            }
             _ = term.recv() => {
                 // Gates stay as they are (pinned): a restart must not drop a packet.
                 log("SIGTERM: stopping; gates stay as they are");

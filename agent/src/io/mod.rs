@@ -1,4 +1,5 @@
 //! The shell around the core: sockets, timers, netlink, the gate table, the fence command.
 pub mod agent;
 pub mod announce;
+pub mod control;
 pub mod netlink;
