@@ -136,7 +136,10 @@ key_file = "{key}"
 
     fn start(&self, t: &Takeover, me: &Host, peer: &Host) -> Result<Agent> {
         let config = self.config(me, peer)?;
-        let log = self.dir.join(format!("{}.log", me.name));
+        // One log per start: a replaced agent removes its own log when dropped.
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.join(format!("{}-{n}.log", me.name));
         let child = t
             .cmd(&me.ns)
             .args(["run", "--no-realtime", "--config"])
@@ -372,5 +375,54 @@ fn run_refuses_an_invalid_config_with_every_problem() -> Result<()> {
     );
     // It stopped before touching anything: no gate attached.
     assert!(!ns.pin_dir()?.exists());
+    Ok(())
+}
+
+#[test]
+fn a_planned_restart_of_the_active_agent_drops_no_request() -> Result<()> {
+    let mut s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    // Requests flow the whole time; the agent of a is stopped (SIGTERM) and started again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restarter = {
+        let stop = stop.clone();
+        let pid = s.agents[0].child.id() as i32;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut seq = 0u64;
+    let mut restarted = false;
+    while seq < 400 {
+        seq += 1;
+        let reply = s.client.request(10_000 + seq, Duration::from_secs(1))?;
+        assert_eq!(
+            reply.as_deref(),
+            Some("a"),
+            "request {seq} during the restart\n{}",
+            s.agents[1].log()
+        );
+        if !restarted && stop.load(std::sync::atomic::Ordering::SeqCst) {
+            // The old agent has exited (reaped below); a new one takes over the pinned gates.
+            let _ = s.agents[0].child.wait();
+            s.agents[0] = s.cluster.start(&t, a, b)?;
+            restarted = true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    restarter.join().unwrap();
+    assert!(restarted);
+    let (la, lb) = (s.agents[0].log(), s.agents[1].log());
+    assert!(
+        la.contains("gate on lan") && !la.contains(&format!("{LOGICAL} closed")),
+        "{la}"
+    );
+    assert!(
+        !lb.contains("fencing") && !lb.contains(&format!("{LOGICAL} open")),
+        "{lb}"
+    );
     Ok(())
 }

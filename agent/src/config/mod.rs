@@ -66,6 +66,8 @@ pub struct Heartbeat {
     pub misses: u32,
     /// How long a starting agent waits to hear its peers before it fences the silent ones.
     pub startup_grace: Duration,
+    /// How long the peers wait for an agent that stopped to be restarted (SIGTERM).
+    pub restart_grace: Duration,
 }
 
 impl Heartbeat {
@@ -171,6 +173,7 @@ struct RawHeartbeat {
     interval: Option<Spanned<String>>,
     misses: Option<Spanned<i64>>,
     startup_grace: Option<Spanned<String>>,
+    restart_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +207,7 @@ struct RawAuth {
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 pub const DEFAULT_MISSES: u32 = 5;
 pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_PREEMPT_DELAY: Duration = Duration::from_secs(2);
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
@@ -445,6 +449,12 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         DEFAULT_STARTUP_GRACE,
         (Duration::ZERO, Duration::from_secs(3600)),
     );
+    let restart_grace = c.duration(
+        &hb.and_then(|h| h.restart_grace.clone()),
+        "heartbeat.restart_grace",
+        DEFAULT_RESTART_GRACE,
+        (Duration::ZERO, Duration::from_secs(3600)),
+    );
     let misses = match hb.and_then(|h| h.misses.as_ref()) {
         None => DEFAULT_MISSES,
         Some(m) if (2..=1000).contains(m.get_ref()) => *m.get_ref() as u32,
@@ -536,6 +546,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             interval,
             misses,
             startup_grace,
+            restart_grace,
         },
         preempt,
         fence,

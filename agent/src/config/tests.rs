@@ -46,6 +46,7 @@ fn defaults_fill_what_is_left_out() {
             interval: DEFAULT_HEARTBEAT_INTERVAL,
             misses: DEFAULT_MISSES,
             startup_grace: DEFAULT_STARTUP_GRACE,
+            restart_grace: DEFAULT_RESTART_GRACE,
         }
     );
     assert_eq!(

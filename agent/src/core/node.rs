@@ -43,6 +43,8 @@ pub struct CoreConfig {
     /// dead (and fences them). At least the dead time; longer in practice, since agents are
     /// rarely started within milliseconds of each other.
     pub startup_grace: Duration,
+    /// How long the peers wait for an agent that said it is restarting.
+    pub restart_grace: Duration,
     pub key: Vec<u8>,
 }
 
@@ -117,6 +119,8 @@ struct Peer {
     fence: FenceState,
     /// When `alive` last changed.
     since: Option<Duration>,
+    /// The peer's agent said it is restarting: its silence counts only after this.
+    restart_until: Option<Duration>,
     rtt: Vec<Option<Duration>>,
     /// Per path: the last `sent_at_us` heard and when, to echo it back.
     echo: Vec<Option<(u64, Duration)>>,
@@ -151,6 +155,7 @@ pub struct Core {
     rejected: RejectCounts,
     /// This node's vote per address, as last decided.
     votes: Vec<Option<NodeId>>,
+    restarting: bool,
 }
 
 impl Core {
@@ -172,6 +177,7 @@ impl Core {
             eligible_since: None,
             fence: FenceState::None,
             since: None,
+            restart_until: None,
             rtt: vec![None; cfg.paths],
             echo: vec![None; cfg.paths],
         };
@@ -196,6 +202,7 @@ impl Core {
             actions: VecDeque::new(),
             rejected: RejectCounts::default(),
             votes: vec![None; addrs.len()],
+            restarting: false,
             addrs,
             cfg,
         };
@@ -250,13 +257,14 @@ impl Core {
         if !peer.alive {
             return None;
         }
-        let last = peer.last_heard.iter().flatten().max()?;
+        let last = *peer.last_heard.iter().flatten().max()?;
         let misses = if self.cfg.paths > 1 && !self.dedicated_carrier {
             self.cfg.confirm_misses
         } else {
             self.cfg.misses
         };
-        Some(*last + self.cfg.dead_after(misses))
+        let deadline = last + self.cfg.dead_after(misses);
+        Some(peer.restart_until.map_or(deadline, |r| r.max(deadline)))
     }
 
     /// A datagram arrived on `path`. Returns why it was refused, if it was.
@@ -299,6 +307,7 @@ impl Core {
         let peer = &mut self.peers[p];
         peer.last_heard[path] = Some(now);
         peer.echo[path] = Some((hb.sent_at_us, now));
+        peer.restart_until = hb.restarting.then_some(now + self.cfg.restart_grace);
         if hb.echo_us != 0 && us >= hb.echo_us + hb.echo_hold_us as u64 {
             peer.rtt[path] = Some(Duration::from_micros(
                 us - hb.echo_us - hb.echo_hold_us as u64,
@@ -574,6 +583,14 @@ impl Core {
         }
     }
 
+    /// The agent is stopping to be restarted: tell the peers (one heartbeat flagged
+    /// `restarting` on every path) so that they wait for it instead of fencing it. The gates
+    /// stay as they are; the next agent finds them.
+    pub fn shutdown(&mut self, now: Duration) {
+        self.restarting = true;
+        self.send_heartbeats(now);
+    }
+
     fn send_heartbeats(&mut self, now: Duration) {
         let serving: Vec<(IpAddr, u64)> = self
             .addrs
@@ -609,6 +626,7 @@ impl Core {
                     echo_hold_us,
                     lan_up: self.lan_up,
                     ready: self.ready,
+                    restarting: self.restarting,
                     serving: serving.clone(),
                     votes: votes.clone(),
                 };

@@ -111,6 +111,7 @@ pub fn config(
         preempt,
         fence_retry: Duration::from_millis(50),
         startup_grace: interval * 5,
+        restart_grace: Duration::from_millis(500),
         key: b"simulation key, 32 bytes long!!".to_vec(),
     }
 }
@@ -177,6 +178,18 @@ impl Sim {
         self.nodes[n].core = Some(core);
         self.trace.push(format!("{:?} n{n} agent starts", self.now));
         self.drain(n);
+    }
+
+    /// The agent stops for a restart (SIGTERM): it tells the peers, then exits.
+    pub fn stop_agent(&mut self, n: NodeId) {
+        let now = self.now;
+        if let Some(c) = self.nodes[n].core.as_mut() {
+            c.shutdown(now);
+        }
+        self.drain(n);
+        self.nodes[n].core = None;
+        self.trace
+            .push(format!("{now:?} n{n} agent stops for a restart"));
     }
 
     /// The agent process dies (SIGKILL); the machine and its gates stay.

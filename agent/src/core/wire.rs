@@ -26,6 +26,7 @@ pub const MAX_NAME: usize = 32;
 
 const FLAG_LAN_UP: u8 = 1;
 const FLAG_READY: u8 = 2;
+const FLAG_RESTARTING: u8 = 4;
 
 /// A heartbeat: the sender's liveness on one path and a summary of its state table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +48,9 @@ pub struct Heartbeat {
     pub lan_up: bool,
     /// The sender has finished starting up (heard its peers or waited out the dead time).
     pub ready: bool,
+    /// The sender's agent is stopping to be restarted; its gates stay as they are. Peers wait
+    /// the restart grace before they count its silence.
+    pub restarting: bool,
     /// Addresses whose gate is open on the sender, with the epoch it opened them in.
     pub serving: Vec<(IpAddr, u64)>,
     /// Per address, the node the sender thinks should serve it (index into the sorted list
@@ -104,7 +108,12 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
     b.push(VERSION);
     b.push(KIND_HEARTBEAT);
     b.push(hb.path);
-    b.push(if hb.lan_up { FLAG_LAN_UP } else { 0 } | if hb.ready { FLAG_READY } else { 0 });
+    let flag = |set: bool, f: u8| if set { f } else { 0 };
+    b.push(
+        flag(hb.lan_up, FLAG_LAN_UP)
+            | flag(hb.ready, FLAG_READY)
+            | flag(hb.restarting, FLAG_RESTARTING),
+    );
     b.push(hb.sender.len() as u8);
     b.extend_from_slice(hb.sender.as_bytes());
     for v in [hb.incarnation, hb.seq, hb.sent_at_us, hb.echo_us] {
@@ -255,6 +264,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
             echo_hold_us,
             lan_up: flags & FLAG_LAN_UP != 0,
             ready: flags & FLAG_READY != 0,
+            restarting: flags & FLAG_RESTARTING != 0,
             serving,
             votes,
         })
@@ -310,6 +320,7 @@ mod tests {
             echo_hold_us: 42,
             lan_up: true,
             ready: true,
+            restarting: false,
             serving: vec![
                 ("10.0.0.100".parse().unwrap(), 7),
                 ("fd00::100".parse().unwrap(), 8),
@@ -330,6 +341,7 @@ mod tests {
             votes: vec![],
             lan_up: false,
             ready: false,
+            restarting: true,
             ..hb(1)
         };
         assert_eq!(decode(&encode(&empty, KEY), KEY), Ok(empty));

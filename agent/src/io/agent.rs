@@ -53,6 +53,7 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
         preempt: cfg.preempt.enabled.then_some(cfg.preempt.delay),
         fence_retry: Duration::from_secs(1),
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
+        restart_grace: cfg.heartbeat.restart_grace.max(cfg.heartbeat.dead_after()),
         key,
         nodes: names,
     };
@@ -318,8 +319,15 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
                 let _ = req.reply.send(control::status(&core, now(), &lan.name));
             }
             _ = term.recv() => {
-                // Gates stay as they are (pinned): a restart must not drop a packet.
-                log("SIGTERM: stopping; gates stay as they are");
+                // Gates stay as they are (pinned): a restart must not drop a packet. The
+                // peers are told, so they wait for the next agent instead of fencing this node.
+                core.shutdown(now());
+                while let Some(action) = core.poll_action() {
+                    if let Action::Send { peer, path, bytes } = action {
+                        let _ = sockets[path].try_send_to(&bytes, peer_paths[peer][path]);
+                    }
+                }
+                log("SIGTERM: stopping; gates stay as they are, peers told to wait for a restart");
                 return Ok(());
             }
         }

@@ -180,6 +180,34 @@ fn an_agent_restart_on_the_active_keeps_its_gates() {
 }
 
 #[test]
+fn a_planned_agent_restart_longer_than_the_dead_time_moves_nothing() {
+    let mut s = pair(Some(ms(100)));
+    let changes = s.gate_changes;
+    s.stop_agent(0);
+    // Far longer than the dead time (5 ms), well within the restart grace (500 ms).
+    after(&mut s, ms(200));
+    s.start_agent(0);
+    after(&mut s, ms(500));
+    assert_eq!(
+        (s.gate_changes, s.fences_requested),
+        (changes, 0),
+        "{}",
+        s.tail()
+    );
+    assert_eq!(s.servers(0), vec![0]);
+}
+
+#[test]
+fn an_agent_that_said_it_restarts_but_never_returns_is_fenced_after_the_grace() {
+    let mut s = pair(None);
+    s.stop_agent(0);
+    after(&mut s, ms(400));
+    assert_eq!(s.servers(0), vec![0], "still within the restart grace");
+    time_until(&mut s, ms(300), |s| s.servers(0) == vec![1]);
+    assert!(!s.nodes[0].powered);
+}
+
+#[test]
 fn an_agent_dead_longer_than_the_dead_time_is_fenced_before_its_address_moves() {
     let mut s = pair(None);
     s.kill_agent(0);
@@ -273,7 +301,8 @@ fn random_schedule(seed: u64) {
         match rng.below(10) {
             0 => s.crash(n),
             1 => s.boot(n),
-            2 => s.kill_agent(n),
+            2 if rng.chance(0.5) => s.kill_agent(n),
+            2 => s.stop_agent(n),
             3 => {
                 if s.nodes[n].powered && s.nodes[n].core.is_none() {
                     s.start_agent(n)
