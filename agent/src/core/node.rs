@@ -121,6 +121,8 @@ struct Peer {
     since: Option<Duration>,
     /// The peer's agent said it is restarting: its silence counts only after this.
     restart_until: Option<Duration>,
+    /// The peer's newest incarnation seen, addressed in what this node sends it.
+    heard_incarnation: u64,
     rtt: Vec<Option<Duration>>,
     /// Per path: the last `sent_at_us` heard and when, to echo it back.
     echo: Vec<Option<(u64, Duration)>>,
@@ -178,6 +180,7 @@ impl Core {
             fence: FenceState::None,
             since: None,
             restart_until: None,
+            heard_incarnation: 0,
             rtt: vec![None; cfg.paths],
             echo: vec![None; cfg.paths],
         };
@@ -301,6 +304,13 @@ impl Core {
                 .position(|s| s.ip == *ip)
                 .ok_or(Rejected::Malformed)?;
             serving.push((a, *epoch));
+        }
+        // Only what is addressed to this incarnation counts; anything else only says which
+        // incarnation of the peer to address (the newest wins, so a replay cannot hold it back).
+        let heard = &mut self.peers[p].heard_incarnation;
+        *heard = (*heard).max(hb.incarnation);
+        if hb.peer_incarnation != self.incarnation {
+            return Err(Rejected::Unaddressed);
         }
         self.peers[p].guard.check(&hb)?;
         let us = now.as_micros() as u64;
@@ -619,6 +629,7 @@ impl Core {
                 let hb = Heartbeat {
                     sender: self.cfg.nodes[self.cfg.me].clone(),
                     incarnation: self.incarnation,
+                    peer_incarnation: self.peers[p].heard_incarnation,
                     seq: self.seq[path],
                     path: path as u8,
                     sent_at_us: us.max(1),

@@ -287,7 +287,8 @@ impl Sim {
                     }
                     self.nodes[n].gates[addr] = false;
                 }
-                Action::Announce { .. } | Action::Notice(_) => {}
+                Action::Announce { .. } => {}
+                Action::Notice(text) => self.trace.push(format!("{:?} n{n}: {text}", self.now)),
                 Action::Fence { peer } => {
                     self.fences_requested += 1;
                     self.trace

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic "TKOV" | version u8 | kind u8 | path u8 | flags u8 | name_len u8 | name
-//! | incarnation u64 | seq u64 | sent_at_us u64 | echo_us u64 | echo_hold_us u32
+//! | incarnation u64 | peer_incarnation u64 | seq u64 | sent_at_us u64 | echo_us u64 | echo_hold_us u32
 //! | served u16 | served × (family u8 (4|6) | address 4|16 | epoch u64)
 //! | votes u16 | votes × (family u8 | address 4|16 | node index u8) | HMAC-SHA256 (32)
 //! ```
@@ -34,6 +34,10 @@ pub struct Heartbeat {
     pub sender: String,
     /// Chosen at each agent start, larger than any before it (wall-clock nanoseconds).
     pub incarnation: u64,
+    /// The recipient's incarnation as the sender last heard it (0: not yet). A heartbeat is
+    /// taken into account only by the incarnation it is addressed to, so an old one replayed
+    /// to a freshly started agent is worthless.
+    pub peer_incarnation: u64,
     /// Per path, increasing from 1.
     pub seq: u64,
     /// Index of the path (0 = dedicated line, 1 = LAN).
@@ -73,6 +77,9 @@ pub enum Rejected {
     Malformed,
     /// Authentic, but already seen or older than what was seen (replayed or reordered).
     Replayed,
+    /// Authentic, but addressed to another incarnation of this agent (normal for a moment
+    /// after a start; otherwise a replay).
+    Unaddressed,
 }
 
 impl Rejected {
@@ -84,6 +91,7 @@ impl Rejected {
             Rejected::BadTag => "bad_tag",
             Rejected::Malformed => "malformed",
             Rejected::Replayed => "replayed",
+            Rejected::Unaddressed => "unaddressed",
         }
     }
 }
@@ -116,7 +124,13 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
     );
     b.push(hb.sender.len() as u8);
     b.extend_from_slice(hb.sender.as_bytes());
-    for v in [hb.incarnation, hb.seq, hb.sent_at_us, hb.echo_us] {
+    for v in [
+        hb.incarnation,
+        hb.peer_incarnation,
+        hb.seq,
+        hb.sent_at_us,
+        hb.echo_us,
+    ] {
         b.extend_from_slice(&v.to_be_bytes());
     }
     b.extend_from_slice(&hb.echo_hold_us.to_be_bytes());
@@ -239,7 +253,8 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         let sender = std::str::from_utf8(r.take(name_len)?)
             .map_err(|_| Rejected::Malformed)?
             .to_string();
-        let (incarnation, seq, sent_at_us, echo_us) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let (incarnation, peer_incarnation) = (r.u64()?, r.u64()?);
+        let (seq, sent_at_us, echo_us) = (r.u64()?, r.u64()?, r.u64()?);
         let echo_hold_us = r.u32()?;
         let n = r.count()?;
         let mut serving = Vec::with_capacity(n);
@@ -257,6 +272,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         Ok(Heartbeat {
             sender,
             incarnation,
+            peer_incarnation,
             seq,
             path,
             sent_at_us,
@@ -313,6 +329,7 @@ mod tests {
         Heartbeat {
             sender: "node-a".into(),
             incarnation: 1_700_000_000_000_000_000,
+            peer_incarnation: 1_700_000_000_000_000_001,
             seq,
             path: 1,
             sent_at_us: 123_456,
