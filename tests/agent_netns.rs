@@ -102,8 +102,8 @@ owner = "a"
 standbys = ["b"]
 
 [heartbeat]
-interval = "5ms"
-misses = 6
+interval = "10ms"
+misses = 10
 startup_grace = "3s"
 
 [preempt]
@@ -265,7 +265,7 @@ fn lan_link_down_on_the_active_moves_its_address_without_fencing() -> Result<()>
 fn losing_the_dedicated_line_alone_moves_nothing() -> Result<()> {
     let s = setup()?;
     s.lan.host("a").ns.ip("link set ded down")?;
-    // Long enough for several dead times (6 x 5 ms) and the preempt delay.
+    // Long enough for several dead times (10 x 10 ms) and the preempt delay.
     for seq in 1000..1100 {
         assert_eq!(
             s.client.request(seq, Duration::from_secs(1))?.as_deref(),
@@ -391,12 +391,15 @@ fn a_planned_restart_of_the_active_agent_drops_no_request() -> Result<()> {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             unsafe { libc::kill(pid, libc::SIGTERM) };
+            // No agent on a for three dead times (10 x 10 ms): only the restart notice keeps
+            // b from fencing it, and the pinned gate keeps serving.
+            std::thread::sleep(Duration::from_millis(300));
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
     let mut seq = 0u64;
     let mut restarted = false;
-    while seq < 400 {
+    while seq < 600 {
         seq += 1;
         let reply = s.client.request(10_000 + seq, Duration::from_secs(1))?;
         assert_eq!(
