@@ -134,6 +134,8 @@ struct Addr {
     epoch: u64,
     /// The highest epoch seen for this address anywhere.
     max_epoch: u64,
+    /// An operator's switchover: the node, and the order's version (the newest wins).
+    moved_to: Option<(NodeId, u64)>,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -190,6 +192,7 @@ impl Core {
                 open: true,
                 epoch,
                 max_epoch: epoch,
+                moved_to: None,
             };
         }
         let mut core = Core {
@@ -337,6 +340,27 @@ impl Core {
         for &(a, epoch) in &serving {
             self.addrs[a].max_epoch = self.addrs[a].max_epoch.max(epoch);
         }
+        let mut moved = false;
+        for (ip, node, version) in &hb.overrides {
+            let a = self
+                .cfg
+                .addresses
+                .iter()
+                .position(|s| s.ip == *ip)
+                .ok_or(Rejected::Malformed)?;
+            let node = *node as NodeId;
+            if node >= self.cfg.nodes.len() {
+                return Err(Rejected::Malformed);
+            }
+            // Newest order wins; equal versions (two operators at once) by node index.
+            if self.addrs[a]
+                .moved_to
+                .is_none_or(|(n, v)| (*version, node) > (v, n))
+            {
+                self.addrs[a].moved_to = Some((node, *version));
+                moved = true;
+            }
+        }
         let mut votes = Vec::new();
         for (ip, node) in &hb.votes {
             let a = self
@@ -356,12 +380,25 @@ impl Core {
             serving,
             votes,
         };
-        let changed = self.peers[p].summary.as_ref() != Some(&summary);
+        let changed = moved || self.peers[p].summary.as_ref() != Some(&summary);
         self.peers[p].summary = Some(summary);
         if changed {
             self.decide(now);
         }
         Ok(())
+    }
+
+    /// An operator moves address `a` to node `to` (maintenance). The order spreads with the
+    /// heartbeats; the current server releases, then `to` opens, as in a failback.
+    pub fn handle_switchover(&mut self, now: Duration, a: AddrId, to: NodeId) {
+        let version = self.addrs[a].moved_to.map_or(0, |(_, v)| v) + 1;
+        self.addrs[a].moved_to = Some((to, version));
+        self.actions.push_back(Action::Notice(format!(
+            "switchover of {} to {} (order {version})",
+            self.cfg.addresses[a].ip, self.cfg.nodes[to]
+        )));
+        self.decide(now);
+        self.send_heartbeats(now);
     }
 
     /// Our LAN interface's carrier/operational state changed (netlink).
@@ -486,6 +523,13 @@ impl Core {
     /// Who should serve `a`: the current server while it is eligible, unless a more
     /// preferred node has been eligible for the preempt delay; else the first eligible node.
     fn target(&self, now: Duration, a: AddrId) -> Option<NodeId> {
+        // A switchover puts its node first, at once (no preempt delay) and for good (preempt
+        // does not pull it back); while that node is not eligible the usual order applies.
+        if let Some((n, _)) = self.addrs[a].moved_to {
+            if self.eligible(n) {
+                return Some(n);
+            }
+        }
         let pref = &self.cfg.addresses[a].preference;
         let first = pref.iter().copied().find(|&n| self.eligible(n));
         let Some((cur, _)) = self.current(a).filter(|(c, _)| self.eligible(*c)) else {
@@ -582,6 +626,7 @@ impl Core {
                     open: true,
                     epoch,
                     max_epoch: epoch,
+                    ..self.addrs[a]
                 };
                 self.actions.push_back(Action::OpenGate { addr: a });
                 self.actions.push_back(Action::Announce { addr: a });
@@ -615,6 +660,15 @@ impl Core {
             .enumerate()
             .filter_map(|(a, v)| v.map(|n| (self.cfg.addresses[a].ip, n as u8)))
             .collect();
+        let overrides: Vec<(IpAddr, u8, u64)> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .filter_map(|(a, x)| {
+                x.moved_to
+                    .map(|(n, v)| (self.cfg.addresses[a].ip, n as u8, v))
+            })
+            .collect();
         let us = now.as_micros() as u64;
         for path in 0..self.cfg.paths {
             self.seq[path] += 1;
@@ -640,6 +694,7 @@ impl Core {
                     restarting: self.restarting,
                     serving: serving.clone(),
                     votes: votes.clone(),
+                    overrides: overrides.clone(),
                 };
                 self.actions.push_back(Action::Send {
                     peer: p,
@@ -711,7 +766,7 @@ impl Core {
             "{:?}|{}|{}|{:?}",
             self.addrs
                 .iter()
-                .map(|a| (a.open, a.epoch, a.max_epoch))
+                .map(|a| (a.open, a.epoch, a.max_epoch, a.moved_to))
                 .collect::<Vec<_>>(),
             self.ready,
             self.lan_up,

@@ -180,6 +180,17 @@ impl Sim {
         self.drain(n);
     }
 
+    /// An operator on node `on` moves address `a` to node `to`.
+    pub fn switchover(&mut self, on: NodeId, a: usize, to: NodeId) {
+        let now = self.now;
+        if let Some(c) = self.nodes[on].core.as_mut() {
+            c.handle_switchover(now, a, to);
+        }
+        self.trace
+            .push(format!("{now:?} switchover a{a} to n{to} (on n{on})"));
+        self.drain(on);
+    }
+
     /// The agent stops for a restart (SIGTERM): it tells the peers, then exits.
     pub fn stop_agent(&mut self, n: NodeId) {
         let now = self.now;

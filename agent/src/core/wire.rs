@@ -6,7 +6,9 @@
 //! magic "TKOV" | version u8 | kind u8 | path u8 | flags u8 | name_len u8 | name
 //! | incarnation u64 | peer_incarnation u64 | seq u64 | sent_at_us u64 | echo_us u64 | echo_hold_us u32
 //! | served u16 | served × (family u8 (4|6) | address 4|16 | epoch u64)
-//! | votes u16 | votes × (family u8 | address 4|16 | node index u8) | HMAC-SHA256 (32)
+//! | votes u16 | votes × (family u8 | address 4|16 | node index u8)
+//! | overrides u16 | overrides × (family u8 | address 4|16 | node index u8 | version u64)
+//! | HMAC-SHA256 (32)
 //! ```
 //! All integers big-endian. Pure: no sockets, no clock.
 use std::net::IpAddr;
@@ -20,8 +22,9 @@ const KIND_HEARTBEAT: u8 = 1;
 const TAG_LEN: usize = 32;
 /// Fits in one unfragmented datagram on any LAN.
 pub const MAX_MESSAGE: usize = 1400;
-/// Addresses one heartbeat can list, served and voted (at most 25 + 18 bytes each).
-pub const MAX_SERVED: usize = 28;
+/// Addresses one heartbeat can list, served, voted and overridden (at most 25 + 18 + 26
+/// bytes each).
+pub const MAX_SERVED: usize = 18;
 pub const MAX_NAME: usize = 32;
 
 const FLAG_LAN_UP: u8 = 1;
@@ -60,6 +63,9 @@ pub struct Heartbeat {
     /// Per address, the node the sender thinks should serve it (index into the sorted list
     /// of node names). A node opens an address only when every live peer votes for it.
     pub votes: Vec<(IpAddr, u8)>,
+    /// Operator switchovers: per address, the node it was moved to and the version of that
+    /// order (the newest wins everywhere).
+    pub overrides: Vec<(IpAddr, u8, u64)>,
 }
 
 /// Why a datagram was not accepted. Every case changes nothing but a counter.
@@ -143,6 +149,12 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
     for (addr, node) in &hb.votes {
         put_addr(&mut b, addr);
         b.push(*node);
+    }
+    b.extend_from_slice(&(hb.overrides.len() as u16).to_be_bytes());
+    for (addr, node, version) in &hb.overrides {
+        put_addr(&mut b, addr);
+        b.push(*node);
+        b.extend_from_slice(&version.to_be_bytes());
     }
     let mut m = mac(key);
     m.update(&b);
@@ -266,6 +278,11 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         for _ in 0..n {
             votes.push((r.addr()?, r.u8()?));
         }
+        let n = r.count()?;
+        let mut overrides = Vec::with_capacity(n);
+        for _ in 0..n {
+            overrides.push((r.addr()?, r.u8()?, r.u64()?));
+        }
         if r.pos != r.buf.len() || seq == 0 || incarnation == 0 {
             return Err(Rejected::Malformed);
         }
@@ -283,6 +300,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
             restarting: flags & FLAG_RESTARTING != 0,
             serving,
             votes,
+            overrides,
         })
     };
     parse(&mut r).map_err(malformed)
@@ -346,6 +364,7 @@ mod tests {
                 ("10.0.0.100".parse().unwrap(), 0),
                 ("fd00::100".parse().unwrap(), 1),
             ],
+            overrides: vec![],
         }
     }
 
@@ -356,6 +375,7 @@ mod tests {
         let empty = Heartbeat {
             serving: vec![],
             votes: vec![],
+            overrides: vec![("10.0.0.100".parse().unwrap(), 1, 3)],
             lan_up: false,
             ready: false,
             restarting: true,
@@ -370,6 +390,7 @@ mod tests {
             sender: "x".repeat(MAX_NAME),
             serving: vec![("fd00::1".parse().unwrap(), u64::MAX); MAX_SERVED],
             votes: vec![("fd00::1".parse().unwrap(), 3); MAX_SERVED],
+            overrides: vec![("fd00::1".parse().unwrap(), 3, u64::MAX); MAX_SERVED],
             ..hb(1)
         };
         let bytes = encode(&m, KEY);
@@ -433,9 +454,9 @@ mod tests {
         let short = body[..body.len() - 3].to_vec();
         assert_eq!(decode(&sign(short), KEY), Err(Rejected::Malformed));
         let mut family = body.clone();
-        // The family byte of the first served address, counted from the end: two votes
-        // (v6, v4), their count, then the two served entries (v6, v4).
-        let at = body.len() - (1 + 16 + 1) - (1 + 4 + 1) - 2 - (1 + 16 + 8) - (1 + 4 + 8);
+        // The family byte of the first served address, counted from the end: the (empty)
+        // overrides' count, two votes (v6, v4), their count, then the two served entries.
+        let at = body.len() - 2 - (1 + 16 + 1) - (1 + 4 + 1) - 2 - (1 + 16 + 8) - (1 + 4 + 8);
         family[at] = 5;
         assert_eq!(decode(&sign(family), KEY), Err(Rejected::Malformed));
     }

@@ -134,6 +134,31 @@ fn failback_waits_for_the_preempt_delay_and_never_overlaps() {
 }
 
 #[test]
+fn a_switchover_moves_an_address_at_once_and_for_good() {
+    let mut s = pair(Some(ms(100)));
+    let fences = s.fences_requested;
+    // Ordered on the standby, about the owner's address.
+    s.switchover(1, 0, 1);
+    let took = time_until(&mut s, ms(50), |s| s.servers(0) == vec![1]);
+    assert!(took < ms(2), "{took:?}: a handoff, not a timeout");
+    // Preempt does not pull it back: the order stands.
+    after(&mut s, ms(500));
+    assert_eq!(s.servers(0), vec![1]);
+    // Back home, ordered on the other node this time.
+    s.switchover(0, 0, 0);
+    time_until(&mut s, ms(50), |s| s.servers(0) == vec![0]);
+    assert_eq!(s.fences_requested, fences, "nobody was fenced");
+    // The order survives an agent restart of the node it names... and of the other.
+    s.switchover(0, 0, 1);
+    time_until(&mut s, ms(50), |s| s.servers(0) == vec![1]);
+    s.stop_agent(0);
+    after(&mut s, ms(20));
+    s.start_agent(0);
+    after(&mut s, ms(500));
+    assert_eq!(s.servers(0), vec![1], "{}", s.tail());
+}
+
+#[test]
 fn without_preempt_an_address_stays_where_it_went() {
     let mut s = pair(None);
     s.crash(0);
@@ -295,6 +320,8 @@ fn random_schedule(seed: u64) {
     s.jitter = Duration::from_micros(rng.below(400));
     s.fence_works = rng.chance(0.85);
     after(&mut s, ms(20));
+    // Addresses moved by a switchover end where the newest order says, not with the owner.
+    let mut switched = vec![false; nodes];
     for _ in 0..12 {
         let n = rng.below(nodes as u64) as usize;
         let m = (n + 1 + rng.below(nodes as u64 - 1) as usize) % nodes;
@@ -313,6 +340,11 @@ fn random_schedule(seed: u64) {
                 let up = s.cut[n][m][DEDICATED];
                 let carrier = rng.chance(0.5);
                 s.set_dedicated(n, m, up, carrier)
+            }
+            6 if rng.chance(0.3) => {
+                let a = rng.below(nodes as u64) as usize;
+                switched[a] = true;
+                s.switchover(n, a, m)
             }
             6 => s.nodes[n].mute = !s.nodes[n].mute,
             7 => {
@@ -385,7 +417,7 @@ fn random_schedule(seed: u64) {
             "seed {seed}: a{a} served by {servers:?} after healing\n{}",
             s.tail()
         );
-        if preempt.is_some() {
+        if preempt.is_some() && !switched[a] {
             assert_eq!(
                 servers,
                 vec![a],
