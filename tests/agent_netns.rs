@@ -429,3 +429,34 @@ fn a_planned_restart_of_the_active_agent_drops_no_request() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_planned_switchover_moves_the_address_and_back_without_fencing() -> Result<()> {
+    let s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    // Ordered on the node that serves it; then back, ordered on the other.
+    let out = t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
+    assert!(out.contains("switchover to b"), "{out}");
+    s.logged(wait_served_by(&s.client, "b", "the switchover to b"))?;
+    // The order stands: well past the preempt delay, b still serves.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        s.client.request(50_000, Duration::from_secs(1))?.as_deref(),
+        Some("b")
+    );
+    t.ok(&b.ns, &format!("switchover {LOGICAL} --to a"))?;
+    s.logged(wait_served_by(&s.client, "a", "the switchover back to a"))?;
+    let (la, lb) = (s.agents[0].log(), s.agents[1].log());
+    assert!(
+        !la.contains("fencing") && !lb.contains("fencing"),
+        "{la}\n{lb}"
+    );
+    // Bad orders are refused with a clear message.
+    let out = t.output(&a.ns, &format!("switchover {LOGICAL} --to nobody"))?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody is not a node of this cluster"));
+    let out = t.output(&a.ns, "switchover 10.9.9.9 --to b")?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a logical address"));
+    Ok(())
+}

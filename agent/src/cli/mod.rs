@@ -92,6 +92,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move a logical address to another node on purpose (maintenance), without a fault: the
+    /// server releases it, the node opens and announces it. The order stands (preempt does
+    /// not pull it back) until the next switchover. Asks the agent running here.
+    #[command(
+        after_help = "Examples:\n  takeover switchover 10.77.0.100 --to b\n  takeover switchover 10.77.0.100 --to a   # and back"
+    )]
+    Switchover {
+        /// The logical address.
+        #[arg(value_name = "ADDR")]
+        addr: String,
+        /// The node to move it to.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+    },
     /// Validate a configuration file and explain every problem (key and line). Needs no root.
     #[command(
         name = "check-config",
@@ -212,6 +226,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gate(cmd) => gate(cmd),
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
         Command::Log { iface } => events::follow(&iface),
+        Command::Switchover { addr, to } => {
+            takeover::io::control::switchover(&addr, &to)?;
+            println!("{addr}: switchover to {to} ordered");
+            Ok(())
+        }
         Command::Status { json } => {
             let v = takeover::io::control::query()?;
             if json {

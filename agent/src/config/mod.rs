@@ -427,6 +427,16 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             preference,
         });
     }
+    if raw.address.len() > crate::core::wire::MAX_SERVED {
+        c.error(
+            raw.address[crate::core::wire::MAX_SERVED].span(),
+            "address",
+            format!(
+                "this version handles at most {} logical addresses per cluster",
+                crate::core::wire::MAX_SERVED
+            ),
+        );
+    }
     if raw.address.is_empty() {
         c.error(
             raw.node.span(),

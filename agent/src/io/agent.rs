@@ -317,7 +317,22 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
             },
             _ = tokio::time::sleep_until(wake) => core.handle_timeout(now()),
             Some(req) = status_rx.recv() => {
-                let _ = req.reply.send(control::status(&core, now(), &lan.name));
+                let answer = match req.command {
+                    control::Command::Status => control::status(&core, now(), &lan.name),
+                    control::Command::Switchover { addr, to } => {
+                        let a = addr.parse::<IpAddr>().ok().and_then(|ip| addresses.iter().position(|x| *x == ip));
+                        let n = core_cfg.nodes.iter().position(|x| *x == to);
+                        match (a, n) {
+                            (Some(a), Some(n)) => {
+                                core.handle_switchover(now(), a, n);
+                                serde_json::json!({"ok": true, "address": addr, "to": to})
+                            }
+                            (None, _) => serde_json::json!({"error": format!("{addr} is not a logical address of this cluster")}),
+                            (_, None) => serde_json::json!({"error": format!("{to} is not a node of this cluster ({})", core_cfg.nodes.join(", "))}),
+                        }
+                    }
+                };
+                let _ = req.reply.send(answer);
             }
             _ = term.recv() => {
                 // Gates stay as they are (pinned): a restart must not drop a packet. The

@@ -1,7 +1,8 @@
 //! The control socket: `takeover status` asks the running agent for its state table.
 //!
 //! A Unix stream socket at `/run/takeover/<netns>/control.sock`, mode 0600 (root only). The
-//! client writes one line (`status`), the agent answers one JSON document and closes.
+//! client writes one line (`status`, or `switchover ADDR NODE`), the agent answers one JSON
+//! document and closes.
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +27,13 @@ pub fn socket_path() -> Result<PathBuf> {
 
 /// A request from a client, answered by the agent's loop (which owns the core).
 pub struct Request {
+    pub command: Command,
     pub reply: oneshot::Sender<Value>,
+}
+
+pub enum Command {
+    Status,
+    Switchover { addr: String, to: String },
 }
 
 /// Listens on the control socket; each `status` request is handed to the agent's loop.
@@ -52,16 +59,27 @@ pub fn listen(tx: mpsc::UnboundedSender<Request>) -> Result<()> {
                     BufReader::new(r).read_line(&mut line),
                 )
                 .await;
-                let answer = match (read, line.trim()) {
-                    (Ok(Ok(_)), "status") => {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let command = match (read, words.as_slice()) {
+                    (Ok(Ok(_)), ["status"]) => Some(Command::Status),
+                    (Ok(Ok(_)), ["switchover", addr, to]) => Some(Command::Switchover {
+                        addr: addr.to_string(),
+                        to: to.to_string(),
+                    }),
+                    _ => None,
+                };
+                let answer = match command {
+                    Some(command) => {
                         let (reply, rx) = oneshot::channel();
-                        if tx.send(Request { reply }).is_err() {
+                        if tx.send(Request { command, reply }).is_err() {
                             return;
                         }
                         rx.await
                             .unwrap_or_else(|_| json!({"error": "agent stopping"}))
                     }
-                    _ => json!({"error": "unknown request; send `status`"}),
+                    None => {
+                        json!({"error": "unknown request; send `status` or `switchover ADDR NODE`"})
+                    }
                 };
                 let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
             });
@@ -134,6 +152,15 @@ pub fn status(core: &Core, now: Duration, lan: &str) -> Value {
 
 /// Asks the agent of the current network namespace for its status.
 pub fn query() -> Result<Value> {
+    ask("status")
+}
+
+/// Asks the agent of the current network namespace to move `addr` to node `to`.
+pub fn switchover(addr: &str, to: &str) -> Result<Value> {
+    ask(&format!("switchover {addr} {to}"))
+}
+
+fn ask(request: &str) -> Result<Value> {
     use std::io::{BufRead, Write};
     let path = socket_path()?;
     let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
@@ -143,7 +170,7 @@ pub fn query() -> Result<Value> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"status\n")?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
     std::io::BufReader::new(stream).read_line(&mut line)?;
     let v: Value = serde_json::from_str(&line).context("the agent's answer is not JSON")?;
