@@ -4,6 +4,7 @@
 //! call) and deleted, with the pins made in it, when dropped, so a failing test cleans up too.
 //! Sockets are opened inside a namespace from a short-lived thread that `setns`es into it; a
 //! socket stays in the namespace it was made in, so the caller can use it from anywhere.
+pub mod agents;
 pub mod capture;
 pub mod topology;
 pub mod udp;

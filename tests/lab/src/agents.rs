@@ -1,0 +1,168 @@
+//! Real agents (`takeover run`) on a [`Lan`]: a shared key, a fence script, a config per
+//! node, and the processes, kept by PID and SIGKILLed on drop.
+use std::{
+    io::Write as _,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Child, Stdio},
+};
+
+use anyhow::Result;
+
+use crate::{
+    topology::{Host, Lan},
+    Takeover,
+};
+
+/// The logical address the agents of a [`Cluster`] share (owner `a`, standby `b`).
+pub const LOGICAL: &str = "10.77.0.100";
+
+/// Heartbeat settings written into every node's configuration.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub interval: &'static str,
+    pub misses: u32,
+    pub preempt_delay: &'static str,
+}
+
+impl Default for Timing {
+    /// Slow enough that a loaded 2-core test machine never misses a deadline by accident.
+    fn default() -> Self {
+        Self {
+            interval: "10ms",
+            misses: 10,
+            preempt_delay: "300ms",
+        }
+    }
+}
+
+/// A running agent; SIGKILLed and reaped on drop. Its log goes to a file the test can read.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Files the agents share: a key, a fence script (it cuts the named peer off the LAN, a valid
+/// fence), and one config per node.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub timing: Timing,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    pub fn new(lan: &Lan, timing: Timing) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "takeover-agents-{}-{}",
+            std::process::id(),
+            lan.switch.name
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join("key");
+        std::fs::File::create(&key)?.write_all(b"an integration test key of 32 by")?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        let mut script = String::from("#!/bin/sh\ncase \"$1\" in\n");
+        for h in &lan.hosts {
+            script.push_str(&format!(
+                "  {}) ip -n {} link set lan down ;;\n",
+                h.name, h.ns.name
+            ));
+        }
+        script.push_str("  *) exit 1 ;;\nesac\n");
+        let fence = dir.join("fence");
+        std::fs::write(&fence, script)?;
+        std::fs::set_permissions(&fence, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir, timing })
+    }
+
+    pub fn config(&self, me: &Host, peer: &Host) -> Result<PathBuf> {
+        let text = format!(
+            r#"[node]
+name = "{me}"
+lan = "lan"
+listen = ["{me_ded}:7400", "{me_lan}:7400"]
+
+[[peer]]
+name = "{peer}"
+paths = ["{peer_ded}:7400", "{peer_lan}:7400"]
+
+[[address]]
+ip = "{LOGICAL}/24"
+owner = "a"
+standbys = ["b"]
+
+[heartbeat]
+interval = "{interval}"
+misses = {misses}
+startup_grace = "3s"
+
+[preempt]
+delay = "{preempt}"
+
+[fence]
+command = ["{fence}"]
+timeout = "5s"
+
+[announce]
+count = 3
+interval = "10ms"
+
+[auth]
+key_file = "{key}"
+"#,
+            me = me.name,
+            me_ded = me.ded_addr4(),
+            me_lan = me.addr4(),
+            peer = peer.name,
+            peer_ded = peer.ded_addr4(),
+            peer_lan = peer.addr4(),
+            fence = self.dir.join("fence").display(),
+            key = self.dir.join("key").display(),
+            interval = self.timing.interval,
+            misses = self.timing.misses,
+            preempt = self.timing.preempt_delay,
+        );
+        let path = self.dir.join(format!("{}.toml", me.name));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    pub fn start(&self, t: &Takeover, me: &Host, peer: &Host) -> Result<Agent> {
+        let config = self.config(me, peer)?;
+        // One log per start: a replaced agent removes its own log when dropped.
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.join(format!("{}-{n}.log", me.name));
+        let child = t
+            .cmd(&me.ns)
+            .args(["run", "--no-realtime", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Agent { child, log })
+    }
+}
