@@ -27,7 +27,8 @@ commands:
   setup          install what is missing: nightly rust-src, bpf-linker, Debian packages
   build          setup, then build everything (release)
   test           setup, then fmt, clippy, unit and integration tests (needs root)
-  demo           setup, build, then show the gate on a namespace topology (needs root)
+  demo [gate]    setup, build, then show a failover (or the gate alone) on a namespace
+                 topology, with a timeline and target/takeover-demo.svg (needs root)
   bench gate     setup, build, then measure the gate's cost; writes BENCHMARKS.md";
 
 fn main() -> Result<()> {
@@ -43,10 +44,13 @@ fn main() -> Result<()> {
             setup()?;
             test(rest)
         }
-        ["demo"] => {
+        ["demo", what @ ..] => {
             setup()?;
             build()?;
-            run(Command::new(root().join("target/release/demo")).arg(takeover_bin()))
+            run(Command::new(root().join("target/release/demo"))
+                .arg(takeover_bin())
+                .args(what)
+                .current_dir(root()))
         }
         ["bench", what @ ..] => {
             setup()?;

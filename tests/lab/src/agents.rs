@@ -23,6 +23,8 @@ pub struct Timing {
     pub interval: &'static str,
     pub misses: u32,
     pub preempt_delay: &'static str,
+    /// Let the agents ask for real-time priority (the demo; tests leave the machine alone).
+    pub realtime: bool,
 }
 
 impl Default for Timing {
@@ -32,6 +34,7 @@ impl Default for Timing {
             interval: "10ms",
             misses: 10,
             preempt_delay: "300ms",
+            realtime: false,
         }
     }
 }
@@ -158,7 +161,13 @@ key_file = "{key}"
         let log = self.dir.join(format!("{}-{n}.log", me.name));
         let child = t
             .cmd(&me.ns)
-            .args(["run", "--no-realtime", "--config"])
+            .arg("run")
+            .args(if self.timing.realtime {
+                None
+            } else {
+                Some("--no-realtime")
+            })
+            .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

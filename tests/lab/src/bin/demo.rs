@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: the gate on a namespace topology, step by step, then cleaned up.
+//! `cargo xtask demo`: failover of a logical address between two agents (the default), or
+//! `cargo xtask demo gate`: the gate on its own, step by step. Both clean up after themselves.
 //!
-//! Usage: demo PATH-TO-TAKEOVER
+//! Usage: demo PATH-TO-TAKEOVER [failover|gate]
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
@@ -16,8 +17,17 @@ const PORT: u16 = 7000;
 fn main() -> Result<()> {
     let bin = std::env::args()
         .nth(1)
-        .context("usage: demo PATH-TO-TAKEOVER")?;
+        .context("usage: demo PATH-TO-TAKEOVER [failover|gate]")?;
     let t = Takeover::new(bin);
+    match std::env::args().nth(2).as_deref() {
+        None | Some("failover") => takeover_lab::failover_demo::run(&t),
+        Some("gate") => gate(&t),
+        Some(other) => anyhow::bail!("unknown demo {other:?} (failover or gate)"),
+    }
+}
+
+fn gate(t: &Takeover) -> Result<()> {
+    let t = t.clone();
     println!("== Building the topology: client `cli`, servers `a` and `b` on a bridge, each in its own network namespace");
     let lan = Lan::new(&t, &["cli", "a", "b"])?;
     let (cli, a, b) = (lan.host("cli"), lan.host("a"), lan.host("b"));

@@ -1,0 +1,310 @@
+//! The failover demo: two agents, a client at 1000 requests/s, a real crash of the active,
+//! its return, and the timeline of both, printed and drawn (SVG).
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+use crate::{
+    agents::{Cluster, Timing, LOGICAL},
+    topology::{wait_for, Host, Lan},
+    udp::{Client, Responder},
+    Takeover,
+};
+
+const PORT: u16 = 7000;
+
+/// Microseconds since the Unix epoch: the agents log in the same clock.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// What the client saw: when each request went out, and who answered it when.
+#[derive(Default)]
+struct Seen {
+    sent: BTreeMap<u64, u64>,
+    replies: BTreeMap<u64, (u64, String)>,
+}
+
+/// First log line of `log` at or after `from` that contains `what`, as Unix microseconds.
+fn log_time(log: &str, what: &str, from: u64) -> Option<u64> {
+    log.lines().find_map(|l| {
+        let (ts, rest) = l.split_once(' ')?;
+        let (s, us) = ts.split_once('.')?;
+        let t = s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?;
+        (t >= from && rest.contains(what)).then_some(t)
+    })
+}
+
+fn wait_address(host: &Host) -> Result<()> {
+    wait_for(
+        &format!("{LOGICAL} on {}", host.name),
+        Duration::from_secs(15),
+        || {
+            Ok(host
+                .ns
+                .ip("-o addr show dev lan")?
+                .contains(LOGICAL)
+                .then_some(()))
+        },
+    )
+}
+
+pub fn run(t: &Takeover) -> Result<()> {
+    println!("== Topology: client `cli`, servers `a` and `b` on a bridge, a dedicated line a<->b");
+    let lan = Lan::new(t, &["cli", "a", "b"])?;
+    lan.dedicated_line("a", "b")?;
+    let (a, b, cli) = (lan.host("a"), lan.host("b"), lan.host("cli"));
+    let timing = Timing {
+        interval: "1ms",
+        misses: 5,
+        preempt_delay: "1s",
+        realtime: true,
+    };
+    println!(
+        "== Agents: heartbeats every {} on both paths, dead after {} misses, failback after {} healthy",
+        timing.interval, timing.misses, timing.preempt_delay
+    );
+    let cluster = Cluster::new(&lan, timing)?;
+    let mut agent_a = cluster.start(t, a, b)?;
+    let agent_b = cluster.start(t, b, a)?;
+    wait_address(a)?;
+    wait_address(b)?;
+    let _ra = Responder::spawn(&a.ns, &format!("{LOGICAL}:{PORT}"), "a")?;
+    let _rb = Responder::spawn(&b.ns, &format!("{LOGICAL}:{PORT}"), "b")?;
+    let client = Arc::new(Client::new(
+        &cli.ns,
+        "0.0.0.0:0",
+        &format!("{LOGICAL}:{PORT}"),
+    )?);
+    let probe = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL}:{PORT}"))?;
+    let mut n = 0;
+    wait_for("a to serve", Duration::from_secs(15), || {
+        n += 1;
+        Ok((probe.request(n, Duration::from_millis(100))?.as_deref() == Some("a")).then_some(()))
+    })?;
+
+    println!("== Client: one UDP request every millisecond to {LOGICAL}:{PORT}");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (client, seen, stop, next) = (client.clone(), seen.clone(), stop.clone(), next.clone());
+        std::thread::spawn(move || {
+            let start = now_us();
+            while !stop.load(Ordering::Relaxed) {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                seen.lock().unwrap().sent.insert(seq, now_us());
+                let _ = client.send(seq);
+                // Paced on the clock, not on sleeps: 1000 per second on average.
+                let due = start + (seq + 1) * 1000;
+                let now = now_us();
+                if due > now {
+                    std::thread::sleep(Duration::from_micros(due - now));
+                }
+            }
+        })
+    };
+    let receiver = {
+        let (client, seen, stop) = (client.clone(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Some((tag, seq))) = client.recv(Duration::from_millis(20)) {
+                    seen.lock().unwrap().replies.insert(seq, (now_us(), tag));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    println!("== Crash of a: its agent is SIGKILLed, then its links go down (a real crash sends nothing)");
+    let crash = now_us();
+    agent_a.kill();
+    a.ns.ip("link set ded down")?;
+    a.ns.ip("link set lan down")?;
+    let served_by = |who: &'static str, after: u64| {
+        let seen = seen.clone();
+        move || {
+            Ok(seen
+                .lock()
+                .unwrap()
+                .replies
+                .values()
+                .any(|(t, w)| *t > after && w == who)
+                .then_some(()))
+        }
+    };
+    wait_for(
+        "b to answer",
+        Duration::from_secs(15),
+        served_by("b", crash),
+    )?;
+    std::thread::sleep(Duration::from_millis(1000));
+
+    println!("== a comes back: links up, agent started; it takes its address back after the preempt delay");
+    let back = now_us();
+    a.ns.ip("link set lan up")?;
+    a.ns.ip("link set ded up")?;
+    agent_a = cluster.start(t, a, b)?;
+    wait_for(
+        "a to answer again",
+        Duration::from_secs(15),
+        served_by("a", back),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    receiver.join().unwrap();
+
+    let seen = seen.lock().unwrap();
+    let (la, lb) = (agent_a.log(), agent_b.log());
+    let first_reply = |who: &str, after: u64| {
+        seen.replies
+            .values()
+            .filter(|(t, w)| *t > after && w == who)
+            .map(|(t, _)| *t)
+            .min()
+    };
+    let lost = |from: u64, to: u64| {
+        seen.sent
+            .iter()
+            .filter(|(s, t)| **t >= from && **t < to && !seen.replies.contains_key(s))
+            .count()
+    };
+    let ms = |t: Option<u64>, from: u64| {
+        t.map(|t| format!("{:>8.2} ms", (t as f64 - from as f64) / 1000.0))
+            .unwrap_or_else(|| "       -".into())
+    };
+    let first_b = first_reply("b", crash);
+    println!("\n== Timeline of the crash (from the SIGKILL)");
+    println!(
+        "  peer a declared dead on b  {}",
+        ms(log_time(&lb, "peer a is dead", crash), crash)
+    );
+    println!(
+        "  fence command started      {}",
+        ms(log_time(&lb, "fencing a", crash), crash)
+    );
+    println!(
+        "  a fenced                   {}",
+        ms(log_time(&lb, "peer a fenced", crash), crash)
+    );
+    println!(
+        "  gate open on b             {}",
+        ms(log_time(&lb, &format!("{LOGICAL} open"), crash), crash)
+    );
+    println!("  first reply from b         {}", ms(first_b, crash));
+    let crash_lost = lost(crash.saturating_sub(50_000), first_b.unwrap_or(back));
+    println!("  requests lost              {crash_lost:>8}");
+    let first_a = first_reply("a", back);
+    println!("\n== Timeline of the failback (from a's return)");
+    println!(
+        "  agent a running            {}",
+        ms(log_time(&la, "running", back), back)
+    );
+    println!(
+        "  gate closed on b           {}",
+        ms(log_time(&lb, &format!("{LOGICAL} closed"), back), back)
+    );
+    println!(
+        "  gate open on a             {}",
+        ms(log_time(&la, &format!("{LOGICAL} open"), back), back)
+    );
+    println!("  first reply from a         {}", ms(first_a, back));
+    let failback_lost = lost(
+        back,
+        seen.sent
+            .values()
+            .last()
+            .copied()
+            .unwrap_or(back)
+            .saturating_sub(100_000),
+    );
+    println!("  requests lost              {failback_lost:>8}");
+    println!(
+        "\n  {} requests sent, {} answered by a, {} by b",
+        seen.sent.len(),
+        seen.replies.values().filter(|(_, w)| w == "a").count(),
+        seen.replies.values().filter(|(_, w)| w == "b").count()
+    );
+
+    let svg = Path::new("target/takeover-demo.svg");
+    draw(svg, &seen, crash, back)?;
+    println!("\n== Picture of the timeline: {}", svg.display());
+    println!("== Cleaning up: agents stopped, namespaces and pins removed");
+    Ok(())
+}
+
+/// Replies per millisecond, coloured by the server that answered, around each event.
+fn draw(path: &Path, seen: &Seen, crash: u64, back: u64) -> Result<()> {
+    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let panels = root.split_evenly((2, 1));
+    for (panel, (title, at)) in panels.iter().zip([
+        ("crash of a (t = 0: SIGKILL)", crash),
+        ("a returns (t = 0: links up, agent started)", back),
+    ]) {
+        let (from, to) = (-100i64, if at == crash { 200i64 } else { 1600i64 });
+        let mut per_ms: BTreeMap<(i64, bool), u32> = BTreeMap::new();
+        for (t, who) in seen.replies.values() {
+            let x = (*t as i64 - at as i64) / 1000;
+            if (from..to).contains(&x) {
+                *per_ms.entry((x, who == "a")).or_default() += 1;
+            }
+        }
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("replies per millisecond: {title}"),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(40)
+            .build_cartesian_2d(from..to, 0u32..4u32)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("ms")
+            .y_desc("replies")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (is_a, colour, label) in [(true, BLUE, "answered by a"), (false, RED, "answered by b")]
+        {
+            let points: Vec<(i64, u32)> = per_ms
+                .iter()
+                .filter(|((_, w), _)| *w == is_a)
+                .map(|((x, _), n)| (*x, *n))
+                .collect();
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&(x, n)| Rectangle::new([(x, 0), (x + 1, n)], colour.filled())),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().context("writing the SVG")?;
+    Ok(())
+}
