@@ -287,6 +287,23 @@ impl Core {
         result
     }
 
+    fn addr_index(&self, ip: &IpAddr) -> Result<AddrId, Rejected> {
+        self.cfg
+            .addresses
+            .iter()
+            .position(|s| s.ip == *ip)
+            .ok_or(Rejected::Malformed)
+    }
+
+    fn node_index(&self, n: u8) -> Result<NodeId, Rejected> {
+        let n = n as NodeId;
+        if n < self.cfg.nodes.len() {
+            Ok(n)
+        } else {
+            Err(Rejected::Malformed)
+        }
+    }
+
     fn accept(&mut self, now: Duration, path: usize, bytes: &[u8]) -> Result<(), Rejected> {
         let hb = wire::decode(bytes, &self.cfg.key)?;
         let p = self
@@ -298,16 +315,22 @@ impl Core {
         if p == self.cfg.me || hb.path as usize != path || path >= self.cfg.paths {
             return Err(Rejected::Malformed);
         }
-        let mut serving = Vec::new();
-        for (ip, epoch) in &hb.serving {
-            let a = self
-                .cfg
-                .addresses
-                .iter()
-                .position(|s| s.ip == *ip)
-                .ok_or(Rejected::Malformed)?;
-            serving.push((a, *epoch));
-        }
+        // Everything is checked before anything is changed: a bad field refuses it whole.
+        let serving = hb
+            .serving
+            .iter()
+            .map(|(ip, e)| Ok((self.addr_index(ip)?, *e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let votes = hb
+            .votes
+            .iter()
+            .map(|(ip, n)| Ok((self.addr_index(ip)?, self.node_index(*n)?)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let overrides = hb
+            .overrides
+            .iter()
+            .map(|(ip, n, v)| Ok((self.addr_index(ip)?, self.node_index(*n)?, *v)))
+            .collect::<Result<Vec<_>, Rejected>>()?;
         // Only what is addressed to this incarnation counts; anything else only says which
         // incarnation of the peer to address (the newest wins, so a replay cannot hold it back).
         let heard = &mut self.peers[p].heard_incarnation;
@@ -316,6 +339,7 @@ impl Core {
             return Err(Rejected::Unaddressed);
         }
         self.peers[p].guard.check(&hb)?;
+
         let us = now.as_micros() as u64;
         let peer = &mut self.peers[p];
         peer.last_heard[path] = Some(now);
@@ -341,38 +365,15 @@ impl Core {
             self.addrs[a].max_epoch = self.addrs[a].max_epoch.max(epoch);
         }
         let mut moved = false;
-        for (ip, node, version) in &hb.overrides {
-            let a = self
-                .cfg
-                .addresses
-                .iter()
-                .position(|s| s.ip == *ip)
-                .ok_or(Rejected::Malformed)?;
-            let node = *node as NodeId;
-            if node >= self.cfg.nodes.len() {
-                return Err(Rejected::Malformed);
-            }
+        for (a, node, version) in overrides {
             // Newest order wins; equal versions (two operators at once) by node index.
             if self.addrs[a]
                 .moved_to
-                .is_none_or(|(n, v)| (*version, node) > (v, n))
+                .is_none_or(|(n, v)| (version, node) > (v, n))
             {
-                self.addrs[a].moved_to = Some((node, *version));
+                self.addrs[a].moved_to = Some((node, version));
                 moved = true;
             }
-        }
-        let mut votes = Vec::new();
-        for (ip, node) in &hb.votes {
-            let a = self
-                .cfg
-                .addresses
-                .iter()
-                .position(|s| s.ip == *ip)
-                .ok_or(Rejected::Malformed)?;
-            if *node as usize >= self.cfg.nodes.len() {
-                return Err(Rejected::Malformed);
-            }
-            votes.push((a, *node as NodeId));
         }
         let summary = Summary {
             lan_up: hb.lan_up,
