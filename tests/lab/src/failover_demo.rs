@@ -1,20 +1,13 @@
 //! The failover demo: two agents, a client at 1000 requests/s, a real crash of the active,
 //! its return, and the timeline of both, printed and drawn (SVG).
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, SystemTime},
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use crate::{
     agents::{Cluster, Timing, LOGICAL},
+    load::{now_us, Load, Seen},
     topology::{wait_for, Host, Lan},
     udp::{Client, Responder},
     Takeover,
@@ -22,23 +15,8 @@ use crate::{
 
 const PORT: u16 = 7000;
 
-/// Microseconds since the Unix epoch: the agents log in the same clock.
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64
-}
-
-/// What the client saw: when each request went out, and who answered it when.
-#[derive(Default)]
-struct Seen {
-    sent: BTreeMap<u64, u64>,
-    replies: BTreeMap<u64, (u64, String)>,
-}
-
 /// First log line of `log` at or after `from` that contains `what`, as Unix microseconds.
-fn log_time(log: &str, what: &str, from: u64) -> Option<u64> {
+pub fn log_time(log: &str, what: &str, from: u64) -> Option<u64> {
     log.lines().find_map(|l| {
         let (ts, rest) = l.split_once(' ')?;
         let (s, us) = ts.split_once('.')?;
@@ -96,36 +74,7 @@ pub fn run(t: &Takeover) -> Result<()> {
     })?;
 
     println!("== Client: one UDP request every millisecond to {LOGICAL}:{PORT}");
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(0));
-    let sender = {
-        let (client, seen, stop, next) = (client.clone(), seen.clone(), stop.clone(), next.clone());
-        std::thread::spawn(move || {
-            let start = now_us();
-            while !stop.load(Ordering::Relaxed) {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                seen.lock().unwrap().sent.insert(seq, now_us());
-                let _ = client.send(seq);
-                // Paced on the clock, not on sleeps: 1000 per second on average.
-                let due = start + (seq + 1) * 1000;
-                let now = now_us();
-                if due > now {
-                    std::thread::sleep(Duration::from_micros(due - now));
-                }
-            }
-        })
-    };
-    let receiver = {
-        let (client, seen, stop) = (client.clone(), seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(Some((tag, seq))) = client.recv(Duration::from_millis(20)) {
-                    seen.lock().unwrap().replies.insert(seq, (now_us(), tag));
-                }
-            }
-        })
-    };
+    let load = Load::start(client, 1000);
     std::thread::sleep(Duration::from_millis(500));
 
     println!("== Crash of a: its agent is SIGKILLed, then its links go down (a real crash sends nothing)");
@@ -133,23 +82,9 @@ pub fn run(t: &Takeover) -> Result<()> {
     agent_a.kill();
     a.ns.ip("link set ded down")?;
     a.ns.ip("link set lan down")?;
-    let served_by = |who: &'static str, after: u64| {
-        let seen = seen.clone();
-        move || {
-            Ok(seen
-                .lock()
-                .unwrap()
-                .replies
-                .values()
-                .any(|(t, w)| *t > after && w == who)
-                .then_some(()))
-        }
-    };
-    wait_for(
-        "b to answer",
-        Duration::from_secs(15),
-        served_by("b", crash),
-    )?;
+    wait_for("b to answer", Duration::from_secs(15), || {
+        Ok(load.served_by("b", crash).then_some(()))
+    })?;
     std::thread::sleep(Duration::from_millis(1000));
 
     println!("== a comes back: links up, agent started; it takes its address back after the preempt delay");
@@ -157,36 +92,18 @@ pub fn run(t: &Takeover) -> Result<()> {
     a.ns.ip("link set lan up")?;
     a.ns.ip("link set ded up")?;
     agent_a = cluster.start(t, a, b)?;
-    wait_for(
-        "a to answer again",
-        Duration::from_secs(15),
-        served_by("a", back),
-    )?;
+    wait_for("a to answer again", Duration::from_secs(15), || {
+        Ok(load.served_by("a", back).then_some(()))
+    })?;
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    sender.join().unwrap();
-    receiver.join().unwrap();
+    let seen = load.stop();
 
-    let seen = seen.lock().unwrap();
     let (la, lb) = (agent_a.log(), agent_b.log());
-    let first_reply = |who: &str, after: u64| {
-        seen.replies
-            .values()
-            .filter(|(t, w)| *t > after && w == who)
-            .map(|(t, _)| *t)
-            .min()
-    };
-    let lost = |from: u64, to: u64| {
-        seen.sent
-            .iter()
-            .filter(|(s, t)| **t >= from && **t < to && !seen.replies.contains_key(s))
-            .count()
-    };
     let ms = |t: Option<u64>, from: u64| {
         t.map(|t| format!("{:>8.2} ms", (t as f64 - from as f64) / 1000.0))
             .unwrap_or_else(|| "       -".into())
     };
-    let first_b = first_reply("b", crash);
+    let first_b = seen.first_reply("b", crash);
     println!("\n== Timeline of the crash (from the SIGKILL)");
     println!(
         "  peer a declared dead on b  {}",
@@ -205,9 +122,11 @@ pub fn run(t: &Takeover) -> Result<()> {
         ms(log_time(&lb, &format!("{LOGICAL} open"), crash), crash)
     );
     println!("  first reply from b         {}", ms(first_b, crash));
-    let crash_lost = lost(crash.saturating_sub(50_000), first_b.unwrap_or(back));
-    println!("  requests lost              {crash_lost:>8}");
-    let first_a = first_reply("a", back);
+    println!(
+        "  requests lost              {:>8}",
+        seen.lost(crash.saturating_sub(50_000), first_b.unwrap_or(back))
+    );
+    let first_a = seen.first_reply("a", back);
     println!("\n== Timeline of the failback (from a's return)");
     println!(
         "  agent a running            {}",
@@ -222,16 +141,11 @@ pub fn run(t: &Takeover) -> Result<()> {
         ms(log_time(&la, &format!("{LOGICAL} open"), back), back)
     );
     println!("  first reply from a         {}", ms(first_a, back));
-    let failback_lost = lost(
-        back,
-        seen.sent
-            .values()
-            .last()
-            .copied()
-            .unwrap_or(back)
-            .saturating_sub(100_000),
+    let end = seen.sent.values().last().copied().unwrap_or(back);
+    println!(
+        "  requests lost              {:>8}",
+        seen.lost(back, end.saturating_sub(100_000))
     );
-    println!("  requests lost              {failback_lost:>8}");
     println!(
         "\n  {} requests sent, {} answered by a, {} by b",
         seen.sent.len(),

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod capture;
 pub mod failover_demo;
+pub mod load;
 pub mod topology;
 pub mod udp;
 
