@@ -29,7 +29,7 @@ commands:
   test           setup, then fmt, clippy, unit and integration tests (needs root)
   demo [gate]    setup, build, then show a failover (or the gate alone) on a namespace
                  topology, with a timeline and target/takeover-demo.svg (needs root)
-  bench gate     setup, build, then measure the gate's cost; writes BENCHMARKS.md";
+  bench gate|failover  setup, build, then measure the gate's cost or failovers; writes BENCHMARKS.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();

@@ -6,6 +6,7 @@
 //! socket stays in the namespace it was made in, so the caller can use it from anywhere.
 pub mod agents;
 pub mod capture;
+pub mod failover_bench;
 pub mod failover_demo;
 pub mod load;
 pub mod topology;

@@ -243,12 +243,24 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let bin = args.next().context("usage: bench PATH-TO-TAKEOVER gate")?;
+    let bin = args
+        .next()
+        .context("usage: bench PATH-TO-TAKEOVER gate|failover")?;
     let what = args.next().unwrap_or_else(|| "gate".into());
-    if what != "gate" {
-        bail!("unknown benchmark {what:?} (available: gate)");
-    }
     let t = Takeover::new(bin);
+    match what.as_str() {
+        "gate" => gate(&t),
+        "failover" => {
+            let s = takeover_lab::failover_bench::run(&t, &machine(), &date()?)?;
+            print!("{s}");
+            write_section("failover", &s)
+        }
+        _ => bail!("unknown benchmark {what:?} (available: gate, failover)"),
+    }
+}
+
+fn gate(t: &Takeover) -> Result<()> {
+    let t = t.clone();
     let p = pair()?;
     let conf = trafgen_config(&std::env::temp_dir())?;
 
@@ -421,12 +433,16 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), kernel {kernel}")
 }
 
-fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<()> {
-    let date = Command::new("date")
+fn date() -> Result<String> {
+    Ok(Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?)
+}
+
+fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<()> {
+    let date = date()?;
     let mut s = String::new();
     writeln!(s, "## Gate cost (`cargo xtask bench gate`)\n")?;
     writeln!(
@@ -494,11 +510,19 @@ fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<
         median(&mut flips.update_us),
         median(&mut flips.spacing_us)
     )?;
+    write_section("gate", &s)
+}
+
+/// Replaces (or appends) the section `name` of BENCHMARKS.md, leaving the others as they are.
+fn write_section(name: &str, s: &str) -> Result<()> {
     let path = std::path::Path::new("BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench`; each section says the command that made it.\n".into());
-    let (start, end) = ("<!-- bench gate -->", "<!-- /bench gate -->");
+    let (start, end) = (
+        format!("<!-- bench {name} -->"),
+        format!("<!-- /bench {name} -->"),
+    );
     let section = format!("{start}\n{s}{end}");
-    let new = match (old.find(start), old.find(end)) {
+    let new = match (old.find(&start), old.find(&end)) {
         (Some(a), Some(b)) => format!("{}{}{}", &old[..a], section, &old[b + end.len()..]),
         _ => format!("{}\n{}\n", old.trim_end(), section),
     };
