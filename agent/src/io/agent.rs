@@ -13,7 +13,7 @@ use futures::StreamExt;
 use takeover_common::{Action as GateAction, GateValue};
 use tokio::{net::UdpSocket, sync::mpsc};
 
-use super::{announce, control, netlink};
+use super::{announce, control, netlink, timer::Timer};
 use crate::{
     config::{Config, XdpMode},
     core::{
@@ -226,6 +226,7 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
         announce::Sender::new(lan.index).context("opening a packet socket for announcements")?,
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let timer = Timer::new().context("creating a timerfd")?;
     let (status_tx, mut status_rx) = mpsc::unbounded_channel();
     control::listen(status_tx)?;
     log(format!(
@@ -300,7 +301,7 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
                 Action::Notice(text) => log(text),
             }
         }
-        let wake = tokio::time::Instant::from_std(start + core.poll_timeout());
+        let wake = start + core.poll_timeout();
         tokio::select! {
             input = rx.recv() => match input {
                 Some(Input::Datagram(path, bytes)) => {
@@ -315,7 +316,10 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
                 Some(_) => {}
                 None => bail!("netlink link events stopped"),
             },
-            _ = tokio::time::sleep_until(wake) => core.handle_timeout(now()),
+            r = timer.sleep_until(wake) => {
+                r.context("waiting on the timer")?;
+                core.handle_timeout(now());
+            }
             Some(req) = status_rx.recv() => {
                 let answer = match req.command {
                     control::Command::Status => control::status(&core, now(), &lan.name),

@@ -3,3 +3,4 @@ pub mod agent;
 pub mod announce;
 pub mod control;
 pub mod netlink;
+pub mod timer;

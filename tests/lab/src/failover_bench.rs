@@ -122,9 +122,9 @@ fn trial(t: &Takeover, sc: Scenario) -> Result<(Duration, usize)> {
         Scenario::Silent => {
             let t0 = now_us();
             let a = r.lan.host("a");
-            for dev in ["lan", "ded"] {
-                a.ns.sh(&format!("tc qdisc replace dev {dev} root pfifo limit 0"))?;
-            }
+            // One shell, the line first: a stays reachable to the client until both are mute,
+            // so the gap is the detection's, not the time between two commands.
+            a.ns.sh("tc qdisc replace dev ded root pfifo limit 0; tc qdisc replace dev lan root pfifo limit 0")?;
             r.agents[0].kill();
             r.wait_served_by("b", t0)?;
             t0
@@ -150,6 +150,15 @@ fn trial(t: &Takeover, sc: Scenario) -> Result<(Duration, usize)> {
     std::thread::sleep(Duration::from_millis(300));
     let end = now_us();
     let seen: Seen = r.load.stop();
+    if std::env::var_os("TAKEOVER_BENCH_LOGS").is_some() {
+        eprintln!(
+            "t0 = {}.{:06}\n-- a:\n{}-- b:\n{}",
+            t0 / 1_000_000,
+            t0 % 1_000_000,
+            r.agents[0].log(),
+            r.agents[1].log()
+        );
+    }
     let gap = seen.longest_gap(t0.saturating_sub(100_000), end);
     // Requests still in flight at the end are not counted as lost.
     let lost = seen.lost(t0.saturating_sub(50_000), end.saturating_sub(50_000));
@@ -224,7 +233,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     let mut results: Vec<(Scenario, Vec<(Duration, usize)>)> =
         Scenario::ALL.iter().map(|s| (*s, Vec::new())).collect();
-    for round in 0..TRIALS {
+    // TAKEOVER_BENCH_ONLY=Silent TAKEOVER_BENCH_TRIALS=1 TAKEOVER_BENCH_LOGS=1: one look at one story.
+    let only = std::env::var("TAKEOVER_BENCH_ONLY").ok();
+    let trials = std::env::var("TAKEOVER_BENCH_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(TRIALS);
+    results.retain(|(sc, _)| only.as_deref().is_none_or(|o| format!("{sc:?}") == o));
+    for round in 0..trials {
         for (sc, v) in results.iter_mut() {
             let r = trial(t, *sc)?;
             eprintln!("trial {round} {sc:?}: gap {:?}, lost {}", r.0, r.1);
