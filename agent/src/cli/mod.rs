@@ -19,12 +19,20 @@ use takeover_common::{Action, GateValue};
 
 const ABOUT: &str = "XDP-accelerated active/standby takeover of logical addresses.
 
+`takeover run` is the agent: it exchanges authenticated heartbeats with its peers on every
+path, fences a dead peer and takes over its addresses in milliseconds, and gives them back
+when it recovers. `takeover status` shows what it knows.
+
 The gate decides, per logical address (and optionally per service), what this host does with
 its traffic: open (serve it), closed (drop it both ways, ARP and neighbour discovery included,
 so this host never answers for it) or forward (send it on to the host that serves it). Gates
 are pinned in /sys/fs/bpf/takeover/ and keep working when no takeover process runs.";
 
 const EXAMPLES: &str = "Examples:
+  takeover check-config /etc/takeover/takeover.toml
+  takeover run --config /etc/takeover/takeover.toml
+  takeover status
+  takeover switchover 192.0.2.10 --to b
   takeover attach --iface eth0
   takeover gate close 192.0.2.10 --iface eth0
   takeover gate open 192.0.2.10 --iface eth0

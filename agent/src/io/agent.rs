@@ -226,6 +226,7 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
         announce::Sender::new(lan.index).context("opening a packet socket for announcements")?,
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let timer = Timer::new().context("creating a timerfd")?;
     let (status_tx, mut status_rx) = mpsc::unbounded_channel();
     control::listen(status_tx)?;
@@ -338,7 +339,7 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
                 };
                 let _ = req.reply.send(answer);
             }
-            _ = term.recv() => {
+            _ = async { tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} } } => {
                 // Gates stay as they are (pinned): a restart must not drop a packet. The
                 // peers are told, so they wait for the next agent instead of fencing this node.
                 core.shutdown(now());
@@ -347,7 +348,7 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
                         let _ = sockets[path].try_send_to(&bytes, peer_paths[peer][path]);
                     }
                 }
-                log("SIGTERM: stopping; gates stay as they are, peers told to wait for a restart");
+                log("stopping (SIGTERM/SIGINT); gates stay as they are, peers told to wait for a restart");
                 return Ok(());
             }
         }
