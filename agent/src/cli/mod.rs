@@ -284,12 +284,7 @@ fn resolve(t: &GateTarget) -> Result<Resolved> {
 }
 
 fn state_word(action: Option<Action>) -> &'static str {
-    match action {
-        Some(Action::Open) => "open",
-        Some(Action::Closed) => "closed",
-        Some(Action::Forward) => "forward",
-        None => "unknown",
-    }
+    action.map_or("unknown", Action::name)
 }
 
 fn gate(cmd: GateCommand) -> Result<()> {

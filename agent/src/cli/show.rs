@@ -78,12 +78,7 @@ impl From<&Counters> for CountersReport {
 }
 
 fn entry_report(e: &Entry) -> EntryReport {
-    let state = match e.action {
-        Some(Action::Open) => "open",
-        Some(Action::Closed) => "closed",
-        Some(Action::Forward) => "forward",
-        None => "unknown",
-    };
+    let state = e.action.map_or("unknown", Action::name);
     let forward = (e.action == Some(Action::Forward)).then(|| ForwardReport {
         to_mac: format_mac(&e.value.dst_mac),
         from_mac: format_mac(&e.value.src_mac),

@@ -108,7 +108,11 @@ impl Gates {
         self.gates
             .remove(key)
             .with_context(|| format!("cannot remove the gate of {target}"))?;
-        // The data plane may not have counted anything yet: no counters entry is fine.
+        self.drop_counters(target, key)
+    }
+
+    /// The data plane may not have counted anything yet: no counters entry is fine.
+    fn drop_counters(&mut self, target: &Target, key: &GateKey) -> Result<()> {
         if self.counters.get(key, 0).is_ok() {
             self.counters
                 .remove(key)
@@ -131,9 +135,7 @@ impl Gates {
             if addr.has_services() {
                 // The services stay; the address goes back to having no verdict of its own.
                 self.write(target, &addr_key, GateValue::services_only())?;
-                if self.counters.get(&addr_key, 0).is_ok() {
-                    self.counters.remove(&addr_key)?;
-                }
+                self.drop_counters(target, &addr_key)?;
                 return Ok(true);
             }
             self.delete(target, &addr_key)?;

@@ -116,6 +116,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// The word the CLI and the JSON use for this state.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Forward => "forward",
+        }
+    }
+
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Open),

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use crate::{
     agents::{Agent, Cluster, Timing, LOGICAL},
     load::{now_us, Load, Seen},
+    stats::{median, range},
     topology::{wait_for, Lan},
     udp::{Client, Responder},
     Takeover,
@@ -220,16 +221,6 @@ fn soak(t: &Takeover) -> Result<Soak> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     let mut results: Vec<(Scenario, Vec<(Duration, usize)>)> =
         Scenario::ALL.iter().map(|s| (*s, Vec::new())).collect();
@@ -271,19 +262,13 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     for (sc, v) in &results {
         let gaps: Vec<f64> = v.iter().map(|(g, _)| g.as_secs_f64() * 1e3).collect();
         let lost: Vec<f64> = v.iter().map(|(_, l)| *l as f64).collect();
-        let range = |x: &[f64]| {
-            (
-                x.iter().cloned().fold(f64::INFINITY, f64::min),
-                x.iter().cloned().fold(0.0, f64::max),
-            )
-        };
         let (gmin, gmax) = range(&gaps);
         let (lmin, lmax) = range(&lost);
         writeln!(
             s,
             "| {sc:?} | {:.1} ms | {gmin:.1}–{gmax:.1} ms | {} | {lmin}–{lmax} |",
-            median(gaps.clone()),
-            median(lost.clone())
+            median(&gaps),
+            median(&lost)
         )?;
     }
     writeln!(

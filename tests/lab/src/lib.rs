@@ -9,6 +9,7 @@ pub mod capture;
 pub mod failover_bench;
 pub mod failover_demo;
 pub mod load;
+pub mod stats;
 pub mod topology;
 pub mod udp;
 

@@ -24,7 +24,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use takeover_common::{Action, GateKey, GateValue, PASS_PROGRAM, TC_PASS_PROGRAM};
-use takeover_lab::{run, Netns, Takeover};
+use takeover_lab::{
+    run,
+    stats::{median, range},
+    Netns, Takeover,
+};
 
 const TX_MAC: &str = "02:00:00:00:00:01";
 const RX_MAC: &str = "02:00:00:00:00:02";
@@ -231,16 +235,6 @@ impl Scenario {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let bin = args
@@ -277,7 +271,7 @@ fn gate(t: &Takeover) -> Result<()> {
     let flips = flip_latency(&t, &p)?;
     let _ = std::fs::remove_file(&conf);
     drop(p);
-    write_report(&mut rates, flips)
+    write_report(&rates, flips)
 }
 
 /// Opens a closed gate under a stream of datagrams and measures, per flip, the time from just
@@ -441,7 +435,7 @@ fn date() -> Result<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?)
 }
 
-fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<()> {
+fn write_report(rates: &[(Scenario, Vec<f64>)], flips: Flips) -> Result<()> {
     let date = date()?;
     let mut s = String::new();
     writeln!(s, "## Gate cost (`cargo xtask bench gate`)\n")?;
@@ -468,15 +462,11 @@ fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<
         "| scenario | median pps | min | max | vs no program | vs one-instruction program on the same hook |"
     )?;
     writeln!(s, "|---|---|---|---|---|---|")?;
-    let med = |i: usize| {
-        let mut v = rates[i].1.clone();
-        median(&mut v)
-    };
+    let med = |i: usize| median(&rates[i].1);
     let base = med(0);
     let baselines = [med(1), med(5)];
-    for (sc, v) in rates.iter_mut() {
-        let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-        let max = v.iter().cloned().fold(0.0, f64::max);
+    for (sc, v) in rates.iter() {
+        let (min, max) = range(v);
         let m = median(v);
         let vs_pass = match sc.baseline() {
             Some(1) => format!("{:.1} %", 100.0 * m / baselines[0]),
@@ -493,11 +483,8 @@ fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<
             100.0 * m / base
         )?;
     }
-    let lat = &mut flips.latency_us;
-    let (lmin, lmax) = (
-        lat.iter().cloned().fold(f64::INFINITY, f64::min),
-        lat.iter().cloned().fold(0.0, f64::max),
-    );
+    let lat = &flips.latency_us;
+    let (lmin, lmax) = range(lat);
     writeln!(
         s,
         "\nFlip latency ({} flips; trafgen streams datagrams to a closed address, the bench opens the gate with one map update): from just before \
@@ -507,8 +494,8 @@ fn write_report(rates: &mut [(Scenario, Vec<f64>)], mut flips: Flips) -> Result<
         median(lat),
         lmin,
         lmax,
-        median(&mut flips.update_us),
-        median(&mut flips.spacing_us)
+        median(&flips.update_us),
+        median(&flips.spacing_us)
     )?;
     write_section("gate", &s)
 }
