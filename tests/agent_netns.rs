@@ -108,6 +108,26 @@ fn crash_of_the_active_moves_its_address_to_the_standby() -> Result<()> {
 }
 
 #[test]
+fn a_killed_agent_is_reported_by_its_kernel_and_its_address_taken_over() -> Result<()> {
+    let mut s = setup()?;
+    // Only the agent dies; a's links stay up and its kernel keeps running. The data plane of
+    // a answers b's next heartbeat with a's exit notice, long before the dead time (100 ms).
+    s.agents[0].kill();
+    s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
+    let log = s.agents[1].log();
+    assert!(
+        log.contains("peer a is dead: its kernel reports that its agent exited"),
+        "b did not learn of the exit from a's kernel:\n{log}"
+    );
+    assert!(!log.contains("every path silent"), "{log}");
+    assert!(
+        log.contains("fencing a"),
+        "a's gate was open: fence first\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
 fn lan_link_down_on_the_active_moves_its_address_without_fencing() -> Result<()> {
     let s = setup()?;
     s.lan.host("a").ns.ip("link set lan down")?;

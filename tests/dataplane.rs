@@ -820,3 +820,150 @@ fn service_entries_keep_their_address_flagged_whatever_the_order() {
     assert_eq!(g.gates.raw_len().unwrap(), 1);
     assert_eq!(g.ingress(&other).0, XDP_DROP);
 }
+
+// ---- kernel-assisted liveness: the exit notice ------------------------------------------
+
+const HB_PORT: u16 = 7400;
+
+/// A heartbeat-shaped payload (the data plane looks at the magic and kind only).
+fn heartbeat_payload(kind: u8) -> Vec<u8> {
+    let mut p = takeover_common::WIRE_MAGIC.to_vec();
+    p.extend_from_slice(&[takeover::core::wire::VERSION, kind]);
+    p.extend((0..90u8).map(|i| i.wrapping_mul(37)));
+    p
+}
+
+fn set_liveness(g: &mut Gate, state: u32, notice: [u8; 32]) {
+    use aya::maps::Array;
+    let mut m: Array<_, takeover_common::Liveness> =
+        Array::try_from(g.ebpf.map_mut(takeover_common::LIVENESS_MAP).unwrap()).unwrap();
+    m.set(
+        0,
+        takeover_common::Liveness {
+            tgid: 4242,
+            state,
+            port: HB_PORT,
+            _pad: [0; 6],
+            notice,
+        },
+        0,
+    )
+    .unwrap();
+}
+
+/// Ones-complement sum of the IPv6 pseudo-header and the UDP datagram: 0xffff if valid.
+fn udp6_checksum_ok(frame: &[u8]) -> bool {
+    let ip = &frame[14..];
+    let udp = &ip[40..];
+    let mut pseudo = ip[8..40].to_vec();
+    pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(udp);
+    checksum(&pseudo) == 0xffff
+}
+
+#[test]
+fn a_dead_agents_data_plane_answers_heartbeats_with_its_exit_notice() {
+    let mut g = Gate::load();
+    let notice = takeover::core::wire::encode_notice(77, &[5; 16]);
+    let hb = heartbeat_payload(takeover_common::WIRE_KIND_HEARTBEAT);
+    let frame4 = eth(
+        SERVER_MAC,
+        PEER_MAC,
+        0x0800,
+        &ipv4(OTHER4, CLIENT4, 17, &udp(HB_PORT, HB_PORT, &hb)),
+    );
+    // Agent running (or stopping for a restart): heartbeats pass to it untouched.
+    for state in [
+        takeover_common::AGENT_NONE,
+        takeover_common::AGENT_RUNNING,
+        takeover_common::AGENT_STOPPING,
+    ] {
+        set_liveness(&mut g, state, notice);
+        assert_eq!(
+            g.ingress(&frame4),
+            (XDP_PASS, frame4.clone()),
+            "state {state}"
+        );
+    }
+    set_liveness(&mut g, takeover_common::AGENT_EXITED, notice);
+    let (verdict, out) = g.ingress(&frame4);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out.len(), frame4.len());
+    assert_eq!((&out[..6], &out[6..12]), (&PEER_MAC[..], &SERVER_MAC[..]));
+    assert_eq!((&out[26..30], &out[30..34]), (&CLIENT4[..], &OTHER4[..]));
+    assert_eq!(
+        checksum(&out[14..34]),
+        0xffff,
+        "IPv4 header checksum still valid"
+    );
+    assert_eq!(&out[40..42], &[0, 0], "UDP checksum: none");
+    assert_eq!(&out[42..74], &notice[..]);
+    assert_eq!(
+        takeover::core::wire::decode_notice(&out[42..]),
+        Ok((77, [5; 16]))
+    );
+
+    // IPv6: the checksum is mandatory and must be right after the rewrite.
+    let mut seg = udp(HB_PORT, HB_PORT, &hb);
+    let mut pseudo = CLIENT6.to_vec();
+    pseudo.extend_from_slice(&LOGICAL6);
+    pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&seg);
+    let sum = !checksum(&pseudo);
+    seg[6..8].copy_from_slice(&sum.to_be_bytes());
+    let frame6 = eth(
+        SERVER_MAC,
+        PEER_MAC,
+        0x86dd,
+        &ipv6(CLIENT6, LOGICAL6, 17, &seg),
+    );
+    assert!(udp6_checksum_ok(&frame6), "the test's own frame");
+    let (verdict, out) = g.ingress(&frame6);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!((&out[22..38], &out[38..54]), (&LOGICAL6[..], &CLIENT6[..]));
+    assert_eq!(&out[62..94], &notice[..]);
+    assert!(udp6_checksum_ok(&out), "IPv6 UDP checksum updated");
+}
+
+#[test]
+fn the_exit_notice_answers_only_heartbeats_to_the_agents_port() {
+    let mut g = Gate::load();
+    let notice = takeover::core::wire::encode_notice(77, &[5; 16]);
+    set_liveness(&mut g, takeover_common::AGENT_EXITED, notice);
+    let hb = heartbeat_payload(takeover_common::WIRE_KIND_HEARTBEAT);
+    let to = |dport: u16, payload: &[u8]| {
+        eth(
+            SERVER_MAC,
+            PEER_MAC,
+            0x0800,
+            &ipv4(OTHER4, CLIENT4, 17, &udp(HB_PORT, dport, payload)),
+        )
+    };
+    let cases = [
+        ("another port", to(HB_PORT + 1, &hb)),
+        ("a notice (two dead agents must not ping-pong)", {
+            to(HB_PORT, &heartbeat_payload(takeover_common::WIRE_KIND_EXIT))
+        }),
+        ("not our magic", to(HB_PORT, &[b'X'; 64])),
+        ("shorter than a notice", to(HB_PORT, &hb[..31])),
+        ("TCP", {
+            eth(
+                SERVER_MAC,
+                PEER_MAC,
+                0x0800,
+                &ipv4(OTHER4, CLIENT4, 6, &udp(HB_PORT, HB_PORT, &hb)),
+            )
+        }),
+        ("IPv4 with options", {
+            let mut ip = ipv4(OTHER4, CLIENT4, 17, &udp(HB_PORT, HB_PORT, &hb));
+            ip[0] = 0x46;
+            ip.splice(20..20, [1, 1, 1, 1]);
+            eth(SERVER_MAC, PEER_MAC, 0x0800, &ip)
+        }),
+    ];
+    for (what, frame) in cases {
+        assert_eq!(g.ingress(&frame), (XDP_PASS, frame.clone()), "{what}");
+    }
+}

@@ -35,6 +35,9 @@ pub struct Node {
     pub xdp_mode: XdpMode,
     /// Local address of each path, in the same order as every peer's `paths`.
     pub listen: Vec<SocketAddr>,
+    /// Switch the heartbeat interfaces to threaded NAPI with real-time kernel threads, so
+    /// that receiving heartbeats does not wait behind busy processes.
+    pub threaded_napi: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +71,20 @@ pub struct Heartbeat {
     pub startup_grace: Duration,
     /// How long the peers wait for an agent that stopped to be restarted (SIGTERM).
     pub restart_grace: Duration,
+    /// What the peers do when this node's kernel reports that its agent died unannounced.
+    pub agent_exit: AgentExit,
+}
+
+/// What an unannounced exit of a peer's agent (crash, SIGKILL, OOM killer), reported by
+/// that peer's kernel, means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentExit {
+    /// The node is dead: fence it and take its addresses at once (fastest detection of a
+    /// node whose processes were killed, e.g. by a panic or the OOM killer).
+    Takeover,
+    /// A supervisor will restart the agent: wait `restart_grace` first, as for a planned
+    /// restart (a crash of the agent alone then moves nothing).
+    Wait,
 }
 
 impl Heartbeat {
@@ -149,6 +166,7 @@ struct RawNode {
     lan: Spanned<String>,
     xdp_mode: Option<Spanned<String>>,
     listen: Spanned<Vec<Spanned<String>>>,
+    threaded_napi: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +192,7 @@ struct RawHeartbeat {
     misses: Option<Spanned<i64>>,
     startup_grace: Option<Spanned<String>>,
     restart_grace: Option<Spanned<String>>,
+    agent_exit: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +484,21 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         DEFAULT_RESTART_GRACE,
         (Duration::ZERO, Duration::from_secs(3600)),
     );
+    let agent_exit = match hb
+        .and_then(|h| h.agent_exit.as_ref())
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None | Some(("takeover", _)) => AgentExit::Takeover,
+        Some(("wait", _)) => AgentExit::Wait,
+        Some((other, span)) => {
+            c.error(
+                span,
+                "heartbeat.agent_exit",
+                format!("{other:?} is not takeover or wait"),
+            );
+            AgentExit::Takeover
+        }
+    };
     let misses = match hb.and_then(|h| h.misses.as_ref()) {
         None => DEFAULT_MISSES,
         Some(m) if (2..=1000).contains(m.get_ref()) => *m.get_ref() as u32,
@@ -549,6 +583,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             lan,
             xdp_mode,
             listen,
+            threaded_napi: node.threaded_napi.as_ref().is_none_or(|t| *t.get_ref()),
         },
         peers,
         addresses,
@@ -557,6 +592,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             misses,
             startup_grace,
             restart_grace,
+            agent_exit,
         },
         preempt,
         fence,

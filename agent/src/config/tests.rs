@@ -47,8 +47,10 @@ fn defaults_fill_what_is_left_out() {
             misses: DEFAULT_MISSES,
             startup_grace: DEFAULT_STARTUP_GRACE,
             restart_grace: DEFAULT_RESTART_GRACE,
+            agent_exit: AgentExit::Takeover,
         }
     );
+    assert!(c.node.threaded_napi);
     assert_eq!(
         c.preempt,
         Preempt {

@@ -45,6 +45,9 @@ pub struct CoreConfig {
     pub startup_grace: Duration,
     /// How long the peers wait for an agent that said it is restarting.
     pub restart_grace: Duration,
+    /// A peer whose kernel reports that its agent died unannounced is dead at once (true),
+    /// or is given `restart_grace` for a new agent, as for a planned restart (false).
+    pub exit_takes_over: bool,
     pub key: Vec<u8>,
 }
 
@@ -126,6 +129,15 @@ struct Peer {
     rtt: Vec<Option<Duration>>,
     /// Per path: the last `sent_at_us` heard and when, to echo it back.
     echo: Vec<Option<(u64, Duration)>>,
+    /// The incarnation last heard and the hash of its exit token (kernel-assisted liveness).
+    exit_commit: Option<(u64, [u8; wire::TOKEN_LEN])>,
+    /// The newest of this node's heartbeats (its `sent_at_us`) the peer had heard when it
+    /// last wrote: its summary and votes take into account what this node said until then.
+    acked_us: u64,
+    /// `sent_at_us` of the heartbeat `summary` came from: an older one arriving later on
+    /// another path must not replace it.
+    summary_sent_us: u64,
+    summary_incarnation: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -136,6 +148,9 @@ struct Addr {
     max_epoch: u64,
     /// An operator's switchover: the node, and the order's version (the newest wins).
     moved_to: Option<(NodeId, u64)>,
+    /// When this node last gave it up (`sent_at_us` of the heartbeat that said so): it may
+    /// open it again only on votes cast after the peers heard that.
+    released_us: u64,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -160,6 +175,9 @@ pub struct Core {
     /// This node's vote per address, as last decided.
     votes: Vec<Option<NodeId>>,
     restarting: bool,
+    /// Sent in every heartbeat: the hash of the token this node's data plane reveals if the
+    /// agent dies (zeros: no kernel assistance).
+    exit_commit: [u8; wire::TOKEN_LEN],
 }
 
 impl Core {
@@ -185,6 +203,10 @@ impl Core {
             heard_incarnation: 0,
             rtt: vec![None; cfg.paths],
             echo: vec![None; cfg.paths],
+            exit_commit: None,
+            acked_us: 0,
+            summary_sent_us: 0,
+            summary_incarnation: 0,
         };
         let mut addrs = vec![Addr::default(); cfg.addresses.len()];
         for &(a, epoch) in open {
@@ -193,6 +215,7 @@ impl Core {
                 epoch,
                 max_epoch: epoch,
                 moved_to: None,
+                released_us: 0,
             };
         }
         let mut core = Core {
@@ -209,6 +232,7 @@ impl Core {
             rejected: RejectCounts::default(),
             votes: vec![None; addrs.len()],
             restarting: false,
+            exit_commit: [0; wire::TOKEN_LEN],
             addrs,
             cfg,
         };
@@ -218,6 +242,12 @@ impl Core {
             }
         }
         core
+    }
+
+    /// Commits this incarnation to an exit token (see `wire::commit`): the peers will take the
+    /// token, from this node's data plane, as proof that the agent died.
+    pub fn set_exit_commit(&mut self, commit: [u8; wire::TOKEN_LEN]) {
+        self.exit_commit = commit;
     }
 
     fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -305,6 +335,9 @@ impl Core {
     }
 
     fn accept(&mut self, now: Duration, path: usize, bytes: &[u8]) -> Result<(), Rejected> {
+        if wire::is_notice(bytes) {
+            return self.accept_notice(now, bytes);
+        }
         let hb = wire::decode(bytes, &self.cfg.key)?;
         let p = self
             .cfg
@@ -333,8 +366,12 @@ impl Core {
             .collect::<Result<Vec<_>, Rejected>>()?;
         // Only what is addressed to this incarnation counts; anything else only says which
         // incarnation of the peer to address (the newest wins, so a replay cannot hold it back).
-        let heard = &mut self.peers[p].heard_incarnation;
-        *heard = (*heard).max(hb.incarnation);
+        let peer = &mut self.peers[p];
+        if hb.incarnation > peer.heard_incarnation {
+            // A new incarnation of the peer: what it echoes is about its new life only.
+            peer.heard_incarnation = hb.incarnation;
+            peer.echo = vec![None; self.cfg.paths];
+        }
         if hb.peer_incarnation != self.incarnation {
             return Err(Rejected::Unaddressed);
         }
@@ -381,12 +418,65 @@ impl Core {
             serving,
             votes,
         };
-        let changed = moved || self.peers[p].summary.as_ref() != Some(&summary);
-        self.peers[p].summary = Some(summary);
+        let peer = &mut self.peers[p];
+        if hb.incarnation != peer.summary_incarnation {
+            peer.summary_incarnation = hb.incarnation;
+            peer.summary_sent_us = 0;
+            peer.acked_us = 0;
+        }
+        peer.exit_commit =
+            (hb.exit_commit != [0; wire::TOKEN_LEN]).then_some((hb.incarnation, hb.exit_commit));
+        // A summary written before the one held (it came by a slower path) is not newer.
+        let newer = hb.sent_at_us >= peer.summary_sent_us;
+        let mut changed = moved;
+        if newer {
+            peer.summary_sent_us = hb.sent_at_us;
+            peer.acked_us = peer.acked_us.max(hb.echo_us);
+            changed |= peer.summary.as_ref() != Some(&summary);
+            peer.summary = Some(summary);
+        }
         if changed {
             self.decide(now);
         }
         Ok(())
+    }
+
+    /// A peer's data plane says its agent died: the token must be the one the peer's current
+    /// incarnation committed to in its signed heartbeats. A death announced for a restart
+    /// (the peer said so) is no death; one for a peer already dead changes nothing.
+    fn accept_notice(&mut self, now: Duration, bytes: &[u8]) -> Result<(), Rejected> {
+        let (incarnation, token) = wire::decode_notice(bytes)?;
+        let proof = Some((incarnation, wire::commit(&token)));
+        let p = self
+            .others()
+            .find(|&p| self.peers[p].exit_commit == proof)
+            .ok_or(Rejected::UnknownNotice)?;
+        let peer = &mut self.peers[p];
+        if !peer.alive || peer.restart_until.is_some() {
+            return Ok(());
+        }
+        if self.cfg.exit_takes_over {
+            self.declare_dead(now, p, "its kernel reports that its agent exited");
+            self.decide(now);
+        } else {
+            peer.restart_until = Some(now + self.cfg.restart_grace);
+            self.actions.push_back(Action::Notice(format!(
+                "the agent of peer {} exited; waiting {:?} for it to be restarted",
+                self.cfg.nodes[p], self.cfg.restart_grace
+            )));
+        }
+        Ok(())
+    }
+
+    fn declare_dead(&mut self, now: Duration, p: NodeId, why: &str) {
+        let peer = &mut self.peers[p];
+        peer.alive = false;
+        peer.since = Some(now);
+        peer.eligible_since = None;
+        self.actions.push_back(Action::Notice(format!(
+            "peer {} is dead: {why}",
+            self.cfg.nodes[p]
+        )));
     }
 
     /// An operator moves address `a` to node `to` (maintenance). The order spreads with the
@@ -465,14 +555,7 @@ impl Core {
         self.last_tick = Some(now);
         for p in self.others().collect::<Vec<_>>() {
             if self.death_deadline(p).is_some_and(|d| now >= d) {
-                let peer = &mut self.peers[p];
-                peer.alive = false;
-                peer.since = Some(now);
-                peer.eligible_since = None;
-                self.actions.push_back(Action::Notice(format!(
-                    "peer {} is dead: every path silent",
-                    self.cfg.nodes[p]
-                )));
+                self.declare_dead(now, p, "every path silent");
             }
         }
         if !self.ready
@@ -563,11 +646,13 @@ impl Core {
         for p in self.others().collect::<Vec<_>>() {
             let peer = &self.peers[p];
             if peer.alive {
-                // A live peer must not serve it and must agree that this node should.
+                // A live peer must not serve it and must agree that this node should, knowing
+                // that this node gave it up if it did (it may have taken it since).
                 let me = self.cfg.me;
-                let agrees = peer.summary.as_ref().is_some_and(|s| {
-                    !s.serving.iter().any(|(x, _)| *x == a) && s.votes.contains(&(a, me))
-                });
+                let agrees = peer.acked_us >= self.addrs[a].released_us
+                    && peer.summary.as_ref().is_some_and(|s| {
+                        !s.serving.iter().any(|(x, _)| *x == a) && s.votes.contains(&(a, me))
+                    });
                 if !agrees {
                     safe = false;
                 }
@@ -618,6 +703,8 @@ impl Core {
                 let newer_elsewhere = self.current(a).is_some_and(|(c, _)| c != me);
                 if newer_elsewhere || (self.ready && target != Some(me)) {
                     self.addrs[a].open = false;
+                    // The heartbeat that says so leaves now (`changed`), stamped with this.
+                    self.addrs[a].released_us = (now.as_micros() as u64).max(1);
                     self.actions.push_back(Action::CloseGate { addr: a });
                     changed = true;
                 }
@@ -690,6 +777,7 @@ impl Core {
                     sent_at_us: us.max(1),
                     echo_us,
                     echo_hold_us,
+                    exit_commit: self.exit_commit,
                     lan_up: self.lan_up,
                     ready: self.ready,
                     restarting: self.restarting,
@@ -778,7 +866,8 @@ impl Core {
                     p.last_heard.clone(),
                     p.summary.clone(),
                     p.fence,
-                    p.guard.clone()
+                    p.guard.clone(),
+                    p.exit_commit
                 ))
                 .collect::<Vec<_>>()
         )

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use super::node::{Action, AddrSpec, Core, CoreConfig, FenceState, NodeId};
+use super::{
+    node::{Action, AddrSpec, Core, CoreConfig, FenceState, NodeId},
+    wire,
+};
 
 pub const DEDICATED: usize = 0;
 pub const LAN: usize = 1;
@@ -52,12 +55,15 @@ pub struct SimNode {
     pub lan_up: bool,
     /// Nothing this node sends leaves it (silent death: carrier up, nothing out).
     pub mute: bool,
+    /// The agent died unannounced: the data plane answers heartbeats with its exit notice.
+    pub exited: bool,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Delivery {
     at: Duration,
     order: u64,
+    from: NodeId,
     to: NodeId,
     path: usize,
     bytes: Vec<u8>,
@@ -112,13 +118,19 @@ pub fn config(
         fence_retry: Duration::from_millis(50),
         startup_grace: interval * 5,
         restart_grace: Duration::from_millis(500),
+        exit_takes_over: true,
         key: b"simulation key, 32 bytes long!!".to_vec(),
     }
 }
 
 impl Sim {
     pub fn new(nodes: usize, interval: Duration, preempt: Option<Duration>, seed: u64) -> Self {
-        let cfg = config(nodes, 0, interval, preempt);
+        Self::with_config(config(nodes, 0, interval, preempt), seed)
+    }
+
+    /// A cluster of `cfg.nodes.len()` nodes, each with `cfg` (but its own `me`).
+    pub fn with_config(cfg: CoreConfig, seed: u64) -> Self {
+        let nodes = cfg.nodes.len();
         let addrs = cfg.addresses.len();
         let mut sim = Sim {
             now: Duration::from_secs(1),
@@ -149,6 +161,7 @@ impl Sim {
                 incarnation: 0,
                 lan_up: true,
                 mute: false,
+                exited: false,
             });
             sim.start_agent(n);
         }
@@ -172,12 +185,21 @@ impl Sim {
             .map(|a| (a, node.epochs[a]))
             .collect();
         let mut core = Core::new(cfg, node.incarnation, self.now, &open);
+        node.exited = false;
+        core.set_exit_commit(wire::commit(&Self::token(n, node.incarnation)));
         if !node.lan_up {
             core.handle_lan(self.now, false);
         }
         self.nodes[n].core = Some(core);
         self.trace.push(format!("{:?} n{n} agent starts", self.now));
         self.drain(n);
+    }
+
+    /// The exit token of an incarnation (deterministic: the simulation needs no secrecy).
+    pub fn token(n: NodeId, incarnation: u64) -> [u8; wire::TOKEN_LEN] {
+        let mut t = [n as u8; wire::TOKEN_LEN];
+        t[8..].copy_from_slice(&incarnation.to_be_bytes());
+        t
     }
 
     /// An operator on node `on` moves address `a` to node `to`.
@@ -206,6 +228,7 @@ impl Sim {
     /// The agent process dies (SIGKILL); the machine and its gates stay.
     pub fn kill_agent(&mut self, n: NodeId) {
         self.nodes[n].core = None;
+        self.nodes[n].exited = true;
         self.trace.push(format!("{:?} n{n} agent killed", self.now));
     }
 
@@ -214,6 +237,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.powered = false;
         node.core = None;
+        node.exited = false;
         node.gates.iter_mut().for_each(|g| *g = false);
         self.trace.push(format!("{:?} n{n} crashes", self.now));
     }
@@ -335,6 +359,7 @@ impl Sim {
             self.in_flight.push(Reverse(Delivery {
                 at: self.now + self.base_delay + jitter,
                 order: self.order,
+                from,
                 to,
                 path,
                 bytes: bytes.clone(),
@@ -421,6 +446,11 @@ impl Sim {
             }
             if let Some(c) = self.nodes[d.to].core.as_mut() {
                 let _ = c.handle_datagram(now, d.path, &d.bytes);
+            } else if self.nodes[d.to].exited && !wire::is_notice(&d.bytes) {
+                // The data plane of a node whose agent died answers in its name.
+                let inc = self.nodes[d.to].incarnation;
+                let notice = wire::encode_notice(inc, &Self::token(d.to, inc));
+                self.send(d.to, d.from, d.path, notice.to_vec());
             }
             self.drain(d.to);
         }

@@ -5,20 +5,32 @@
 //! ```text
 //! magic "TKOV" | version u8 | kind u8 | path u8 | flags u8 | name_len u8 | name
 //! | incarnation u64 | peer_incarnation u64 | seq u64 | sent_at_us u64 | echo_us u64 | echo_hold_us u32
+//! | exit_commit [16]
 //! | served u16 | served × (family u8 (4|6) | address 4|16 | epoch u64)
 //! | votes u16 | votes × (family u8 | address 4|16 | node index u8)
 //! | overrides u16 | overrides × (family u8 | address 4|16 | node index u8 | version u64)
 //! | HMAC-SHA256 (32)
 //! ```
 //! All integers big-endian. Pure: no sockets, no clock.
+//!
+//! The exit notice, sent by the data plane of a node whose agent died (see
+//! `takeover_common::Liveness`), is not signed (the kernel cannot sign); it proves itself by
+//! revealing the token whose hash the agent's signed heartbeats carried:
+//!
+//! ```text
+//! magic "TKOV" | version u8 | kind u8 (2) | 0u16 | incarnation u64 | token [16]
+//! ```
 use std::net::IpAddr;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-pub const MAGIC: [u8; 4] = *b"TKOV";
-pub const VERSION: u8 = 1;
-const KIND_HEARTBEAT: u8 = 1;
+pub const MAGIC: [u8; 4] = takeover_common::WIRE_MAGIC;
+pub const VERSION: u8 = 2;
+const KIND_HEARTBEAT: u8 = takeover_common::WIRE_KIND_HEARTBEAT;
+const KIND_EXIT: u8 = takeover_common::WIRE_KIND_EXIT;
+pub const NOTICE_LEN: usize = takeover_common::NOTICE_LEN;
+pub const TOKEN_LEN: usize = 16;
 const TAG_LEN: usize = 32;
 /// Fits in one unfragmented datagram on any LAN.
 pub const MAX_MESSAGE: usize = 1400;
@@ -51,6 +63,8 @@ pub struct Heartbeat {
     pub echo_us: u64,
     /// ...and how long the sender held it before this message.
     pub echo_hold_us: u32,
+    /// [`commit`] of the token this incarnation's exit notice will reveal (zero: none).
+    pub exit_commit: [u8; TOKEN_LEN],
     /// The sender's LAN interface is up (its communication part works).
     pub lan_up: bool,
     /// The sender has finished starting up (heard its peers or waited out the dead time).
@@ -86,6 +100,9 @@ pub enum Rejected {
     /// Authentic, but addressed to another incarnation of this agent (normal for a moment
     /// after a start; otherwise a replay).
     Unaddressed,
+    /// An exit notice whose token matches no peer's commitment: forged, or of an incarnation
+    /// already replaced.
+    UnknownNotice,
 }
 
 impl Rejected {
@@ -98,6 +115,7 @@ impl Rejected {
             Rejected::Malformed => "malformed",
             Rejected::Replayed => "replayed",
             Rejected::Unaddressed => "unaddressed",
+            Rejected::UnknownNotice => "unknown_notice",
         }
     }
 }
@@ -140,6 +158,7 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
         b.extend_from_slice(&v.to_be_bytes());
     }
     b.extend_from_slice(&hb.echo_hold_us.to_be_bytes());
+    b.extend_from_slice(&hb.exit_commit);
     b.extend_from_slice(&(hb.serving.len() as u16).to_be_bytes());
     for (addr, epoch) in &hb.serving {
         put_addr(&mut b, addr);
@@ -268,6 +287,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         let (incarnation, peer_incarnation) = (r.u64()?, r.u64()?);
         let (seq, sent_at_us, echo_us) = (r.u64()?, r.u64()?, r.u64()?);
         let echo_hold_us = r.u32()?;
+        let exit_commit = r.take(TOKEN_LEN)?.try_into().unwrap();
         let n = r.count()?;
         let mut serving = Vec::with_capacity(n);
         for _ in 0..n {
@@ -295,6 +315,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
             sent_at_us,
             echo_us,
             echo_hold_us,
+            exit_commit,
             lan_up: flags & FLAG_LAN_UP != 0,
             ready: flags & FLAG_READY != 0,
             restarting: flags & FLAG_RESTARTING != 0,
@@ -304,6 +325,47 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         })
     };
     parse(&mut r).map_err(malformed)
+}
+
+/// What a heartbeat commits to: the first 16 bytes of SHA-256 of the exit token.
+pub fn commit(token: &[u8; TOKEN_LEN]) -> [u8; TOKEN_LEN] {
+    use sha2::Digest;
+    Sha256::digest(token)[..TOKEN_LEN].try_into().unwrap()
+}
+
+/// The exit notice of `incarnation`, revealing `token` (the data plane sends it as is).
+pub fn encode_notice(incarnation: u64, token: &[u8; TOKEN_LEN]) -> [u8; NOTICE_LEN] {
+    let mut b = [0u8; NOTICE_LEN];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4] = VERSION;
+    b[5] = KIND_EXIT;
+    b[8..16].copy_from_slice(&incarnation.to_be_bytes());
+    b[16..].copy_from_slice(token);
+    b
+}
+
+/// Is `buf` an exit notice (by its header)? Such datagrams go to [`decode_notice`].
+pub fn is_notice(buf: &[u8]) -> bool {
+    buf.len() >= 6 && buf[..4] == MAGIC && buf[5] == KIND_EXIT
+}
+
+/// The incarnation and token of an exit notice. The data plane answers with the heartbeat's
+/// frame, so bytes after the notice are the rest of that heartbeat: ignored.
+pub fn decode_notice(buf: &[u8]) -> Result<(u64, [u8; TOKEN_LEN]), Rejected> {
+    if buf.len() < NOTICE_LEN {
+        return Err(Rejected::Truncated);
+    }
+    if buf[..4] != MAGIC {
+        return Err(Rejected::BadMagic);
+    }
+    if buf[4] != VERSION {
+        return Err(Rejected::ForeignVersion);
+    }
+    if buf[5] != KIND_EXIT || buf[6..8] != [0, 0] {
+        return Err(Rejected::Malformed);
+    }
+    let incarnation = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+    Ok((incarnation, buf[16..NOTICE_LEN].try_into().unwrap()))
 }
 
 /// Anti-replay state for one peer: the newest incarnation seen and, per path, the highest
@@ -353,6 +415,7 @@ mod tests {
             sent_at_us: 123_456,
             echo_us: 123_000,
             echo_hold_us: 42,
+            exit_commit: commit(&[7; TOKEN_LEN]),
             lan_up: true,
             ready: true,
             restarting: false,
@@ -366,6 +429,31 @@ mod tests {
             ],
             overrides: vec![],
         }
+    }
+
+    #[test]
+    fn exit_notice_round_trip_and_refusals() {
+        let token = [9u8; TOKEN_LEN];
+        let n = encode_notice(42, &token);
+        assert!(is_notice(&n) && !is_notice(&encode(&hb(1), KEY)));
+        assert_eq!(decode_notice(&n), Ok((42, token)));
+        // The data plane answers with the whole heartbeat frame: the tail is ignored.
+        let mut long = n.to_vec();
+        long.extend_from_slice(&[0xee; 60]);
+        assert_eq!(decode_notice(&long), Ok((42, token)));
+        for cut in 0..NOTICE_LEN {
+            assert_eq!(decode_notice(&n[..cut]), Err(Rejected::Truncated));
+        }
+        let mut bad = n;
+        bad[4] = VERSION + 1;
+        assert_eq!(decode_notice(&bad), Err(Rejected::ForeignVersion));
+        let mut bad = n;
+        bad[6] = 1;
+        assert_eq!(decode_notice(&bad), Err(Rejected::Malformed));
+        // The commitment binds the token: any other token has another hash.
+        let mut other = token;
+        other[0] ^= 1;
+        assert_ne!(commit(&token), commit(&other));
     }
 
     #[test]

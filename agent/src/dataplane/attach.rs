@@ -12,7 +12,7 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use takeover_common::{ABI_VERSION, INFO_MAP, TC_PROGRAM, XDP_PROGRAM};
+use takeover_common::{ABI_VERSION, INFO_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM};
 
 use super::{pinned_link, pins::PinDir, OBJECT};
 use crate::sys::{bpffs, iface::Iface};
@@ -106,7 +106,8 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
     check_abi(pins)?;
     let xdp_live = live_link(&pins.xdp_link(), iface)?;
     let tc_live = live_link(&pins.tc_link(), iface)?;
-    let maps_pinned = PinDir::MAPS.iter().all(|m| pins.map(m).exists());
+    let maps_pinned =
+        PinDir::MAPS.iter().all(|m| pins.map(m).exists()) && pins.liveness_map().exists();
     let mut out = Attached {
         iface: iface.name.clone(),
         xdp: XdpAttach::Kept,
@@ -121,8 +122,7 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
     std::fs::create_dir_all(&pins.path)
         .with_context(|| format!("cannot create pin directory {}", pins.path.display()))?;
     let result = (|| -> Result<()> {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.path)
+        let mut ebpf = loader(pins)
             .load(OBJECT)
             .map_err(|e| anyhow!("cannot load the gate's eBPF object: {}", chain(&e)))?;
         write_abi(&mut ebpf)?;
@@ -150,6 +150,15 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
         return Err(e);
     }
     Ok(out)
+}
+
+/// A loader that pins (or reuses) the interface's maps in its directory and the namespace's
+/// liveness map in the namespace's.
+pub(super) fn loader(pins: &PinDir) -> EbpfLoader<'_> {
+    let mut l = EbpfLoader::new();
+    l.default_map_pin_directory(&pins.path)
+        .map_pin_path(LIVENESS_MAP, pins.liveness_map());
+    l
 }
 
 /// Refuses pins written by a `takeover` with another map layout.
@@ -343,8 +352,14 @@ fn remove_pins(pins: &PinDir) {
         let _ = std::fs::remove_file(pins.map(m));
     }
     let _ = std::fs::remove_dir(&pins.path);
-    // Tidy the namespace directory when its last interface goes.
-    if let Some(parent) = pins.path.parent() {
-        let _ = std::fs::remove_dir(parent);
+    // When the namespace's last interface goes, so do its liveness map and exit tracepoint.
+    let ns = pins.namespace();
+    let others = std::fs::read_dir(ns)
+        .map(|rd| rd.flatten().any(|e| e.path().is_dir()))
+        .unwrap_or(false);
+    if !others {
+        let _ = std::fs::remove_file(pins.exit_link());
+        let _ = std::fs::remove_file(pins.liveness_map());
+        let _ = std::fs::remove_dir(ns);
     }
 }

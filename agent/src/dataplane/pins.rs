@@ -3,7 +3,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use takeover_common::{
-    COUNTERS_MAP, GATES_MAP, INFO_MAP, PIN_ROOT, REDIRECT_MAP, TC_LINK_PIN, XDP_LINK_PIN,
+    COUNTERS_MAP, EXIT_LINK_PIN, GATES_MAP, INFO_MAP, LIVENESS_MAP, PIN_ROOT, REDIRECT_MAP,
+    TC_LINK_PIN, XDP_LINK_PIN,
 };
 
 use crate::sys::netns;
@@ -39,6 +40,21 @@ impl PinDir {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    /// The namespace's directory, which holds this interface's.
+    pub fn namespace(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new(PIN_ROOT))
+    }
+
+    /// The namespace's agent liveness map, shared by every interface's gate.
+    pub fn liveness_map(&self) -> PathBuf {
+        self.namespace().join(LIVENESS_MAP)
+    }
+
+    /// The namespace's link of the agent-exit tracepoint.
+    pub fn exit_link(&self) -> PathBuf {
+        self.namespace().join(EXIT_LINK_PIN)
     }
 
     /// Every map the object pins, by name.

@@ -15,13 +15,13 @@ use tokio::{net::UdpSocket, sync::mpsc};
 
 use super::{announce, control, netlink, timer::Timer};
 use crate::{
-    config::{Config, XdpMode},
+    config::{AgentExit, Config, XdpMode},
     core::{
         node::{Action, AddrSpec, Core, CoreConfig, NodeId},
-        wire::MAX_MESSAGE,
+        wire::{self, MAX_MESSAGE, TOKEN_LEN},
     },
     dataplane::{self, AttachMode, Gates, PinDir, Target},
-    sys::{iface::Iface, netns},
+    sys::{iface::Iface, napi, netns},
 };
 
 /// The core's view of the configuration: node names sorted (votes name nodes by index, so
@@ -55,6 +55,7 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
         fence_retry: Duration::from_secs(1),
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
         restart_grace: cfg.heartbeat.restart_grace.max(cfg.heartbeat.dead_after()),
+        exit_takes_over: cfg.heartbeat.agent_exit == AgentExit::Takeover,
         key,
         nodes: names,
     };
@@ -132,6 +133,9 @@ enum Input {
     Fence(NodeId, bool),
 }
 
+/// Real-time priority of the agent's thread and of the heartbeat interfaces' NAPI threads.
+const RT_PRIORITY: i32 = 50;
+
 pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
     if realtime_priority {
         realtime();
@@ -139,10 +143,20 @@ pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(agent(cfg, key))
+    rt.block_on(agent(cfg, key, realtime_priority))
 }
 
-async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
+/// 16 random bytes from the kernel.
+fn random_token() -> Result<[u8; TOKEN_LEN]> {
+    let mut t = [0u8; TOKEN_LEN];
+    let n = unsafe { libc::getrandom(t.as_mut_ptr().cast(), t.len(), 0) };
+    if n != t.len() as isize {
+        return Err(std::io::Error::last_os_error()).context("getrandom");
+    }
+    Ok(t)
+}
+
+async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
     let lan = Iface::by_name(&cfg.node.lan)?;
     let mode = match cfg.node.xdp_mode {
         XdpMode::Auto => AttachMode::Auto,
@@ -206,6 +220,40 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
     } else {
         None
     };
+    // Every heartbeat interface gets the gate too (it passes what is not a logical address):
+    // its XDP program answers for a dead agent (kernel-assisted liveness).
+    let mut heartbeat_ifaces = vec![lan.clone()];
+    for addr in &cfg.node.listen {
+        let Some(index) = netlink::ifindex_of_address(&nl, addr.ip()).await? else {
+            log(format!("warning: no interface holds {}", addr.ip()));
+            continue;
+        };
+        let Some(name) = crate::sys::iface::name_of(index) else {
+            continue;
+        };
+        if heartbeat_ifaces.iter().all(|i| i.index != index) {
+            let iface = Iface::by_name(&name)?;
+            let attached = dataplane::attach(&iface, mode)?;
+            log(format!(
+                "gate on {name} (heartbeats): ingress XDP {}, egress {}",
+                attached.xdp, attached.egress
+            ));
+            heartbeat_ifaces.push(iface);
+        }
+    }
+    if cfg.node.threaded_napi {
+        for iface in &heartbeat_ifaces {
+            let prio = realtime_priority.then_some(RT_PRIORITY);
+            match napi::threaded(&iface.name, prio) {
+                Ok(n) => log(format!(
+                    "threaded NAPI on {}: {n} thread(s){}",
+                    iface.name,
+                    if prio.is_some() { " at SCHED_FIFO" } else { "" }
+                )),
+                Err(e) => log(format!("warning: threaded NAPI on {}: {e:#}", iface.name)),
+            }
+        }
+    }
     let mut links = netlink::watch_links()?;
 
     let start = Instant::now();
@@ -214,6 +262,31 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
         .duration_since(SystemTime::UNIX_EPOCH)?
         .as_nanos() as u64;
     let mut core = Core::new(core_cfg.clone(), incarnation, now(), &open);
+    // Kernel-assisted liveness: if this process dies unannounced, the data plane answers the
+    // peers' heartbeats with this notice; they hold the token's hash from our heartbeats.
+    let token = random_token()?;
+    let port = cfg.node.listen[0].port();
+    if cfg.node.listen.iter().any(|l| l.port() != port) {
+        log(format!(
+            "warning: the paths listen on different ports; exit notices answer port {port} only"
+        ));
+    }
+    let mut registration = match dataplane::liveness::register(
+        &PinDir::for_iface(&lan.name)?,
+        port,
+        wire::encode_notice(incarnation, &token),
+    ) {
+        Ok(r) => {
+            core.set_exit_commit(wire::commit(&token));
+            Some(r)
+        }
+        Err(e) => {
+            log(format!(
+                "warning: no kernel-assisted liveness (peers will wait out the dead time if this agent dies): {e:#}"
+            ));
+            None
+        }
+    };
     if !netlink::is_up(&nl, lan.index).await? {
         core.handle_lan(now(), false);
     }
@@ -342,6 +415,11 @@ async fn agent(cfg: Config, key: Vec<u8>) -> Result<()> {
             _ = async { tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} } } => {
                 // Gates stay as they are (pinned): a restart must not drop a packet. The
                 // peers are told, so they wait for the next agent instead of fencing this node.
+                if let Some(r) = registration.as_mut() {
+                    if let Err(e) = r.stopping() {
+                        log(format!("warning: {e:#}: the peers may take this restart for a crash"));
+                    }
+                }
                 core.shutdown(now());
                 while let Some(action) = core.poll_action() {
                     if let Action::Send { peer, path, bytes } = action {

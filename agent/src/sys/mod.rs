@@ -2,6 +2,7 @@
 //! interface lookups, bpffs. Each returns an error that names what the operator has to fix.
 pub mod bpffs;
 pub mod iface;
+pub mod napi;
 pub mod netns;
 
 /// Fails unless running as root: loading programs and writing maps needs CAP_BPF and

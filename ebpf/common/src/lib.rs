@@ -7,17 +7,22 @@
 
 /// Layout version of the maps below. Stored in the pinned [`INFO_MAP`] at attach time; a
 /// `takeover` that speaks another version refuses to reuse those pins instead of misreading them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names. They are also the file names of the pinned maps (kernel limit: 15 bytes).
 pub const GATES_MAP: &str = "GATES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const REDIRECT_MAP: &str = "REDIRECT";
 pub const INFO_MAP: &str = "INFO";
+/// One per network namespace (shared by every interface's gate there): the agent's
+/// [`Liveness`]. Pinned in the namespace's directory, not an interface's.
+pub const LIVENESS_MAP: &str = "LIVENESS";
 
 /// Program names (the `fn` names in `ebpf/gate`).
 pub const XDP_PROGRAM: &str = "gate_ingress";
 pub const TC_PROGRAM: &str = "gate_egress";
+/// Raw tracepoint on `sched_process_exit`: marks the agent dead in [`LIVENESS_MAP`].
+pub const EXIT_PROGRAM: &str = "agent_exit";
 /// A program that passes everything (benchmark baseline).
 pub const PASS_PROGRAM: &str = "xdp_pass";
 /// A classifier with no opinion on anything (benchmark baseline).
@@ -30,6 +35,8 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/takeover";
 pub const XDP_LINK_PIN: &str = "xdp_link";
 /// Pinned tcx link of the egress classifier, inside the interface's pin directory.
 pub const TC_LINK_PIN: &str = "tc_egress_link";
+/// Pinned link of [`EXIT_PROGRAM`], in the namespace's pin directory.
+pub const EXIT_LINK_PIN: &str = "exit_link";
 
 /// Capacity of the gate table: addresses plus per-service entries.
 pub const MAX_GATES: u32 = 65_536;
@@ -235,15 +242,56 @@ impl Counters {
     }
 }
 
+/// [`Liveness::state`]: no agent has registered (the kernel answers nothing).
+pub const AGENT_NONE: u32 = 0;
+/// The agent runs.
+pub const AGENT_RUNNING: u32 = 1;
+/// The agent is stopping for a restart (its peers were told): its exit is expected.
+pub const AGENT_STOPPING: u32 = 2;
+/// The agent's process exited without saying it would: set by the kernel at the exit.
+pub const AGENT_EXITED: u32 = 3;
+
+/// The peer protocol's magic and message kinds (`agent/src/core/wire.rs`): the data plane
+/// recognises heartbeats by them and answers with an exit notice.
+pub const WIRE_MAGIC: [u8; 4] = *b"TKOV";
+pub const WIRE_KIND_HEARTBEAT: u8 = 1;
+pub const WIRE_KIND_EXIT: u8 = 2;
+
+/// Length of the exit notice the kernel sends in the agent's name.
+pub const NOTICE_LEN: usize = 32;
+
+/// Kernel-assisted liveness: what the data plane knows of the agent in this namespace.
+///
+/// The agent registers its process here. When that process exits unannounced (a crash,
+/// SIGKILL, the OOM killer), `agent_exit` sets `state` to [`AGENT_EXITED`] at once, and from
+/// then on the XDP gate answers every peer heartbeat arriving on `port` with `notice`, sent
+/// straight back (XDP_TX): the peers learn of the death within one heartbeat interval instead
+/// of waiting out the dead time. `notice` (magic, version, kind, incarnation, a random token)
+/// is written by the agent at start; peers hold a hash of the token from its authenticated
+/// heartbeats, so only this kernel can tell them, and only once the agent is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// The agent's process id (thread group id), as the kernel's root PID namespace sees it.
+    pub tgid: u32,
+    pub state: u32,
+    /// UDP port (host order) of the agent's heartbeat sockets; 0 = answer nothing.
+    pub port: u16,
+    pub _pad: [u8; 6],
+    pub notice: [u8; NOTICE_LEN],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, `#[repr(C)]`, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::GateKey {}
     unsafe impl aya::Pod for super::GateValue {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::Liveness {}
 }
 
 // The layouts are part of the ABI: fail the build if one changes by accident.
 const _: () = assert!(core::mem::size_of::<GateKey>() == 20);
 const _: () = assert!(core::mem::size_of::<GateValue>() == 20);
 const _: () = assert!(core::mem::size_of::<Counters>() == 80);
+const _: () = assert!(core::mem::size_of::<Liveness>() == 48);

@@ -10,19 +10,20 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
-    macros::{classifier, map, xdp},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{classifier, map, raw_tracepoint, xdp},
     maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{TcContext, XdpContext},
+    programs::{RawTracePointContext, TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use takeover_common::{
-    Action, Counters, GateKey, GateValue, ACTION_NONE, FLAG_SERVICES, MAX_GATES,
-    MAX_REDIRECT_IFACES,
+    Action, Counters, GateKey, GateValue, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_RUNNING,
+    FLAG_SERVICES, MAX_GATES, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP, WIRE_KIND_HEARTBEAT,
+    WIRE_MAGIC,
 };
 
-use parse::{Packet, SkbFrame, XdpFrame};
+use parse::{Frame, Packet, SkbFrame, XdpFrame};
 
 /// Logical address (or address + service) -> what to do with it.
 #[map(name = "GATES")]
@@ -40,6 +41,11 @@ static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_IFACES, 0);
 /// Slot 0: the ABI version of these maps, written by the agent (see `takeover_common`).
 #[map(name = "INFO")]
 static INFO: Array<u32> = Array::pinned(1, 0);
+
+/// Slot 0: the agent of this network namespace (see `takeover_common::Liveness`). Shared by
+/// every interface's gate and by `agent_exit`: the agent pins it per namespace.
+#[map(name = "LIVENESS")]
+static LIVENESS: Array<Liveness> = Array::pinned(1, 0);
 
 /// Per CPU, when each kind of rare event was last logged (ns): at most one line per second
 /// and CPU, so a misconfiguration hit by every packet cannot flood the log.
@@ -109,6 +115,16 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
     let Some(pkt) = parse::parse(&frame) else {
         return xdp_action::XDP_PASS;
     };
+    if let Packet::Ip {
+        proto: PROTO_UDP,
+        dport: Some(port),
+        ..
+    } = pkt
+    {
+        if exit_notice(&frame, port).is_some() {
+            return xdp_action::XDP_TX;
+        }
+    }
     let Some((key, gate)) = ingress_gate(&pkt) else {
         return xdp_action::XDP_PASS;
     };
@@ -187,6 +203,114 @@ fn forward(ctx: &XdpContext, gate: &GateValue) -> u32 {
             v
         }
     }
+}
+
+/// If this namespace's agent has died unannounced and `f` is a peer's heartbeat to it, turns
+/// the frame into the agent's exit notice, addressed back to the sender (the caller sends it
+/// with XDP_TX). Handles the shapes the agents send: untagged, IPv4 without options or IPv6
+/// without extension headers. Every read happens before the first write.
+#[inline(always)]
+fn exit_notice(f: &XdpFrame, port: u16) -> Option<()> {
+    let live = LIVENESS.get(0)?;
+    if live.state != AGENT_EXITED || live.port != port || port == 0 {
+        return None;
+    }
+    let (ip, ip_len, l4) = match f.read::<[u8; 2]>(12)? {
+        [0x08, 0x00] => {
+            let [version_ihl, _] = f.read::<[u8; 2]>(14)?;
+            if version_ihl != 0x45 {
+                return None;
+            }
+            (26, 4, 34)
+        }
+        [0x86, 0xdd] => {
+            let [_, _, _, _, _, _, next, _] = f.read::<[u8; 8]>(14)?;
+            if next != PROTO_UDP {
+                return None;
+            }
+            (22, 16, 54)
+        }
+        _ => return None,
+    };
+    let payload = l4 + 8;
+    let head = f.read::<[u8; NOTICE_LEN]>(payload)?;
+    if head[..4] != WIRE_MAGIC || head[5] != WIRE_KIND_HEARTBEAT {
+        return None;
+    }
+    let macs = f.read::<[u8; 12]>(0)?;
+    let udp = f.read::<[u8; 8]>(l4)?;
+    let notice = live.notice;
+    // Back to the sender: swap the Ethernet, IP and UDP sources and destinations. The IP
+    // header checksum stays valid (a ones-complement sum does not depend on the order).
+    let mut m = [0u8; 12];
+    m[..6].copy_from_slice(&macs[6..]);
+    m[6..].copy_from_slice(&macs[..6]);
+    f.write(0, m)?;
+    if ip_len == 4 {
+        let a = f.read::<[u8; 8]>(ip)?;
+        f.write(ip, [a[4], a[5], a[6], a[7], a[0], a[1], a[2], a[3]])?;
+    } else {
+        let a = f.read::<[u8; 32]>(ip)?;
+        let mut b = [0u8; 32];
+        b[..16].copy_from_slice(&a[16..]);
+        b[16..].copy_from_slice(&a[..16]);
+        f.write(ip, b)?;
+    }
+    let checksum = if ip_len == 4 {
+        // IPv4 allows "no checksum"; the heartbeat's may be a partial one (checksum offload
+        // of a local sender), which no update could mend.
+        [0, 0]
+    } else {
+        // IPv6 requires one: update it for the bytes replaced.
+        let mut sum = (!u16::from_be_bytes([udp[6], udp[7]])) as u32;
+        let mut i = 0;
+        while i < NOTICE_LEN {
+            sum += (!u16::from_be_bytes([head[i], head[i + 1]])) as u32;
+            sum += u16::from_be_bytes([notice[i], notice[i + 1]]) as u32;
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        match !(sum as u16) {
+            0 => [0xff, 0xff],
+            c => c.to_be_bytes(),
+        }
+    };
+    f.write(
+        l4,
+        [
+            udp[2],
+            udp[3],
+            udp[0],
+            udp[1],
+            udp[4],
+            udp[5],
+            checksum[0],
+            checksum[1],
+        ],
+    )?;
+    f.write(payload, notice)
+}
+
+/// `sched_process_exit`: the registered agent's main thread is exiting. Unless the agent said
+/// it was stopping (a planned restart), mark it dead, for `exit_notice`.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn agent_exit(_ctx: RawTracePointContext) -> i32 {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, pid) = ((id >> 32) as u32, id as u32);
+    if let Some(live) = LIVENESS.get_ptr_mut(0) {
+        // SAFETY: a map value; a racing writer can only be the agent registering anew.
+        unsafe {
+            if (*live).tgid != 0
+                && (*live).tgid == tgid
+                && pid == tgid
+                && (*live).state == AGENT_RUNNING
+            {
+                (*live).state = AGENT_EXITED;
+            }
+        }
+    }
+    0
 }
 
 /// Passes everything: the baseline the benchmark compares the gate with (on veth, attaching

@@ -63,6 +63,19 @@ impl Frame for XdpFrame {
     }
 }
 
+impl XdpFrame {
+    /// Writes `v` at `off`; `None` (nothing written) if it does not fit in the frame.
+    #[inline(always)]
+    pub fn write<T: Copy>(&self, off: usize, v: T) -> Option<()> {
+        if self.start + off + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: the whole `T` lies inside the frame (checked above).
+        unsafe { ((self.start + off) as *mut T).write_unaligned(v) };
+        Some(())
+    }
+}
+
 /// TC: direct access to the linear part of the skb (where a locally sent packet's headers
 /// are), `bpf_skb_load_bytes` for what lies beyond it. A helper call per read costs several
 /// percent of the egress rate; direct access almost nothing.

@@ -2,7 +2,7 @@
 //! DESIGN.md's invariants. A failing schedule prints its seed and the end of its trace.
 use std::time::Duration;
 
-use super::super::sim::{Rng, Sim, DEDICATED, LAN};
+use super::super::sim::{self, Rng, Sim, DEDICATED, LAN};
 use super::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -186,12 +186,34 @@ fn a_failed_fence_stops_the_takeover() {
     ));
 }
 
+/// Like `pair`, with `agent_exit = "wait"`: a crashed agent gets the restart grace.
+fn pair_waiting_for_crashed_agents(preempt: Option<Duration>) -> Sim {
+    let mut cfg = sim::config(2, 0, MS, preempt);
+    cfg.exit_takes_over = false;
+    let mut s = Sim::with_config(cfg, 1);
+    after(&mut s, ms(50));
+    s
+}
+
 #[test]
-fn an_agent_restart_on_the_active_keeps_its_gates() {
+fn a_crashed_agent_is_reported_by_its_kernel_and_taken_over_within_an_interval() {
     let mut s = pair(Some(ms(100)));
+    s.kill_agent(0);
+    let took = time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    // The next heartbeat n1 sends is answered with the exit notice (under an interval and a
+    // round trip), then the fence (2 ms here): well under the 5 ms dead time.
+    assert!(took <= ms(4), "{took:?}\n{}", s.tail());
+    assert!(!s.nodes[0].powered, "fenced first: its gates were open");
+    assert!(s.tail().contains("its kernel reports"), "{}", s.tail());
+}
+
+#[test]
+fn with_agent_exit_wait_a_crashed_agent_restarted_within_the_grace_keeps_its_gates() {
+    let mut s = pair_waiting_for_crashed_agents(Some(ms(100)));
     let changes = s.gate_changes;
     s.kill_agent(0);
-    after(&mut s, ms(3));
+    // Far longer than the dead time (5 ms), within the restart grace (500 ms).
+    after(&mut s, ms(200));
     s.start_agent(0);
     after(&mut s, ms(500));
     assert_eq!(
@@ -202,6 +224,40 @@ fn an_agent_restart_on_the_active_keeps_its_gates() {
     );
     assert_eq!(s.servers(0), vec![0]);
     assert_eq!(s.fences_requested, 0);
+}
+
+#[test]
+fn with_agent_exit_wait_a_crashed_agent_never_restarted_is_fenced_after_the_grace() {
+    let mut s = pair_waiting_for_crashed_agents(None);
+    s.kill_agent(0);
+    after(&mut s, ms(400));
+    assert_eq!(s.servers(0), vec![0], "still within the restart grace");
+    time_until(&mut s, ms(300), |s| s.servers(0) == vec![1]);
+    assert!(!s.nodes[0].powered);
+}
+
+#[test]
+fn a_forged_or_stale_exit_notice_changes_nothing() {
+    let mut s = pair(None);
+    let inc = s.nodes[0].incarnation;
+    // A token nobody committed to, for the right incarnation and for an old one.
+    for (i, token) in [
+        (inc, [0xab; wire::TOKEN_LEN]),
+        (inc - 1, [0; wire::TOKEN_LEN]),
+    ] {
+        let (r, before, after) = s.inject(1, LAN, &wire::encode_notice(i, &token)).unwrap();
+        assert_eq!(r, Err(wire::Rejected::UnknownNotice));
+        assert_eq!(before, after);
+    }
+    // The real notice of n0's previous incarnation, after a planned restart: stale.
+    s.stop_agent(0);
+    s.start_agent(0);
+    after(&mut s, ms(20));
+    let stale = wire::encode_notice(inc, &Sim::token(0, inc));
+    let (r, before, after) = s.inject(1, LAN, &stale).unwrap();
+    assert_eq!(r, Err(wire::Rejected::UnknownNotice));
+    assert_eq!(before, after);
+    assert_eq!(s.servers(0), vec![0]);
 }
 
 #[test]
@@ -314,7 +370,9 @@ fn random_schedule(seed: u64) {
     } else {
         None
     };
-    let mut s = Sim::new(nodes, MS, preempt, seed);
+    let mut cfg = sim::config(nodes, 0, MS, preempt);
+    cfg.exit_takes_over = rng.chance(0.7);
+    let mut s = Sim::with_config(cfg, seed);
     s.loss = [0.0, 0.01, 0.05, 0.2][rng.below(4) as usize];
     s.duplicate = [0.0, 0.05][rng.below(2) as usize];
     s.jitter = Duration::from_micros(rng.below(400));

@@ -1,0 +1,77 @@
+//! Kernel-assisted liveness: the agent registers its process with the data plane, and the
+//! kernel tells the peers when that process dies unannounced (see `takeover_common::Liveness`).
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, MapData},
+    programs::{links::FdLink, RawTracePoint},
+};
+use takeover_common::{
+    Liveness, AGENT_RUNNING, AGENT_STOPPING, EXIT_LINK_PIN, EXIT_PROGRAM, LIVENESS_MAP, NOTICE_LEN,
+};
+
+use super::{attach::loader, pins::PinDir, OBJECT};
+
+/// This agent's registration; dropping it leaves the registration as it is (the kernel
+/// reports the exit that follows, unless [`Registration::stopping`] said it is planned).
+pub struct Registration {
+    map: Array<MapData, Liveness>,
+    entry: Liveness,
+}
+
+/// Registers the calling process as the agent of this network namespace: peers' heartbeats
+/// to `port` on any interface with a gate (`pins` is one of them) get `notice` back once the
+/// process has exited without calling [`Registration::stopping`]. Attaches the exit
+/// tracepoint afresh each time (its pin is replaced, so one is left, never two).
+pub fn register(pins: &PinDir, port: u16, notice: [u8; NOTICE_LEN]) -> Result<Registration> {
+    let mut ebpf = loader(pins)
+        .load(OBJECT)
+        .map_err(|e| anyhow!("cannot load the eBPF object for the exit tracepoint: {e}"))?;
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(EXIT_PROGRAM)
+        .context("the eBPF object has no exit tracepoint")?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("cannot load {EXIT_PROGRAM}: {e}"))?;
+    let id = prog
+        .attach("sched_process_exit")
+        .map_err(|e| anyhow!("cannot attach to the sched_process_exit tracepoint: {e}"))?;
+    let link: FdLink = prog.take_link(id)?.into();
+    let pin = pins.exit_link();
+    // bpffs refuses names with a dot.
+    let tmp = pin.with_file_name(format!("{EXIT_LINK_PIN}_new"));
+    let _ = std::fs::remove_file(&tmp);
+    link.pin(&tmp)
+        .with_context(|| format!("pinning {}", tmp.display()))?;
+    // rename(2) replaces the old pin at once; the old link goes with its last reference.
+    std::fs::rename(&tmp, &pin).with_context(|| format!("pinning {}", pin.display()))?;
+
+    let map = ebpf
+        .take_map(LIVENESS_MAP)
+        .context("the eBPF object has no LIVENESS map")?;
+    let mut reg = Registration {
+        map: Array::try_from(map)?,
+        entry: Liveness {
+            tgid: std::process::id(),
+            state: AGENT_RUNNING,
+            port,
+            _pad: [0; 6],
+            notice,
+        },
+    };
+    reg.write()?;
+    Ok(reg)
+}
+
+impl Registration {
+    fn write(&mut self) -> Result<()> {
+        self.map
+            .set(0, self.entry, 0)
+            .context("writing the agent's liveness entry")
+    }
+
+    /// The agent is about to exit for a restart (its peers were told): no exit notice.
+    pub fn stopping(&mut self) -> Result<()> {
+        self.entry.state = AGENT_STOPPING;
+        self.write()
+    }
+}
