@@ -103,7 +103,8 @@ pub struct Preempt {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fence {
-    /// argv; the peer's name is appended. Exit status 0 means the peer is fenced.
+    /// argv; `{peer}` in an argument becomes the peer's name, else the name is appended.
+    /// Exit status 0 means the peer is fenced.
     pub command: Vec<String>,
     pub timeout: Duration,
 }
@@ -521,7 +522,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     };
     let fence = match &raw.fence {
         None => {
-            c.error(0..0, "fence.command", "missing: without fencing, a takeover can leave two hosts serving one address; give a command that powers the peer off or cuts it off the LAN (the peer's name is appended)");
+            c.error(0..0, "fence.command", "missing: without fencing, a takeover can leave two hosts serving one address; give a command that powers the peer off or cuts it off the LAN (the peer's name replaces {peer} in it, or is appended)");
             Fence {
                 command: vec![],
                 timeout: DEFAULT_FENCE_TIMEOUT,

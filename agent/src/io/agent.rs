@@ -363,7 +363,10 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
                         core_cfg.nodes[peer].clone(),
                         tx.clone(),
                     );
-                    log(format!("fencing {name}: {} {name}", argv.join(" ")));
+                    log(format!(
+                        "fencing {name}: {}",
+                        fence_argv(&argv, &name).join(" ")
+                    ));
                     tokio::spawn(async move {
                         let ok = fence(&argv, &name, timeout).await;
                         let _ = tx.send(Input::Fence(peer, ok));
@@ -433,11 +436,21 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
     }
 }
 
-/// Runs the fence command with the peer's name appended; true only on exit status 0 within
-/// the timeout.
+/// The fence command's argv for `peer`: `{peer}` in an argument is replaced by the peer's
+/// name; without any, the name is appended.
+pub fn fence_argv(argv: &[String], peer: &str) -> Vec<String> {
+    if argv.iter().any(|a| a.contains("{peer}")) {
+        argv.iter().map(|a| a.replace("{peer}", peer)).collect()
+    } else {
+        argv.iter().cloned().chain([peer.to_string()]).collect()
+    }
+}
+
+/// Runs the fence command for `peer`; true only on exit status 0 within the timeout.
 async fn fence(argv: &[String], peer: &str, timeout: Duration) -> bool {
+    let argv = fence_argv(argv, peer);
     let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).arg(peer).kill_on_drop(true);
+    cmd.args(&argv[1..]).kill_on_drop(true);
     match tokio::time::timeout(timeout, cmd.status()).await {
         Ok(Ok(status)) if status.success() => true,
         Ok(Ok(status)) => {
@@ -454,5 +467,20 @@ async fn fence(argv: &[String], peer: &str, timeout: Duration) -> bool {
             ));
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_argv;
+
+    #[test]
+    fn the_fence_command_gets_the_peer_in_place_or_at_the_end() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(fence_argv(&v(&["fence"]), "b"), v(&["fence", "b"]));
+        assert_eq!(
+            fence_argv(&v(&["ipmitool", "-H", "{peer}-bmc", "power", "off"]), "b"),
+            v(&["ipmitool", "-H", "b-bmc", "power", "off"])
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Real agents (`takeover run`) on a [`Lan`]: a shared key, a fence script, a config per
+//! Real agents (`takeover run`) on a [`Lan`]: a shared key, a fence command, a config per
 //! node, and the processes, kept by PID and SIGKILLed on drop.
 use std::{
     io::Write as _,
@@ -63,11 +63,13 @@ impl Drop for Agent {
     }
 }
 
-/// Files the agents share: a key, a fence script (it cuts the named peer off the LAN, a valid
-/// fence), and one config per node.
+/// Files the agents share: a key and one config per node, whose fence cuts the peer off the
+/// LAN (a valid fence: it can no longer serve).
 pub struct Cluster {
     pub dir: PathBuf,
     pub timing: Timing,
+    /// Host name -> its namespace, for the fence that cuts it off the LAN.
+    fences: std::collections::BTreeMap<String, String>,
 }
 
 impl Drop for Cluster {
@@ -87,18 +89,18 @@ impl Cluster {
         let key = dir.join("key");
         std::fs::File::create(&key)?.write_all(b"an integration test key of 32 by")?;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-        let mut script = String::from("#!/bin/sh\ncase \"$1\" in\n");
-        for h in &lan.hosts {
-            script.push_str(&format!(
-                "  {}) ip -n {} link set lan down ;;\n",
-                h.name, h.ns.name
-            ));
-        }
-        script.push_str("  *) exit 1 ;;\nesac\n");
-        let fence = dir.join("fence");
-        std::fs::write(&fence, script)?;
-        std::fs::set_permissions(&fence, std::fs::Permissions::from_mode(0o700))?;
-        Ok(Self { dir, timing })
+        // The fence cuts the peer off the LAN, run without a shell (it is on the takeover's
+        // critical path); `{peer}` only names the peer to the command's environment.
+        let fences = lan
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.ns.name.clone()))
+            .collect();
+        Ok(Self {
+            dir,
+            timing,
+            fences,
+        })
     }
 
     pub fn config(&self, me: &Host, peer: &Host) -> Result<PathBuf> {
@@ -126,7 +128,7 @@ startup_grace = "3s"
 delay = "{preempt}"
 
 [fence]
-command = ["{fence}"]
+command = ["env", "FENCED={{peer}}", "ip", "-n", "{peer_ns}", "link", "set", "lan", "down"]
 timeout = "5s"
 
 [announce]
@@ -142,7 +144,7 @@ key_file = "{key}"
             peer = peer.name,
             peer_ded = peer.ded_addr4(),
             peer_lan = peer.addr4(),
-            fence = self.dir.join("fence").display(),
+            peer_ns = self.fences[&peer.name],
             key = self.dir.join("key").display(),
             interval = self.timing.interval,
             misses = self.timing.misses,

@@ -1,12 +1,13 @@
 //! `cargo xtask bench failover`: the client-seen gap and the requests lost, per scenario, over
 //! several trials, each on a fresh topology; and a soak under CPU load that counts takeovers
 //! and measures the agent's footprint. Writes its section of BENCHMARKS.md.
-use std::{fmt::Write as _, process::Child, sync::Arc, time::Duration};
+use std::{fmt::Write as _, path::PathBuf, process::Child, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 
 use crate::{
     agents::{Agent, Cluster, Timing, LOGICAL},
+    keepalived::{Keepalived, Vrrp},
     load::{now_us, Load, Seen},
     stats::{median, range},
     topology::{wait_for, Lan},
@@ -20,7 +21,8 @@ const SOAK: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scenario {
-    /// a's agent is SIGKILLed, then its links go down: nothing more comes from a.
+    /// a's links go down (the line first), then its agent is SIGKILLed: nothing more comes
+    /// from a.
     Crash,
     /// Nothing leaves a any more (an empty qdisc) while its carrier stays up; then SIGKILL.
     Silent,
@@ -43,29 +45,83 @@ fn timing() -> Timing {
     }
 }
 
+/// What serves the logical address: our agents, or keepalived as the reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum System {
+    Takeover,
+    Keepalived(Vrrp),
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Takeover => "takeover",
+            System::Keepalived(Vrrp::Fast) => "keepalived, VRRPv3 advert_int 0.01",
+            System::Keepalived(Vrrp::Default) => "keepalived, defaults (VRRPv2, advert 1 s)",
+        }
+    }
+
+    /// keepalived has no switchover command.
+    fn runs(self, sc: Scenario) -> bool {
+        self == System::Takeover || sc != Scenario::Switchover
+    }
+}
+
+enum Servers {
+    Agents(Cluster, Vec<Agent>),
+    Keepalived(TempDir, Vec<Keepalived>),
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One cluster (a serving, b standing by) with a client load running.
 struct Rig {
     lan: Lan,
-    cluster: Cluster,
-    agents: Vec<Agent>,
+    servers: Servers,
     _responders: Vec<Responder>,
     load: Load,
 }
 
-fn rig(t: &Takeover) -> Result<Rig> {
+fn rig(t: &Takeover, system: System) -> Result<Rig> {
     let lan = Lan::new(t, &["cli", "a", "b"])?;
     lan.dedicated_line("a", "b")?;
-    let cluster = Cluster::new(&lan, timing())?;
     let (a, b) = (lan.host("a"), lan.host("b"));
-    let agents = vec![cluster.start(t, a, b)?, cluster.start(t, b, a)?];
+    let servers = match system {
+        System::Takeover => {
+            let cluster = Cluster::new(&lan, timing())?;
+            let agents = vec![cluster.start(t, a, b)?, cluster.start(t, b, a)?];
+            for h in [a, b] {
+                wait_for("the logical address", Duration::from_secs(15), || {
+                    Ok(h.ns
+                        .ip("-o addr show dev lan")?
+                        .contains(LOGICAL)
+                        .then_some(()))
+                })?;
+            }
+            Servers::Agents(cluster, agents)
+        }
+        System::Keepalived(vrrp) => {
+            let dir = TempDir(std::env::temp_dir().join(format!(
+                "takeover-keepalived-{}-{}",
+                std::process::id(),
+                lan.switch.name
+            )));
+            let k = vec![
+                Keepalived::start(a, vrrp, &dir.0)?,
+                Keepalived::start(b, vrrp, &dir.0)?,
+            ];
+            Servers::Keepalived(dir, k)
+        }
+    };
     let mut responders = Vec::new();
     for h in [a, b] {
-        wait_for("the logical address", Duration::from_secs(15), || {
-            Ok(h.ns
-                .ip("-o addr show dev lan")?
-                .contains(LOGICAL)
-                .then_some(()))
-        })?;
         responders.push(Responder::spawn(
             &h.ns,
             &format!("{LOGICAL}:{PORT}"),
@@ -90,8 +146,7 @@ fn rig(t: &Takeover) -> Result<Rig> {
     std::thread::sleep(Duration::from_millis(300));
     Ok(Rig {
         lan,
-        cluster,
-        agents,
+        servers,
         _responders: responders,
         load,
     })
@@ -104,20 +159,47 @@ impl Rig {
         })
     }
 
+    /// SIGKILL to every process of a's failover software.
+    fn kill_a(&mut self) {
+        match &mut self.servers {
+            Servers::Agents(_, agents) => agents[0].kill(),
+            Servers::Keepalived(_, k) => k[0].kill(),
+        }
+    }
+
+    fn restart_a(&mut self, t: &Takeover) -> Result<()> {
+        let (a, b) = (self.lan.host("a"), self.lan.host("b"));
+        match &mut self.servers {
+            Servers::Agents(cluster, agents) => agents[0] = cluster.start(t, a, b)?,
+            Servers::Keepalived(dir, k) => {
+                k[0] = Keepalived::start(a, k[0].vrrp, &dir.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn logs(&self) -> (String, String) {
+        match &self.servers {
+            Servers::Agents(_, agents) => (agents[0].log(), agents[1].log()),
+            Servers::Keepalived(_, k) => (k[0].log(), k[1].log()),
+        }
+    }
+
     fn crash_a(&mut self) -> Result<u64> {
         let t0 = now_us();
-        self.agents[0].kill();
         let a = self.lan.host("a");
-        a.ns.ip("link set ded down")?;
-        a.ns.ip("link set lan down")?;
+        // One shell, as for `silent`: the gap is the detection's, not the time between two
+        // commands.
+        a.ns.sh("ip link set ded down; ip link set lan down")?;
+        self.kill_a();
         self.wait_served_by("b", t0)?;
         Ok(t0)
     }
 }
 
 /// One trial: (client-seen gap, requests lost).
-fn trial(t: &Takeover, sc: Scenario) -> Result<(Duration, usize)> {
-    let mut r = rig(t)?;
+fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)> {
+    let mut r = rig(t, system)?;
     let t0 = match sc {
         Scenario::Crash => r.crash_a()?,
         Scenario::Silent => {
@@ -126,7 +208,7 @@ fn trial(t: &Takeover, sc: Scenario) -> Result<(Duration, usize)> {
             // One shell, the line first: a stays reachable to the client until both are mute,
             // so the gap is the detection's, not the time between two commands.
             a.ns.sh("tc qdisc replace dev ded root pfifo limit 0; tc qdisc replace dev lan root pfifo limit 0")?;
-            r.agents[0].kill();
+            r.kill_a();
             r.wait_served_by("b", t0)?;
             t0
         }
@@ -134,10 +216,10 @@ fn trial(t: &Takeover, sc: Scenario) -> Result<(Duration, usize)> {
             r.crash_a()?;
             std::thread::sleep(Duration::from_millis(300));
             let t0 = now_us();
-            let (a, b) = (r.lan.host("a"), r.lan.host("b"));
+            let a = r.lan.host("a");
             a.ns.ip("link set lan up")?;
             a.ns.ip("link set ded up")?;
-            r.agents[0] = r.cluster.start(t, a, b)?;
+            r.restart_a(t)?;
             r.wait_served_by("a", t0)?;
             t0
         }
@@ -150,14 +232,13 @@ fn trial(t: &Takeover, sc: Scenario) -> Result<(Duration, usize)> {
     };
     std::thread::sleep(Duration::from_millis(300));
     let end = now_us();
+    let (la, lb) = r.logs();
     let seen: Seen = r.load.stop();
     if std::env::var_os("TAKEOVER_BENCH_LOGS").is_some() {
         eprintln!(
-            "t0 = {}.{:06}\n-- a:\n{}-- b:\n{}",
+            "t0 = {}.{:06}\n-- a:\n{la}-- b:\n{lb}",
             t0 / 1_000_000,
             t0 % 1_000_000,
-            r.agents[0].log(),
-            r.agents[1].log()
         );
     }
     let gap = seen.longest_gap(t0.saturating_sub(100_000), end);
@@ -194,7 +275,10 @@ struct Soak {
 
 /// 30 s with four CPU-busy processes and no fault: count takeovers, measure the agent.
 fn soak(t: &Takeover) -> Result<Soak> {
-    let r = rig(t)?;
+    let r = rig(t, System::Takeover)?;
+    let Servers::Agents(_, agents) = &r.servers else {
+        unreachable!("a takeover rig")
+    };
     let mut hogs: Vec<Child> = (0..4)
         .map(|_| {
             std::process::Command::new("sh")
@@ -202,7 +286,7 @@ fn soak(t: &Takeover) -> Result<Soak> {
                 .spawn()
         })
         .collect::<std::io::Result<_>>()?;
-    let pid = r.agents[0].child.id();
+    let pid = agents[0].child.id();
     let (ticks0, _) = usage(pid)?;
     std::thread::sleep(SOAK);
     let (ticks1, rss) = usage(pid)?;
@@ -211,8 +295,7 @@ fn soak(t: &Takeover) -> Result<Soak> {
         let _ = h.wait();
     }
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let lb = r.agents[1].log();
-    let la = r.agents[0].log();
+    let (la, lb) = r.logs();
     Ok(Soak {
         takeovers: lb.matches(&format!("{LOGICAL} open")).count(),
         fences: lb.matches("fencing").count() + la.matches("fencing").count(),
@@ -221,25 +304,78 @@ fn soak(t: &Takeover) -> Result<Soak> {
     })
 }
 
+/// Per trial: (client-seen gap, requests lost).
+type Trials = Vec<(Duration, usize)>;
+
+const SYSTEMS: [System; 3] = [
+    System::Takeover,
+    System::Keepalived(Vrrp::Fast),
+    System::Keepalived(Vrrp::Default),
+];
+
+/// `median (min–max)` of gaps in ms, and the median of losses.
+fn summary(v: &[(Duration, usize)]) -> (f64, String, f64) {
+    let gaps: Vec<f64> = v.iter().map(|(g, _)| g.as_secs_f64() * 1e3).collect();
+    let lost: Vec<f64> = v.iter().map(|(_, l)| *l as f64).collect();
+    let (gmin, gmax) = range(&gaps);
+    let (lmin, lmax) = range(&lost);
+    let g = median(&gaps);
+    let fmt = |x: f64| {
+        if x >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.1}")
+        }
+    };
+    let text = format!(
+        "{} ms ({}–{}), lost {} ({lmin}–{lmax})",
+        fmt(g),
+        fmt(gmin),
+        fmt(gmax),
+        median(&lost)
+    );
+    (g, text, median(&lost))
+}
+
 pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
-    let mut results: Vec<(Scenario, Vec<(Duration, usize)>)> =
-        Scenario::ALL.iter().map(|s| (*s, Vec::new())).collect();
-    // TAKEOVER_BENCH_ONLY=Silent TAKEOVER_BENCH_TRIALS=1 TAKEOVER_BENCH_LOGS=1: one look at one story.
+    // TAKEOVER_BENCH_ONLY=Silent TAKEOVER_BENCH_TRIALS=1 TAKEOVER_BENCH_LOGS=1: one look at one
+    // story (TAKEOVER_BENCH_SYSTEMS=takeover leaves keepalived out, TAKEOVER_BENCH_SOAK=0 the soak).
     let only = std::env::var("TAKEOVER_BENCH_ONLY").ok();
+    let systems = std::env::var("TAKEOVER_BENCH_SYSTEMS").ok();
     let trials = std::env::var("TAKEOVER_BENCH_TRIALS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(TRIALS);
-    results.retain(|(sc, _)| only.as_deref().is_none_or(|o| format!("{sc:?}") == o));
+    let mut results: Vec<(System, Scenario, Trials)> = Vec::new();
+    for sc in Scenario::ALL {
+        for sys in SYSTEMS {
+            let wanted = only.as_deref().is_none_or(|o| format!("{sc:?}") == o)
+                && systems.as_deref().is_none_or(|s| sys.name().starts_with(s));
+            if sys.runs(sc) && wanted {
+                results.push((sys, sc, Vec::new()));
+            }
+        }
+    }
+    // Interleaved: every (system, scenario) once per round, so drift hits all alike.
     for round in 0..trials {
-        for (sc, v) in results.iter_mut() {
-            let r = trial(t, *sc)?;
-            eprintln!("trial {round} {sc:?}: gap {:?}, lost {}", r.0, r.1);
+        for (sys, sc, v) in results.iter_mut() {
+            let r = trial(t, *sys, *sc)
+                .with_context(|| format!("{} {sc:?}, round {round}", sys.name()))?;
+            eprintln!(
+                "trial {round} {sc:?} {}: gap {:?}, lost {}",
+                sys.name(),
+                r.0,
+                r.1
+            );
             v.push(r);
         }
     }
-    eprintln!("soak: {SOAK:?} with 4 busy processes");
-    let soak = soak(t)?;
+    let soak = if std::env::var("TAKEOVER_BENCH_SOAK").as_deref() == Ok("0") {
+        None
+    } else {
+        eprintln!("soak: {SOAK:?} with 4 busy processes");
+        Some(soak(t)?)
+    };
     let mut s = String::new();
     writeln!(s, "## Failover (`cargo xtask bench failover`)\n")?;
     writeln!(
@@ -249,38 +385,78 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     let tm = timing();
     writeln!(
         s,
-        "Namespace topology (client, a, b on a bridge, dedicated line a<->b); agents with heartbeats every {} on both paths, dead after {} \
-         misses, preempt delay {}, real-time priority; a UDP client at 1000 requests/s. {TRIALS} trials per scenario, each on a fresh \
-         topology, scenarios interleaved. Gap = the longest silence the client saw; lost = requests without a reply.\n",
-        tm.interval, tm.misses, tm.preempt_delay
+        "Namespace topology (client, a, b on a bridge, dedicated line a<->b); a UDP client at 1000 requests/s. \
+         takeover: heartbeats every {} on both paths, dead after {} misses, preempt delay {}, real-time priority, threaded NAPI, \
+         kernel exit notices on, the fence cuts the peer's LAN link (`ip -n NS link set lan down`, about 2 ms of the gap). \
+         keepalived {}: VRRP on the LAN, a priority 200, b 100, preempt; the backup's service binds the address with \
+         `ip_nonlocal_bind`. {trials} trials per (system, scenario), each on a fresh topology, all interleaved. \
+         Gap = the longest silence the client saw, median (min–max); lost = requests without a reply, median (min–max). \
+         Ratio = keepalived's median gap / takeover's.\n",
+        tm.interval, tm.misses, tm.preempt_delay, keepalived_version()
     )?;
     writeln!(
         s,
-        "| scenario | gap median | gap range | lost median | lost range |"
+        "| scenario | takeover | keepalived VRRPv3, advert 10 ms | keepalived defaults, advert 1 s | ratio (10 ms) | ratio (defaults) |"
     )?;
-    writeln!(s, "|---|---|---|---|---|")?;
-    for (sc, v) in &results {
-        let gaps: Vec<f64> = v.iter().map(|(g, _)| g.as_secs_f64() * 1e3).collect();
-        let lost: Vec<f64> = v.iter().map(|(_, l)| *l as f64).collect();
-        let (gmin, gmax) = range(&gaps);
-        let (lmin, lmax) = range(&lost);
+    writeln!(s, "|---|---|---|---|---|---|")?;
+    for sc in Scenario::ALL {
+        let cell = |sys: System| {
+            results
+                .iter()
+                .find(|(y, c, v)| *y == sys && *c == sc && !v.is_empty())
+                .map(|(_, _, v)| summary(v))
+        };
+        let ours = cell(System::Takeover);
+        let (fast, slow) = (
+            cell(System::Keepalived(Vrrp::Fast)),
+            cell(System::Keepalived(Vrrp::Default)),
+        );
+        if ours.is_none() && fast.is_none() && slow.is_none() {
+            continue;
+        }
+        let text = |c: &Option<(f64, String, f64)>| {
+            c.as_ref().map_or("—".to_string(), |(_, t, _)| t.clone())
+        };
+        let ratio = |c: &Option<(f64, String, f64)>| match (&ours, c) {
+            (Some((o, _, _)), Some((k, _, _))) if *o > 0.0 => format!("{:.0}×", k / o),
+            _ => "—".to_string(),
+        };
         writeln!(
             s,
-            "| {sc:?} | {:.1} ms | {gmin:.1}–{gmax:.1} ms | {} | {lmin}–{lmax} |",
-            median(&gaps),
-            median(&lost)
+            "| {sc:?} | {} | {} | {} | {} | {} |",
+            text(&ours),
+            text(&fast),
+            text(&slow),
+            ratio(&fast),
+            ratio(&slow)
         )?;
     }
-    writeln!(
-        s,
-        "\nSoak, {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a used {:.2} % of a core, RSS {:.1} MiB.",
-        SOAK.as_secs(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        soak.takeovers,
-        soak.fences,
-        soak.cpu_percent,
-        soak.rss_kib as f64 / 1024.0
-    )?;
-    writeln!(s, "\nNot yet measured side by side: keepalived (the DESIGN.md reference figures came from an earlier run on this topology).")?;
+    if let Some(soak) = soak {
+        writeln!(
+            s,
+            "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a used {:.2} % of a core, RSS {:.1} MiB.",
+            SOAK.as_secs(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            soak.takeovers,
+            soak.fences,
+            soak.cpu_percent,
+            soak.rss_kib as f64 / 1024.0
+        )?;
+    }
     Ok(s)
+}
+
+fn keepalived_version() -> String {
+    std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stderr).to_string()
+                + &String::from_utf8_lossy(&o.stdout);
+            text.split_whitespace()
+                .find(|w| w.starts_with('v'))
+                .map(|w| w.trim_start_matches('v').to_string())
+        })
+        .unwrap_or_else(|| "(version unknown)".into())
 }

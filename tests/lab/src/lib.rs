@@ -8,6 +8,7 @@ pub mod agents;
 pub mod capture;
 pub mod failover_bench;
 pub mod failover_demo;
+pub mod keepalived;
 pub mod load;
 pub mod stats;
 pub mod topology;

@@ -123,8 +123,12 @@ impl Lan {
     /// 10.78.0.<i+1>/24 and static neighbours.
     pub fn dedicated_line(&self, a: &str, b: &str) -> Result<()> {
         let (a, b) = (self.host(a), self.host(b));
+        // Distinct interface indexes on the two ends. On one kernel (namespaces) the ends of
+        // a veth with equal indexes count as non-urgent for linkwatch, whose rate limit is
+        // global: b's carrier event then waits behind a's, up to a second. Two machines have a
+        // linkwatch each; distinct indexes make the namespaces behave like them.
         crate::ip(&format!(
-            "link add ded netns {} address {} type veth peer ded netns {} address {}",
+            "link add ded netns {} index 1001 address {} type veth peer ded netns {} index 1002 address {}",
             a.ns.name,
             a.ded_mac(),
             b.ns.name,

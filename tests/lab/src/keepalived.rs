@@ -1,0 +1,90 @@
+//! keepalived (Debian's package) on the same topology, as the reference the failover
+//! benchmark compares with: VRRP on `lan`, a the master (priority 200), b the backup.
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{agents::LOGICAL, topology::Host};
+
+/// How keepalived is tuned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vrrp {
+    /// As installed: VRRPv2, one advertisement a second.
+    Default,
+    /// VRRPv3 with `advert_int 0.01` (10 ms), its fastest.
+    Fast,
+}
+
+/// One keepalived (its parent and VRRP child in a process group of their own), SIGKILLed
+/// as a group on drop.
+pub struct Keepalived {
+    child: Child,
+    dir: PathBuf,
+    pub vrrp: Vrrp,
+}
+
+impl Keepalived {
+    /// Starts keepalived on `host` with a config written under `dir`.
+    pub fn start(host: &Host, vrrp: Vrrp, dir: &Path) -> Result<Self> {
+        let dir = dir.join(format!("keepalived-{}", host.name));
+        std::fs::create_dir_all(&dir)?;
+        let (priority, state) = if host.name == "a" {
+            (200, "MASTER")
+        } else {
+            (100, "BACKUP")
+        };
+        let (version, advert) = match vrrp {
+            Vrrp::Default => ("", ""),
+            Vrrp::Fast => ("    vrrp_version 3\n", "    advert_int 0.01\n"),
+        };
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n    router_id {name}\n{version}}}\n\
+                 vrrp_instance bench {{\n    state {state}\n    interface lan\n    virtual_router_id 77\n    \
+                 priority {priority}\n{advert}    virtual_ipaddress {{\n        {LOGICAL}/24\n    }}\n}}\n",
+                name = host.name
+            ),
+        )?;
+        // The backup's service binds the address before keepalived gives it one.
+        host.ns.sh("sysctl -qw net.ipv4.ip_nonlocal_bind=1")?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", host.ns.path().display()))
+            .arg("keepalived")
+            .args(["--dont-fork", "--vrrp", "--log-console", "--use-file"])
+            .arg(&conf)
+            .arg("--pid")
+            .arg(dir.join("keepalived.pid"))
+            .arg("--vrrp_pid")
+            .arg(dir.join("vrrp.pid"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log"))?)
+            .process_group(0)
+            .spawn()
+            .context("starting keepalived (cargo xtask setup installs it)")?;
+        Ok(Self { child, dir, vrrp })
+    }
+
+    /// Every process of this keepalived, SIGKILLed at once: a crash, no goodbye advert.
+    pub fn kill(&mut self) {
+        let pgid = self.child.id() as i32;
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
