@@ -170,6 +170,8 @@ pub struct Core {
     seq: Vec<u64>,
     next_heartbeat: Duration,
     last_tick: Option<Duration>,
+    /// When this node last ran (a timeout or datagrams), for the late wake-up credit.
+    last_awake: Option<Duration>,
     actions: VecDeque<Action>,
     rejected: RejectCounts,
     /// This node's vote per address, as last decided.
@@ -228,6 +230,7 @@ impl Core {
             seq: vec![0; cfg.paths],
             next_heartbeat: now,
             last_tick: None,
+            last_awake: None,
             actions: VecDeque::new(),
             rejected: RejectCounts::default(),
             votes: vec![None; addrs.len()],
@@ -538,10 +541,23 @@ impl Core {
         self.decide(now);
     }
 
+    /// Datagrams were just handled (a wake-up the shell had anyway). If this node's next
+    /// heartbeat is due within half an interval, it goes now, and the next one a little over
+    /// an interval later: two peers then fall into step, each sending when it hears the
+    /// other, and a node wakes about once per interval instead of twice (its timer and the
+    /// peer's heartbeat). Two heartbeats are never more than 1⅛ intervals apart.
+    pub fn heard(&mut self, now: Duration) {
+        self.last_awake = Some(now);
+        if now + self.cfg.interval / 2 >= self.next_heartbeat && now < self.next_heartbeat {
+            self.send_heartbeats(now);
+            self.next_heartbeat = now + self.cfg.interval + self.cfg.interval / 8;
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Duration) {
         // A detector that woke late does not count the silence it slept through: credit the
         // peers with the time this node was not running.
-        if let Some(last) = self.last_tick {
+        if let Some(last) = self.last_awake {
             let slept = now.saturating_sub(last);
             if slept > self.cfg.interval * 2 {
                 let credit = slept - self.cfg.interval;
@@ -553,6 +569,7 @@ impl Core {
             }
         }
         self.last_tick = Some(now);
+        self.last_awake = Some(now);
         for p in self.others().collect::<Vec<_>>() {
             if self.death_deadline(p).is_some_and(|d| now >= d) {
                 self.declare_dead(now, p, "every path silent");

@@ -446,6 +446,7 @@ impl Sim {
             }
             if let Some(c) = self.nodes[d.to].core.as_mut() {
                 let _ = c.handle_datagram(now, d.path, &d.bytes);
+                c.heard(now);
             } else if self.nodes[d.to].exited && !wire::is_notice(&d.bytes) {
                 // The data plane of a node whose agent died answers in its name.
                 let inc = self.nodes[d.to].incarnation;

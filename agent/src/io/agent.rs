@@ -129,7 +129,6 @@ fn realtime() {
 }
 
 enum Input {
-    Datagram(usize, Vec<u8>),
     Fence(NodeId, bool),
 }
 
@@ -198,22 +197,12 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
     let mut sockets = Vec::new();
     for (path, addr) in cfg.node.listen.iter().enumerate() {
-        let sock = Arc::new(
-            UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind path {path} to {addr}"))?,
-        );
-        sockets.push(sock.clone());
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_MESSAGE + 1];
-            while let Ok((n, _)) = sock.recv_from(&mut buf).await {
-                if tx.send(Input::Datagram(path, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        });
+        let sock = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind path {path} to {addr}"))?;
+        sockets.push(sock);
     }
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
     // The dedicated line's interface: its carrier is a hint for the core.
     let dedicated = if cfg.node.listen.len() > 1 {
         netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
@@ -380,12 +369,19 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
         }
         let wake = start + core.poll_timeout();
         tokio::select! {
-            input = rx.recv() => match input {
-                Some(Input::Datagram(path, bytes)) => {
-                    let _ = core.handle_datagram(now(), path, &bytes);
+            // Every datagram waiting on any path is handled in one wake-up: a wake-up costs
+            // more than a datagram, and the peer sends on all paths at once.
+            () = recv_ready(&sockets) => {
+                for (path, sock) in sockets.iter().enumerate() {
+                    while let Ok((n, _)) = sock.try_recv_from(&mut buf) {
+                        let _ = core.handle_datagram(now(), path, &buf[..n]);
+                    }
                 }
+                core.heard(now());
+            }
+            input = rx.recv() => match input {
                 Some(Input::Fence(peer, ok)) => core.handle_fence(now(), peer, ok),
-                None => bail!("all sockets closed"),
+                None => bail!("the fence channel closed"),
             },
             ev = links.next() => match ev {
                 Some(ev) if ev.ifindex == lan.index => core.handle_lan(now(), ev.up),
@@ -434,6 +430,18 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
             }
         }
     }
+}
+
+/// Resolves when any socket has a datagram to read.
+fn recv_ready(sockets: &[UdpSocket]) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        for s in sockets {
+            if s.poll_recv_ready(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
 }
 
 /// The fence command's argv for `peer`: `{peer}` in an argument is replaced by the peer's

@@ -3,6 +3,7 @@
 //! a late detector both sends late and (rightly) refuses to count the silence it slept
 //! through, which delays every detection. A timerfd wakes when asked.
 use std::{
+    cell::Cell,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Instant,
@@ -12,6 +13,9 @@ use tokio::io::unix::AsyncFd;
 
 pub struct Timer {
     fd: AsyncFd<OwnedFd>,
+    /// The deadline the timerfd is armed for and has not yet reported: the loop asks for the
+    /// same one after every datagram, and re-arming costs a system call.
+    armed: Cell<Option<Instant>>,
 }
 
 impl Timer {
@@ -27,7 +31,10 @@ impl Timer {
         }
         // SAFETY: an OwnedFd keeps its descriptor open and unchanged for the AsyncFd's life.
         let fd = unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd)) }.map_err(io::Error::from)?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            armed: Cell::new(None),
+        })
     }
 
     /// Waits until `deadline` (returns at once if it has passed).
@@ -36,6 +43,29 @@ impl Timer {
         if left.is_zero() {
             return Ok(());
         }
+        if self.armed.get() != Some(deadline) {
+            self.arm(left)?;
+            self.armed.set(Some(deadline));
+        }
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut expirations = 0u64;
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut expirations as *mut u64).cast(),
+                    8,
+                )
+            };
+            if n == 8 {
+                self.armed.set(None);
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    fn arm(&self, left: std::time::Duration) -> io::Result<()> {
         // Relative arming: Instant's clock is CLOCK_MONOTONIC, but not exposed as a timespec.
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
@@ -52,20 +82,6 @@ impl Timer {
         {
             return Err(io::Error::last_os_error());
         }
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut expirations = 0u64;
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    (&mut expirations as *mut u64).cast(),
-                    8,
-                )
-            };
-            if n == 8 {
-                return Ok(());
-            }
-            guard.clear_ready();
-        }
+        Ok(())
     }
 }

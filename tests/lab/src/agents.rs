@@ -63,6 +63,23 @@ impl Drop for Agent {
     }
 }
 
+/// The command that cuts the host in namespace `ns` off the LAN: the lab's `fence` program
+/// if it was built beside this executable (the benchmarks and the demo), else `ip`.
+fn fence_command(ns: &str) -> String {
+    let exe = std::env::current_exe().ok();
+    let found = exe
+        .iter()
+        .flat_map(|e| e.ancestors().skip(1).take(2))
+        .map(|d| d.join("fence"))
+        .find(|p| p.is_file());
+    match found {
+        Some(f) => format!(r#"["{}", "{ns}", "lan", "{{peer}}"]"#, f.display()),
+        None => format!(
+            r#"["env", "FENCED={{peer}}", "ip", "-n", "{ns}", "link", "set", "lan", "down"]"#
+        ),
+    }
+}
+
 /// Files the agents share: a key and one config per node, whose fence cuts the peer off the
 /// LAN (a valid fence: it can no longer serve).
 pub struct Cluster {
@@ -90,7 +107,7 @@ impl Cluster {
         std::fs::File::create(&key)?.write_all(b"an integration test key of 32 by")?;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
         // The fence cuts the peer off the LAN, run without a shell (it is on the takeover's
-        // critical path); `{peer}` only names the peer to the command's environment.
+        // critical path).
         let fences = lan
             .hosts
             .iter()
@@ -128,7 +145,7 @@ startup_grace = "3s"
 delay = "{preempt}"
 
 [fence]
-command = ["env", "FENCED={{peer}}", "ip", "-n", "{peer_ns}", "link", "set", "lan", "down"]
+command = {fence}
 timeout = "5s"
 
 [announce]
@@ -144,7 +161,7 @@ key_file = "{key}"
             peer = peer.name,
             peer_ded = peer.ded_addr4(),
             peer_lan = peer.addr4(),
-            peer_ns = self.fences[&peer.name],
+            fence = fence_command(&self.fences[&peer.name]),
             key = self.dir.join("key").display(),
             interval = self.timing.interval,
             misses = self.timing.misses,

@@ -220,7 +220,10 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
             a.ns.ip("link set lan up")?;
             a.ns.ip("link set ded up")?;
             r.restart_a(t)?;
-            r.wait_served_by("a", t0)?;
+            if let Err(e) = r.wait_served_by("a", t0) {
+                let (la, lb) = r.logs();
+                anyhow::bail!("{e}\n-- a:\n{la}-- b:\n{lb}");
+            }
             t0
         }
         Scenario::Switchover => {

@@ -30,7 +30,10 @@ pub struct Keepalived {
 impl Keepalived {
     /// Starts keepalived on `host` with a config written under `dir`.
     pub fn start(host: &Host, vrrp: Vrrp, dir: &Path) -> Result<Self> {
-        let dir = dir.join(format!("keepalived-{}", host.name));
+        // One directory per start: a replaced keepalived removes only its own.
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = dir.join(format!("keepalived-{}-{n}", host.name));
         std::fs::create_dir_all(&dir)?;
         let (priority, state) = if host.name == "a" {
             (200, "MASTER")
