@@ -967,3 +967,36 @@ fn the_exit_notice_answers_only_heartbeats_to_the_agents_port() {
         assert_eq!(g.ingress(&frame), (XDP_PASS, frame.clone()), "{what}");
     }
 }
+
+#[test]
+fn a_registered_agents_data_plane_answers_probes_itself() {
+    let mut g = Gate::load();
+    let probe = takeover::core::wire::encode_probe(b"key", 9, 1, 0);
+    let frame = eth(
+        SERVER_MAC,
+        PEER_MAC,
+        0x0800,
+        &ipv4(OTHER4, CLIENT4, 17, &udp(HB_PORT, HB_PORT, &probe)),
+    );
+    set_liveness(&mut g, takeover_common::AGENT_NONE, [0; 32]);
+    assert_eq!(
+        g.ingress(&frame),
+        (XDP_PASS, frame.clone()),
+        "no agent: no answer"
+    );
+    for state in [
+        takeover_common::AGENT_RUNNING,
+        takeover_common::AGENT_STOPPING,
+        takeover_common::AGENT_EXITED,
+    ] {
+        set_liveness(&mut g, state, [0; 32]);
+        let (verdict, out) = g.ingress(&frame);
+        assert_eq!(verdict, XDP_TX, "state {state}");
+        assert_eq!((&out[26..30], &out[30..34]), (&CLIENT4[..], &OTHER4[..]));
+        assert_eq!(
+            takeover::core::wire::decode_probe_answer(&out[42..], b"key"),
+            Ok((9, 1, 0)),
+            "state {state}: the answer proves the probe arrived"
+        );
+    }
+}

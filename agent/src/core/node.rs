@@ -45,6 +45,12 @@ pub struct CoreConfig {
     pub startup_grace: Duration,
     /// How long the peers wait for an agent that said it is restarting.
     pub restart_grace: Duration,
+    /// While the dedicated line's carrier is down, probe each peer's data plane on the LAN
+    /// this often (zero: never); its kernel answers whatever its agent is doing.
+    pub probe_interval: Duration,
+    /// With probes running, a peer whose kernel has not answered (nor its agent sent) for
+    /// this long is dead: the LAN confirms what the dark line suggested.
+    pub probe_confirm: Duration,
     /// A peer whose kernel reports that its agent died unannounced is dead at once (true),
     /// or is given `restart_grace` for a new agent, as for a planned restart (false).
     pub exit_takes_over: bool,
@@ -134,6 +140,9 @@ struct Peer {
     /// The newest of this node's heartbeats (its `sent_at_us`) the peer had heard when it
     /// last wrote: its summary and votes take into account what this node said until then.
     acked_us: u64,
+    /// When the peer's data plane last answered a probe, and the newest probe it answered.
+    probe_answered: Option<Duration>,
+    probe_answered_seq: u64,
     /// `sent_at_us` of the heartbeat `summary` came from: an older one arriving later on
     /// another path must not replace it.
     summary_sent_us: u64,
@@ -177,6 +186,11 @@ pub struct Core {
     /// This node's vote per address, as last decided.
     votes: Vec<Option<NodeId>>,
     restarting: bool,
+    /// Since when the peers' data planes are being probed (the dedicated line is dark), the
+    /// next probe, and the last probe's number.
+    probing_since: Option<Duration>,
+    next_probe: Duration,
+    probe_seq: u64,
     /// Sent in every heartbeat: the hash of the token this node's data plane reveals if the
     /// agent dies (zeros: no kernel assistance).
     exit_commit: [u8; wire::TOKEN_LEN],
@@ -207,6 +221,8 @@ impl Core {
             echo: vec![None; cfg.paths],
             exit_commit: None,
             acked_us: 0,
+            probe_answered: None,
+            probe_answered_seq: 0,
             summary_sent_us: 0,
             summary_incarnation: 0,
         };
@@ -236,6 +252,9 @@ impl Core {
             votes: vec![None; addrs.len()],
             restarting: false,
             exit_commit: [0; wire::TOKEN_LEN],
+            probing_since: None,
+            next_probe: now,
+            probe_seq: 0,
             addrs,
             cfg,
         };
@@ -287,6 +306,9 @@ impl Core {
         if !self.ready {
             consider(self.started + self.cfg.startup_grace);
         }
+        if self.probing_since.is_some() {
+            consider(self.next_probe);
+        }
         t
     }
 
@@ -297,12 +319,20 @@ impl Core {
             return None;
         }
         let last = *peer.last_heard.iter().flatten().max()?;
-        let misses = if self.cfg.paths > 1 && !self.dedicated_carrier {
-            self.cfg.confirm_misses
-        } else {
-            self.cfg.misses
+        let deadline = match (
+            self.cfg.paths > 1 && !self.dedicated_carrier,
+            self.probing_since,
+        ) {
+            (false, _) => last + self.cfg.dead_after(self.cfg.misses),
+            // The line is dark: the peer's kernel confirms on the LAN. Dead when it has not
+            // answered for the confirmation time since probing began, or when the agent has
+            // been silent for the whole dead time (a live kernel is not a live server).
+            (true, Some(since)) => {
+                let evidence = last.max(peer.probe_answered.unwrap_or_default()).max(since);
+                (evidence + self.cfg.probe_confirm).min(last + self.cfg.dead_after(self.cfg.misses))
+            }
+            (true, None) => last + self.cfg.dead_after(self.cfg.confirm_misses),
         };
-        let deadline = last + self.cfg.dead_after(misses);
         Some(peer.restart_until.map_or(deadline, |r| r.max(deadline)))
     }
 
@@ -313,6 +343,7 @@ impl Core {
         path: usize,
         bytes: &[u8],
     ) -> Result<(), Rejected> {
+        self.awake(now);
         let result = self.accept(now, path, bytes);
         if let Err(r) = result {
             *self.rejected.0.entry(r.as_str()).or_default() += 1;
@@ -340,6 +371,9 @@ impl Core {
     fn accept(&mut self, now: Duration, path: usize, bytes: &[u8]) -> Result<(), Rejected> {
         if wire::is_notice(bytes) {
             return self.accept_notice(now, bytes);
+        }
+        if wire::is_probe_answer(bytes) {
+            return self.accept_probe_answer(now, path, bytes);
         }
         let hb = wire::decode(bytes, &self.cfg.key)?;
         let p = self
@@ -390,7 +424,10 @@ impl Core {
                 us - hb.echo_us - hb.echo_hold_us as u64,
             ));
         }
+        let mut changed = false;
         if !peer.alive {
+            // Decide again even if its summary reads as before it died.
+            changed = true;
             peer.alive = true;
             peer.since = Some(now);
             // A peer we hear again (restarted, or back after a fence) needs a new fence if it
@@ -404,7 +441,6 @@ impl Core {
         for &(a, epoch) in &serving {
             self.addrs[a].max_epoch = self.addrs[a].max_epoch.max(epoch);
         }
-        let mut moved = false;
         for (a, node, version) in overrides {
             // Newest order wins; equal versions (two operators at once) by node index.
             if self.addrs[a]
@@ -412,7 +448,7 @@ impl Core {
                 .is_none_or(|(n, v)| (version, node) > (v, n))
             {
                 self.addrs[a].moved_to = Some((node, version));
-                moved = true;
+                changed = true;
             }
         }
         let summary = Summary {
@@ -431,7 +467,6 @@ impl Core {
             (hb.exit_commit != [0; wire::TOKEN_LEN]).then_some((hb.incarnation, hb.exit_commit));
         // A summary written before the one held (it came by a slower path) is not newer.
         let newer = hb.sent_at_us >= peer.summary_sent_us;
-        let mut changed = moved;
         if newer {
             peer.summary_sent_us = hb.sent_at_us;
             peer.acked_us = peer.acked_us.max(hb.echo_us);
@@ -469,6 +504,46 @@ impl Core {
             )));
         }
         Ok(())
+    }
+
+    /// A peer's data plane answered one of this node's probes: its kernel and the LAN work.
+    fn accept_probe_answer(
+        &mut self,
+        now: Duration,
+        path: usize,
+        bytes: &[u8],
+    ) -> Result<(), Rejected> {
+        let (incarnation, seq, p) = wire::decode_probe_answer(bytes, &self.cfg.key)?;
+        let p = self.node_index(p)?;
+        if incarnation != self.incarnation || p == self.cfg.me || path + 1 != self.cfg.paths {
+            return Err(Rejected::Malformed);
+        }
+        let peer = &mut self.peers[p];
+        if seq <= peer.probe_answered_seq || seq > self.probe_seq {
+            return Err(Rejected::Replayed);
+        }
+        peer.probe_answered_seq = seq;
+        peer.probe_answered = Some(now);
+        Ok(())
+    }
+
+    /// While the line is dark: a probe to every live peer's data plane, on the LAN.
+    fn send_probes(&mut self, now: Duration) {
+        let lan = self.cfg.paths - 1;
+        for p in self.others().collect::<Vec<_>>() {
+            if !self.peers[p].alive {
+                continue;
+            }
+            self.probe_seq += 1;
+            let bytes =
+                wire::encode_probe(&self.cfg.key, self.incarnation, self.probe_seq, p as u8);
+            self.actions.push_back(Action::Send {
+                peer: p,
+                path: lan,
+                bytes: bytes.to_vec(),
+            });
+        }
+        self.next_probe = now + self.cfg.probe_interval;
     }
 
     fn declare_dead(&mut self, now: Duration, p: NodeId, why: &str) {
@@ -514,6 +589,8 @@ impl Core {
     pub fn handle_dedicated_carrier(&mut self, now: Duration, up: bool) {
         if self.dedicated_carrier != up {
             self.dedicated_carrier = up;
+            self.probing_since = (!up && !self.cfg.probe_interval.is_zero()).then_some(now);
+            self.next_probe = now;
             self.actions.push_back(Action::Notice(format!(
                 "dedicated line carrier {}",
                 if up { "up" } else { "down" }
@@ -547,29 +624,46 @@ impl Core {
     /// other, and a node wakes about once per interval instead of twice (its timer and the
     /// peer's heartbeat). Two heartbeats are never more than 1⅛ intervals apart.
     pub fn heard(&mut self, now: Duration) {
-        self.last_awake = Some(now);
         if now + self.cfg.interval / 2 >= self.next_heartbeat && now < self.next_heartbeat {
-            self.send_heartbeats(now);
-            self.next_heartbeat = now + self.cfg.interval + self.cfg.interval / 8;
+            // The tick, early: everything periodic happens as if the timer had fired.
+            self.next_heartbeat = now;
+            self.handle_timeout(now);
+            self.next_heartbeat += self.cfg.interval / 8;
+        } else {
+            self.awake(now);
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Duration) {
-        // A detector that woke late does not count the silence it slept through: credit the
-        // peers with the time this node was not running.
+    /// This node runs at `now`. A detector that woke late does not count the silence it
+    /// slept through: credit the peers with the time this node was not running.
+    fn awake(&mut self, now: Duration) {
         if let Some(last) = self.last_awake {
             let slept = now.saturating_sub(last);
             if slept > self.cfg.interval * 2 {
                 let credit = slept - self.cfg.interval;
                 for p in self.others().collect::<Vec<_>>() {
-                    for h in self.peers[p].last_heard.iter_mut().flatten() {
+                    let peer = &mut self.peers[p];
+                    for h in peer
+                        .last_heard
+                        .iter_mut()
+                        .chain([&mut peer.probe_answered])
+                        .flatten()
+                    {
                         *h = (*h + credit).min(now);
                     }
                 }
+                // Probes were not sent either: the confirmation starts again, now.
+                if let Some(since) = &mut self.probing_since {
+                    *since = now;
+                }
             }
         }
-        self.last_tick = Some(now);
         self.last_awake = Some(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.awake(now);
+        self.last_tick = Some(now);
         for p in self.others().collect::<Vec<_>>() {
             if self.death_deadline(p).is_some_and(|d| now >= d) {
                 self.declare_dead(now, p, "every path silent");
@@ -583,6 +677,9 @@ impl Core {
         }
         if now >= self.next_heartbeat {
             self.send_heartbeats(now);
+        }
+        if self.probing_since.is_some() && now >= self.next_probe {
+            self.send_probes(now);
         }
         self.decide(now);
     }

@@ -119,6 +119,8 @@ pub fn config(
         startup_grace: interval * 5,
         restart_grace: Duration::from_millis(500),
         exit_takes_over: true,
+        probe_interval: interval / 4,
+        probe_confirm: interval,
         key: b"simulation key, 32 bytes long!!".to_vec(),
     }
 }
@@ -444,7 +446,10 @@ impl Sim {
             if !self.nodes[d.to].powered {
                 continue;
             }
-            if let Some(c) = self.nodes[d.to].core.as_mut() {
+            if let Some(answer) = wire::probe_answer(&d.bytes) {
+                // The data plane answers probes, whatever the agent is doing.
+                self.send(d.to, d.from, d.path, answer);
+            } else if let Some(c) = self.nodes[d.to].core.as_mut() {
                 let _ = c.handle_datagram(now, d.path, &d.bytes);
                 c.heard(now);
             } else if self.nodes[d.to].exited && !wire::is_notice(&d.bytes) {

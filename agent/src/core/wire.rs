@@ -20,6 +20,15 @@
 //! ```text
 //! magic "TKOV" | version u8 | kind u8 (2) | 0u16 | incarnation u64 | token [16]
 //! ```
+//!
+//! A probe, which the peer's data plane answers by setting the kind to 4 and sending it back:
+//!
+//! ```text
+//! magic "TKOV" | version u8 | kind u8 (3) | peer u8 | 0u8 | incarnation u64 | seq u64 | nonce u64
+//! ```
+//!
+//! The nonce is a keyed hash of the rest: only the prober can make (or check) it, so an
+//! answer proves that the probe reached the peer.
 use std::net::IpAddr;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -29,6 +38,8 @@ pub const MAGIC: [u8; 4] = takeover_common::WIRE_MAGIC;
 pub const VERSION: u8 = 2;
 const KIND_HEARTBEAT: u8 = takeover_common::WIRE_KIND_HEARTBEAT;
 const KIND_EXIT: u8 = takeover_common::WIRE_KIND_EXIT;
+const KIND_PROBE: u8 = takeover_common::WIRE_KIND_PROBE;
+const KIND_PROBE_ANSWER: u8 = takeover_common::WIRE_KIND_PROBE_ANSWER;
 pub const NOTICE_LEN: usize = takeover_common::NOTICE_LEN;
 pub const TOKEN_LEN: usize = 16;
 const TAG_LEN: usize = 32;
@@ -368,6 +379,67 @@ pub fn decode_notice(buf: &[u8]) -> Result<(u64, [u8; TOKEN_LEN]), Rejected> {
     Ok((incarnation, buf[16..NOTICE_LEN].try_into().unwrap()))
 }
 
+/// A probe of `peer` by `incarnation`, number `seq`.
+pub fn encode_probe(key: &[u8], incarnation: u64, seq: u64, peer: u8) -> [u8; NOTICE_LEN] {
+    let mut b = [0u8; NOTICE_LEN];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4] = VERSION;
+    b[5] = KIND_PROBE;
+    b[6] = peer;
+    b[8..16].copy_from_slice(&incarnation.to_be_bytes());
+    b[16..24].copy_from_slice(&seq.to_be_bytes());
+    let nonce = probe_nonce(key, &b[..24]);
+    b[24..].copy_from_slice(&nonce);
+    b
+}
+
+fn probe_nonce(key: &[u8], head: &[u8]) -> [u8; 8] {
+    let mut m = mac(key);
+    m.update(head);
+    m.finalize().into_bytes()[..8].try_into().unwrap()
+}
+
+/// What the data plane sends back for a probe (`None` if `buf` is no probe).
+pub fn probe_answer(buf: &[u8]) -> Option<Vec<u8>> {
+    if buf.len() >= NOTICE_LEN && buf[..4] == MAGIC && buf[5] == KIND_PROBE {
+        let mut a = buf.to_vec();
+        a[5] = KIND_PROBE_ANSWER;
+        return Some(a);
+    }
+    None
+}
+
+/// Is `buf` a probe answer (by its header)? Such datagrams go to [`decode_probe_answer`].
+pub fn is_probe_answer(buf: &[u8]) -> bool {
+    buf.len() >= 6 && buf[..4] == MAGIC && buf[5] == KIND_PROBE_ANSWER
+}
+
+/// The (incarnation, seq, peer) of an answer to a probe made with `key`; `BadTag` if the
+/// nonce is not the one this key gives.
+pub fn decode_probe_answer(buf: &[u8], key: &[u8]) -> Result<(u64, u64, u8), Rejected> {
+    if buf.len() < NOTICE_LEN {
+        return Err(Rejected::Truncated);
+    }
+    if buf[..4] != MAGIC {
+        return Err(Rejected::BadMagic);
+    }
+    if buf[4] != VERSION {
+        return Err(Rejected::ForeignVersion);
+    }
+    if buf[5] != KIND_PROBE_ANSWER || buf[7] != 0 {
+        return Err(Rejected::Malformed);
+    }
+    let mut head = [0u8; 24];
+    head.copy_from_slice(&buf[..24]);
+    head[5] = KIND_PROBE;
+    if probe_nonce(key, &head) != buf[24..32] {
+        return Err(Rejected::BadTag);
+    }
+    let incarnation = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+    let seq = u64::from_be_bytes(buf[16..24].try_into().unwrap());
+    Ok((incarnation, seq, buf[6]))
+}
+
 /// Anti-replay state for one peer: the newest incarnation seen and, per path, the highest
 /// sequence number. Only strictly newer messages are accepted; an older one, even if late
 /// rather than replayed, carries nothing newer than what was already taken.
@@ -454,6 +526,34 @@ mod tests {
         let mut other = token;
         other[0] ^= 1;
         assert_ne!(commit(&token), commit(&other));
+    }
+
+    #[test]
+    fn probe_answers_are_checked_by_their_nonce() {
+        let p = encode_probe(KEY, 9, 3, 1);
+        let mut answer = p;
+        answer[5] = KIND_PROBE_ANSWER;
+        assert!(is_probe_answer(&answer) && !is_probe_answer(&p));
+        assert_eq!(decode_probe_answer(&answer, KEY), Ok((9, 3, 1)));
+        // Another key, or any changed field, and the nonce no longer matches.
+        assert_eq!(
+            decode_probe_answer(&answer, b"another key"),
+            Err(Rejected::BadTag)
+        );
+        for at in [6, 8, 16, 24] {
+            let mut bad = answer;
+            bad[at] ^= 1;
+            assert_eq!(
+                decode_probe_answer(&bad, KEY),
+                Err(Rejected::BadTag),
+                "{at}"
+            );
+        }
+        assert_eq!(decode_probe_answer(&p, KEY), Err(Rejected::Malformed));
+        assert_eq!(
+            decode_probe_answer(&answer[..31], KEY),
+            Err(Rejected::Truncated)
+        );
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
         restart_grace: cfg.heartbeat.restart_grace.max(cfg.heartbeat.dead_after()),
         exit_takes_over: cfg.heartbeat.agent_exit == AgentExit::Takeover,
+        // A dark line: probe the peers' kernels four times an interval; one interval of
+        // silence from kernel and agent confirms.
+        probe_interval: cfg.heartbeat.interval / 4,
+        probe_confirm: cfg.heartbeat.interval,
         key,
         nodes: names,
     };

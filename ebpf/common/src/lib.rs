@@ -256,6 +256,10 @@ pub const AGENT_EXITED: u32 = 3;
 pub const WIRE_MAGIC: [u8; 4] = *b"TKOV";
 pub const WIRE_KIND_HEARTBEAT: u8 = 1;
 pub const WIRE_KIND_EXIT: u8 = 2;
+/// A liveness probe, answered by the data plane itself (the kind byte set to
+/// [`WIRE_KIND_PROBE_ANSWER`], sent back), whatever the agent is doing.
+pub const WIRE_KIND_PROBE: u8 = 3;
+pub const WIRE_KIND_PROBE_ANSWER: u8 = 4;
 
 /// Length of the exit notice the kernel sends in the agent's name.
 pub const NOTICE_LEN: usize = 32;
@@ -269,6 +273,9 @@ pub const NOTICE_LEN: usize = 32;
 /// of waiting out the dead time. `notice` (magic, version, kind, incarnation, a random token)
 /// is written by the agent at start; peers hold a hash of the token from its authenticated
 /// heartbeats, so only this kernel can tell them, and only once the agent is gone.
+///
+/// While an agent is registered (any state but [`AGENT_NONE`]), the gate also answers peers'
+/// probes on `port`: a live kernel answers in microseconds even when processes are stalled.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {

@@ -18,9 +18,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use takeover_common::{
-    Action, Counters, GateKey, GateValue, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_RUNNING,
-    FLAG_SERVICES, MAX_GATES, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP, WIRE_KIND_HEARTBEAT,
-    WIRE_MAGIC,
+    Action, Counters, GateKey, GateValue, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_NONE,
+    AGENT_RUNNING, FLAG_SERVICES, MAX_GATES, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP,
+    WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER, WIRE_MAGIC,
 };
 
 use parse::{Frame, Packet, SkbFrame, XdpFrame};
@@ -121,7 +121,7 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
         ..
     } = pkt
     {
-        if exit_notice(&frame, port).is_some() {
+        if answer_peer(&frame, port).is_some() {
             return xdp_action::XDP_TX;
         }
     }
@@ -205,14 +205,15 @@ fn forward(ctx: &XdpContext, gate: &GateValue) -> u32 {
     }
 }
 
-/// If this namespace's agent has died unannounced and `f` is a peer's heartbeat to it, turns
-/// the frame into the agent's exit notice, addressed back to the sender (the caller sends it
-/// with XDP_TX). Handles the shapes the agents send: untagged, IPv4 without options or IPv6
-/// without extension headers. Every read happens before the first write.
+/// Answers a peer in the agent's name, turning the frame around (the caller sends it with
+/// XDP_TX): a heartbeat to an agent that died unannounced gets the agent's exit notice; a
+/// probe to a registered agent gets its answer. Handles the shapes the agents send:
+/// untagged, IPv4 without options or IPv6 without extension headers. Every read happens
+/// before the first write.
 #[inline(always)]
-fn exit_notice(f: &XdpFrame, port: u16) -> Option<()> {
+fn answer_peer(f: &XdpFrame, port: u16) -> Option<()> {
     let live = LIVENESS.get(0)?;
-    if live.state != AGENT_EXITED || live.port != port || port == 0 {
+    if live.state == AGENT_NONE || live.port != port || port == 0 {
         return None;
     }
     let (ip, ip_len, l4) = match f.read::<[u8; 2]>(12)? {
@@ -234,12 +235,20 @@ fn exit_notice(f: &XdpFrame, port: u16) -> Option<()> {
     };
     let payload = l4 + 8;
     let head = f.read::<[u8; NOTICE_LEN]>(payload)?;
-    if head[..4] != WIRE_MAGIC || head[5] != WIRE_KIND_HEARTBEAT {
+    if head[..4] != WIRE_MAGIC {
         return None;
     }
+    let reply = if head[5] == WIRE_KIND_HEARTBEAT && live.state == AGENT_EXITED {
+        live.notice
+    } else if head[5] == WIRE_KIND_PROBE {
+        let mut r = head;
+        r[5] = WIRE_KIND_PROBE_ANSWER;
+        r
+    } else {
+        return None;
+    };
     let macs = f.read::<[u8; 12]>(0)?;
     let udp = f.read::<[u8; 8]>(l4)?;
-    let notice = live.notice;
     // Back to the sender: swap the Ethernet, IP and UDP sources and destinations. The IP
     // header checksum stays valid (a ones-complement sum does not depend on the order).
     let mut m = [0u8; 12];
@@ -266,7 +275,7 @@ fn exit_notice(f: &XdpFrame, port: u16) -> Option<()> {
         let mut i = 0;
         while i < NOTICE_LEN {
             sum += (!u16::from_be_bytes([head[i], head[i + 1]])) as u32;
-            sum += u16::from_be_bytes([notice[i], notice[i + 1]]) as u32;
+            sum += u16::from_be_bytes([reply[i], reply[i + 1]]) as u32;
             i += 2;
         }
         sum = (sum & 0xffff) + (sum >> 16);
@@ -289,7 +298,7 @@ fn exit_notice(f: &XdpFrame, port: u16) -> Option<()> {
             checksum[1],
         ],
     )?;
-    f.write(payload, notice)
+    f.write(payload, reply)
 }
 
 /// `sched_process_exit`: the registered agent's main thread is exiting. Unless the agent said

@@ -114,11 +114,52 @@ fn losing_the_lan_path_alone_changes_nothing() {
 #[test]
 fn a_cut_dedicated_line_shortens_the_wait_when_the_lan_confirms() {
     let mut s = pair(None);
-    // The peer dies and its end of the cable goes dark: two missed LAN heartbeats confirm.
+    // The peer dies and its end of the cable goes dark: its kernel stops answering the probes
+    // on the LAN, and one interval of that silence confirms.
     s.set_dedicated(0, 1, false, true);
     s.crash(0);
     let took = time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
-    assert!(took <= ms(5), "{took:?}");
+    // One interval, then the fence (2 ms here), then open.
+    assert!(took <= ms(4), "{took:?}\n{}", s.tail());
+    assert!(
+        took >= ms(3),
+        "{took:?}: faster than confirmation and fence allow"
+    );
+}
+
+#[test]
+fn with_the_line_dark_a_stalled_agent_whose_kernel_answers_is_not_taken_over() {
+    let mut s = pair(None);
+    s.set_dedicated(0, 1, false, true);
+    after(&mut s, ms(5));
+    // n0's agent does not run for 3 ms (more than two intervals, less than the 5 ms dead
+    // time): no heartbeats, but its data plane answers n1's probes.
+    let core = s.nodes[0].core.take();
+    after(&mut s, ms(3));
+    s.nodes[0].core = core;
+    after(&mut s, ms(50));
+    assert_eq!(s.servers(0), vec![0], "{}", s.tail());
+    assert_eq!(s.fences_requested, 0, "{}", s.tail());
+}
+
+#[test]
+fn probe_answers_that_are_forged_or_replayed_change_nothing() {
+    let mut s = pair(None);
+    s.set_dedicated(0, 1, false, true);
+    after(&mut s, ms(2));
+    let answers: Vec<_> = s
+        .captured
+        .iter()
+        .filter_map(|(_, _, b)| wire::probe_answer(b))
+        .collect();
+    assert!(!answers.is_empty(), "probes were sent and captured");
+    let mut forged = answers[0].clone();
+    forged[20] ^= 1;
+    for bytes in [forged, answers[0].clone()] {
+        let (r, before, after) = s.inject(1, LAN, &bytes).unwrap();
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(before, after);
+    }
 }
 
 #[test]
@@ -479,8 +520,18 @@ fn random_schedule(seed: u64) {
             assert_eq!(
                 servers,
                 vec![a],
-                "seed {seed}: a{a} not back with its owner\n{}",
-                s.tail()
+                "seed {seed}: a{a} not back with its owner\n{}\n{}\n{}",
+                s.tail(),
+                s.nodes[0]
+                    .core
+                    .as_ref()
+                    .map(|c| c.digest())
+                    .unwrap_or_default(),
+                s.nodes[1]
+                    .core
+                    .as_ref()
+                    .map(|c| c.digest())
+                    .unwrap_or_default()
             );
         }
     }
