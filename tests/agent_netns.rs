@@ -326,6 +326,21 @@ fn a_planned_switchover_moves_the_address_and_back_without_fencing() -> Result<(
     let out = t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
     assert!(out.contains("switchover to b"), "{out}");
     s.logged(wait_served_by(&s.client, "b", "the switchover to b"))?;
+    // a handed the address over: a client whose ARP cache still names a is served by b,
+    // through a (its gate forwards), instead of losing its requests.
+    let status = t.ok(&a.ns, "status --json")?;
+    assert!(status.contains("forward to b"), "{status}");
+    let cli = s.lan.host("cli");
+    cli.ns.ip(&format!(
+        "neigh replace {LOGICAL} lladdr {} dev lan nud permanent",
+        a.mac()
+    ))?;
+    assert_eq!(
+        s.client.request(40_000, Duration::from_secs(1))?.as_deref(),
+        Some("b"),
+        "a stale ARP entry: forwarded by a, answered by b"
+    );
+    cli.ns.ip(&format!("neigh del {LOGICAL} dev lan"))?;
     // The order stands: well past the preempt delay, b still serves.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(

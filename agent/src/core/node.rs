@@ -79,6 +79,12 @@ pub enum Action {
     CloseGate {
         addr: AddrId,
     },
+    /// Hand the address over: this node no longer serves it, and what still reaches it
+    /// (clients whose ARP cache is not yet updated) goes on to `to`, the new server.
+    ForwardGate {
+        addr: AddrId,
+        to: NodeId,
+    },
     /// Gratuitous ARP / unsolicited NA for an address just opened.
     Announce {
         addr: AddrId,
@@ -160,6 +166,8 @@ struct Addr {
     /// When this node last gave it up (`sent_at_us` of the heartbeat that said so): it may
     /// open it again only on votes cast after the peers heard that.
     released_us: u64,
+    /// Handed over to this live peer: the gate forwards to it.
+    forwarding: Option<NodeId>,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -234,6 +242,7 @@ impl Core {
                 max_epoch: epoch,
                 moved_to: None,
                 released_us: 0,
+                forwarding: None,
             };
         }
         let mut core = Core {
@@ -666,7 +675,12 @@ impl Core {
         self.last_tick = Some(now);
         for p in self.others().collect::<Vec<_>>() {
             if self.death_deadline(p).is_some_and(|d| now >= d) {
-                self.declare_dead(now, p, "every path silent");
+                let why = if self.probing_since.is_some() {
+                    "the dedicated line is dark and neither its agent nor its kernel answers on the LAN"
+                } else {
+                    "every path silent"
+                };
+                self.declare_dead(now, p, why);
             }
         }
         if !self.ready
@@ -819,15 +833,31 @@ impl Core {
                     self.addrs[a].open = false;
                     // The heartbeat that says so leaves now (`changed`), stamped with this.
                     self.addrs[a].released_us = (now.as_micros() as u64).max(1);
-                    self.actions.push_back(Action::CloseGate { addr: a });
+                    // To a live peer over a working LAN (failback, switchover): forward what
+                    // still comes here. Otherwise nobody can take it: closed.
+                    let to = target.filter(|&t| t != me && self.peers[t].alive && self.lan_up);
+                    self.addrs[a].forwarding = to;
+                    self.actions.push_back(match to {
+                        Some(to) => Action::ForwardGate { addr: a, to },
+                        None => Action::CloseGate { addr: a },
+                    });
                     changed = true;
                 }
+            } else if self.addrs[a]
+                .forwarding
+                .is_some_and(|t| target != Some(t) || !self.peers[t].alive || !self.lan_up)
+            {
+                // The peer it was handed to is gone or no longer the one: stop forwarding
+                // (opening it here, if that is next, waits for the next decision).
+                self.addrs[a].forwarding = None;
+                self.actions.push_back(Action::CloseGate { addr: a });
             } else if target == Some(me) && self.safe_to_open(now, a) {
                 let epoch = self.addrs[a].max_epoch.max(self.addrs[a].epoch) + 1;
                 self.addrs[a] = Addr {
                     open: true,
                     epoch,
                     max_epoch: epoch,
+                    forwarding: None,
                     ..self.addrs[a]
                 };
                 self.actions.push_back(Action::OpenGate { addr: a });
@@ -913,6 +943,11 @@ impl Core {
 
     pub fn is_open(&self, a: AddrId) -> bool {
         self.addrs[a].open
+    }
+
+    /// The live peer this node forwards address `a` to (handed over), if any.
+    pub fn forwarding(&self, a: AddrId) -> Option<NodeId> {
+        self.addrs[a].forwarding
     }
 
     pub fn epoch(&self, a: AddrId) -> u64 {

@@ -316,6 +316,14 @@ impl Sim {
                     self.trace
                         .push(format!("{:?} n{n} opens a{addr}", self.now));
                 }
+                Action::ForwardGate { addr, to } => {
+                    if self.nodes[n].gates[addr] {
+                        self.gate_changes += 1;
+                    }
+                    self.trace
+                        .push(format!("{:?} n{n} forwards a{addr} to n{to}", self.now));
+                    self.nodes[n].gates[addr] = false;
+                }
                 Action::CloseGate { addr } => {
                     if self.nodes[n].gates[addr] {
                         self.gate_changes += 1;

@@ -319,6 +319,29 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
                         core.epoch(addr)
                     ));
                 }
+                Action::ForwardGate { addr, to } => {
+                    // The new server's MAC on the LAN, from the neighbour table (heartbeats
+                    // on the LAN keep it there); without it, closed is all that is safe.
+                    let ip = peer_paths[to][core_cfg.paths - 1].ip();
+                    let value = match netlink::neighbour_mac(&nl, lan.index, ip).await {
+                        Ok(Some(peer_mac)) => GateValue::forward(0, peer_mac, mac),
+                        other => {
+                            log(format!(
+                                "no MAC for {ip} ({other:?}): {} closed instead of forwarded",
+                                addresses[addr]
+                            ));
+                            GateValue::new(GateAction::Closed)
+                        }
+                    };
+                    gates.set(&Target::new(addresses[addr], None), value)?;
+                    if epochs.remove(&addresses[addr]).is_some() {
+                        save_epochs(&epochs_path, &epochs);
+                    }
+                    log(format!(
+                        "{} handed over to {}: forwarding what still arrives here",
+                        addresses[addr], core_cfg.nodes[to]
+                    ));
+                }
                 Action::CloseGate { addr } => {
                     gates.set(
                         &Target::new(addresses[addr], None),

@@ -66,6 +66,33 @@ pub async fn ifindex_of_address(handle: &Handle, ip: IpAddr) -> Result<Option<u3
     Ok(None)
 }
 
+/// The link-layer address the neighbour table holds for `ip` on `ifindex`, if any.
+pub async fn neighbour_mac(handle: &Handle, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    let mut entries = handle.neighbours().get().execute();
+    while let Some(msg) = entries.try_next().await? {
+        if msg.header.ifindex != ifindex {
+            continue;
+        }
+        let dst = msg.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        });
+        if dst != Some(ip) {
+            continue;
+        }
+        for a in &msg.attributes {
+            if let NeighbourAttribute::LinkLayerAddress(mac) = a {
+                if let Ok(mac) = <[u8; 6]>::try_from(mac.as_slice()) {
+                    return Ok(Some(mac));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Whether interface `ifindex` is up now.
 pub async fn is_up(handle: &Handle, ifindex: u32) -> Result<bool> {
     let mut links = handle.link().get().match_index(ifindex).execute();

@@ -76,6 +76,9 @@ fn lan_down_on_the_active_moves_its_address_without_waiting_for_timeouts() {
         s.fences_requested, 0,
         "the active is alive and closed its gate itself"
     );
+    // Its LAN is down: nothing to forward through.
+    assert!(s.tail().contains("n0 closes a0"), "{}", s.tail());
+    assert_eq!(s.nodes[0].core.as_ref().unwrap().forwarding(0), None);
     // Back up: after the preempt delay the address goes home, never open on both.
     s.set_lan(0, true);
     after(&mut s, ms(50));
@@ -182,6 +185,9 @@ fn a_switchover_moves_an_address_at_once_and_for_good() {
     s.switchover(1, 0, 1);
     let took = time_until(&mut s, ms(50), |s| s.servers(0) == vec![1]);
     assert!(took < ms(2), "{took:?}: a handoff, not a timeout");
+    // Handed to a live peer: the old server forwards what still reaches it.
+    assert!(s.tail().contains("n0 forwards a0 to n1"), "{}", s.tail());
+    assert_eq!(s.nodes[0].core.as_ref().unwrap().forwarding(0), Some(1));
     // Preempt does not pull it back: the order stands.
     after(&mut s, ms(500));
     assert_eq!(s.servers(0), vec![1]);
