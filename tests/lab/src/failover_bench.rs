@@ -390,7 +390,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
         s,
         "Namespace topology (client, a, b on a bridge, dedicated line a<->b); a UDP client at 1000 requests/s. \
          takeover: heartbeats every {} on both paths, dead after {} misses, preempt delay {}, real-time priority, threaded NAPI, \
-         kernel exit notices on, the fence cuts the peer's LAN link (`ip -n NS link set lan down`, about 2 ms of the gap). \
+         kernel exit notices on, the fence cuts the peer's LAN link (the lab's `fence` program, one netlink request: about 1 ms of the gap with the process start). \
          keepalived {}: VRRP on the LAN, a priority 200, b 100, preempt; the backup's service binds the address with \
          `ip_nonlocal_bind`. {trials} trials per (system, scenario), each on a fresh topology, all interleaved. \
          Gap = the longest silence the client saw, median (min–max); lost = requests without a reply, median (min–max). \

@@ -133,8 +133,8 @@ pub fn run(t: &Takeover) -> Result<()> {
         ms(log_time(&la, "running", back), back)
     );
     println!(
-        "  gate closed on b           {}",
-        ms(log_time(&lb, &format!("{LOGICAL} closed"), back), back)
+        "  b hands over (forwards)    {}",
+        ms(log_time(&lb, &format!("{LOGICAL} handed over"), back), back)
     );
     println!(
         "  gate open on a             {}",
