@@ -156,7 +156,10 @@ fn losing_the_dedicated_line_alone_moves_nothing() -> Result<()> {
     for seq in 1000..1100 {
         assert_eq!(
             s.client.request(seq, Duration::from_secs(1))?.as_deref(),
-            Some("a")
+            Some("a"),
+            "request {seq}\na:\n{}\nb:\n{}",
+            s.agents[0].log(),
+            s.agents[1].log()
         );
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -36,7 +36,8 @@ pub struct Node {
     /// Local address of each path, in the same order as every peer's `paths`.
     pub listen: Vec<SocketAddr>,
     /// Switch the heartbeat interfaces to threaded NAPI with real-time kernel threads, so
-    /// that receiving heartbeats does not wait behind busy processes.
+    /// that receiving heartbeats does not wait behind busy processes (only when the agent
+    /// runs at real-time priority itself).
     pub threaded_napi: bool,
 }
 

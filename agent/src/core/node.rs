@@ -661,7 +661,10 @@ impl Core {
                         *h = (*h + credit).min(now);
                     }
                 }
-                // Probes were not sent either: the confirmation starts again, now.
+            }
+            // Probe rounds missed while this node did not run: the confirmation (a window
+            // shorter than the credit's threshold) starts again, now.
+            if slept > self.cfg.probe_interval * 2 {
                 if let Some(since) = &mut self.probing_since {
                     *since = now;
                 }

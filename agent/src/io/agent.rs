@@ -234,14 +234,23 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
             heartbeat_ifaces.push(iface);
         }
     }
+    // Only with real-time priority: a NAPI thread at normal priority waits behind busy
+    // processes, where a softirq would not.
     if cfg.node.threaded_napi {
         for iface in &heartbeat_ifaces {
-            let prio = realtime_priority.then_some(RT_PRIORITY);
-            match napi::threaded(&iface.name, prio) {
+            // Only at real-time priority: a NAPI thread at normal priority waits behind busy
+            // processes, where a softirq would not.
+            if !realtime_priority {
+                log(format!(
+                    "threaded NAPI on {} left off: it needs real-time priority (--no-realtime)",
+                    iface.name
+                ));
+                continue;
+            }
+            match napi::threaded(&iface.name, RT_PRIORITY) {
                 Ok(n) => log(format!(
-                    "threaded NAPI on {}: {n} thread(s){}",
-                    iface.name,
-                    if prio.is_some() { " at SCHED_FIFO" } else { "" }
+                    "threaded NAPI on {}: {n} thread(s) at SCHED_FIFO",
+                    iface.name
                 )),
                 Err(e) => log(format!("warning: threaded NAPI on {}: {e:#}", iface.name)),
             }

@@ -5,10 +5,9 @@ use std::{ffi::CString, path::Path, thread};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Turns on threaded NAPI for `iface` (in this thread's network namespace) and, if
-/// `priority` is set, puts its NAPI threads at SCHED_FIFO `priority`. Returns how many
-/// threads were found.
-pub fn threaded(iface: &str, priority: Option<i32>) -> Result<usize> {
+/// Turns on threaded NAPI for `iface` (in this thread's network namespace) and puts its NAPI
+/// threads at SCHED_FIFO `priority`. Returns how many threads were found.
+pub fn threaded(iface: &str, priority: i32) -> Result<usize> {
     let name = iface.to_string();
     // sysfs shows the network namespace it was mounted in: mount a fresh one in a private
     // mount namespace, on a thread of its own so the agent's other threads keep the host's.
@@ -16,15 +15,13 @@ pub fn threaded(iface: &str, priority: Option<i32>) -> Result<usize> {
         .join()
         .map_err(|_| anyhow!("the sysfs thread panicked"))??;
     let threads = napi_threads(iface)?;
-    if let Some(prio) = priority {
-        for pid in &threads {
-            let param = libc::sched_param {
-                sched_priority: prio,
-            };
-            if unsafe { libc::sched_setscheduler(*pid, libc::SCHED_FIFO, &param) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("SCHED_FIFO for NAPI thread {pid} of {iface}"));
-            }
+    for pid in &threads {
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        if unsafe { libc::sched_setscheduler(*pid, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("SCHED_FIFO for NAPI thread {pid} of {iface}"));
         }
     }
     Ok(threads.len())
