@@ -240,6 +240,11 @@ fn forged_and_replayed_heartbeats_are_rejected_and_counted() -> Result<()> {
         s.client.request(9999, Duration::from_secs(1))?.as_deref(),
         Some("a")
     );
+    // The log says so, once (at most a line a second), naming the sender.
+    let lb = s.agents[1].log();
+    let lines = lb.matches("refused datagrams").count();
+    assert!((1..=3).contains(&lines), "{lb}");
+    assert!(lb.contains(&cli.addr4()), "{lb}");
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::{
     config::{AgentExit, Config, XdpMode},
     core::{
         node::{Action, AddrSpec, Core, CoreConfig, NodeId},
-        wire::{self, MAX_MESSAGE, TOKEN_LEN},
+        wire::{self, Rejected, MAX_MESSAGE, TOKEN_LEN},
     },
     dataplane::{self, AttachMode, Gates, PinDir, Target},
     sys::{iface::Iface, napi, netns},
@@ -207,6 +207,7 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
         sockets.push(sock);
     }
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut refused = RefusedLog::default();
     // The dedicated line's interface: its carrier is a hint for the core.
     let dedicated = if cfg.node.listen.len() > 1 {
         netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
@@ -409,8 +410,12 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
             // more than a datagram, and the peer sends on all paths at once.
             () = recv_ready(&sockets) => {
                 for (path, sock) in sockets.iter().enumerate() {
-                    while let Ok((n, _)) = sock.try_recv_from(&mut buf) {
-                        let _ = core.handle_datagram(now(), path, &buf[..n]);
+                    while let Ok((n, from)) = sock.try_recv_from(&mut buf) {
+                        match core.handle_datagram(now(), path, &buf[..n]) {
+                            // Normal for a moment after either agent starts: counted only.
+                            Err(Rejected::Unaddressed) | Ok(()) => {}
+                            Err(r) => refused.note(r.as_str(), from),
+                        }
                     }
                 }
                 core.heard(now());
@@ -465,6 +470,37 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
                 return Ok(());
             }
         }
+    }
+}
+
+/// Refused datagrams, logged at most once a second (a flood must not flood the log too).
+#[derive(Default)]
+struct RefusedLog {
+    since: Option<Instant>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl RefusedLog {
+    fn note(&mut self, why: &'static str, from: SocketAddr) {
+        *self.counts.entry(why).or_default() += 1;
+        let now = Instant::now();
+        if self
+            .since
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let list: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        log(format!(
+            "refused datagrams (changed nothing): {} (last from {from}); see `takeover status`",
+            list.join(", ")
+        ));
+        self.counts.clear();
+        self.since = Some(now);
     }
 }
 
