@@ -360,9 +360,8 @@ pub fn is_notice(buf: &[u8]) -> bool {
     buf.len() >= 6 && buf[..4] == MAGIC && buf[5] == KIND_EXIT
 }
 
-/// The incarnation and token of an exit notice. The data plane answers with the heartbeat's
-/// frame, so bytes after the notice are the rest of that heartbeat: ignored.
-pub fn decode_notice(buf: &[u8]) -> Result<(u64, [u8; TOKEN_LEN]), Rejected> {
+/// Checks the header of a 32-byte message the data plane sends (notice, probe answer).
+fn short_message(buf: &[u8], kind: u8) -> Result<(), Rejected> {
     if buf.len() < NOTICE_LEN {
         return Err(Rejected::Truncated);
     }
@@ -372,7 +371,17 @@ pub fn decode_notice(buf: &[u8]) -> Result<(u64, [u8; TOKEN_LEN]), Rejected> {
     if buf[4] != VERSION {
         return Err(Rejected::ForeignVersion);
     }
-    if buf[5] != KIND_EXIT || buf[6..8] != [0, 0] {
+    if buf[5] != kind {
+        return Err(Rejected::Malformed);
+    }
+    Ok(())
+}
+
+/// The incarnation and token of an exit notice. The data plane answers with the heartbeat's
+/// frame, so bytes after the notice are the rest of that heartbeat: ignored.
+pub fn decode_notice(buf: &[u8]) -> Result<(u64, [u8; TOKEN_LEN]), Rejected> {
+    short_message(buf, KIND_EXIT)?;
+    if buf[6..8] != [0, 0] {
         return Err(Rejected::Malformed);
     }
     let incarnation = u64::from_be_bytes(buf[8..16].try_into().unwrap());
@@ -417,16 +426,8 @@ pub fn is_probe_answer(buf: &[u8]) -> bool {
 /// The (incarnation, seq, peer) of an answer to a probe made with `key`; `BadTag` if the
 /// nonce is not the one this key gives.
 pub fn decode_probe_answer(buf: &[u8], key: &[u8]) -> Result<(u64, u64, u8), Rejected> {
-    if buf.len() < NOTICE_LEN {
-        return Err(Rejected::Truncated);
-    }
-    if buf[..4] != MAGIC {
-        return Err(Rejected::BadMagic);
-    }
-    if buf[4] != VERSION {
-        return Err(Rejected::ForeignVersion);
-    }
-    if buf[5] != KIND_PROBE_ANSWER || buf[7] != 0 {
+    short_message(buf, KIND_PROBE_ANSWER)?;
+    if buf[7] != 0 {
         return Err(Rejected::Malformed);
     }
     let mut head = [0u8; 24];
