@@ -235,8 +235,6 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
             heartbeat_ifaces.push(iface);
         }
     }
-    // Only with real-time priority: a NAPI thread at normal priority waits behind busy
-    // processes, where a softirq would not.
     if cfg.node.threaded_napi {
         for iface in &heartbeat_ifaces {
             // Only at real-time priority: a NAPI thread at normal priority waits behind busy
