@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use takeover_common::{Action as GateAction, GateValue};
 use tokio::{net::UdpSocket, sync::mpsc};
 
@@ -408,6 +408,11 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
             // more than a datagram, and the peer sends on all paths at once.
             () = recv_ready(&sockets) => {
                 for (path, sock) in sockets.iter().enumerate() {
+                    // Only the sockets the reactor saw become readable: a read that finds
+                    // nothing is a system call for nothing.
+                    if sock.readable().now_or_never().is_none() {
+                        continue;
+                    }
                     while let Ok((n, from)) = sock.try_recv_from(&mut buf) {
                         match core.handle_datagram(now(), path, &buf[..n]) {
                             // Normal for a moment after either agent starts: counted only.
