@@ -78,6 +78,36 @@ fn assert_error(errors: &[ConfigError], line: usize, key: &str, says: &str) {
 }
 
 #[test]
+fn agent_exit_and_threaded_napi_are_read_and_checked() {
+    let c = parse(&MINIMAL.replacen(
+        "[fence]",
+        "[heartbeat]\nagent_exit = \"wait\"\n\n[fence]",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.heartbeat.agent_exit, AgentExit::Wait);
+    let c = parse(&MINIMAL.replacen(
+        r#"listen = ["10.0.0.1:7400"]"#,
+        "listen = [\"10.0.0.1:7400\"]\nthreaded_napi = false",
+        1,
+    ))
+    .unwrap();
+    assert!(!c.node.threaded_napi);
+    let errors = parse(&MINIMAL.replacen(
+        "[fence]",
+        "[heartbeat]\nagent_exit = \"ignore\"\n\n[fence]",
+        1,
+    ))
+    .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key == "heartbeat.agent_exit" && e.message.contains("not takeover or wait")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn every_error_names_its_key_and_line() {
     assert_error(
         &errors_with(r#"name = "a""#, r#"name = "a b""#),
