@@ -87,7 +87,7 @@ enum Command {
         /// The TOML configuration (see examples/takeover.toml; check it with check-config).
         #[arg(long, value_name = "FILE")]
         config: std::path::PathBuf,
-        /// Do not ask for real-time priority and locked memory.
+        /// Do not ask for real-time priority and locked memory (threaded NAPI stays off too).
         #[arg(long)]
         no_realtime: bool,
     },
