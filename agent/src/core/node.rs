@@ -940,6 +940,10 @@ impl Core {
             }
         }
         self.next_heartbeat = now + self.cfg.interval;
+        // Probes due soon go with the heartbeats: one wake-up, not two.
+        if self.probing_since.is_some() && now + self.cfg.probe_interval / 2 >= self.next_probe {
+            self.send_probes(now);
+        }
     }
 
     // ---- read-only views for status and tests ----

@@ -119,8 +119,8 @@ pub fn config(
         startup_grace: interval * 5,
         restart_grace: Duration::from_millis(500),
         exit_takes_over: true,
-        probe_interval: interval / 4,
-        probe_confirm: interval,
+        probe_interval: interval / 2,
+        probe_confirm: interval * 3,
         key: b"simulation key, 32 bytes long!!".to_vec(),
     }
 }

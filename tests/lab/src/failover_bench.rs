@@ -276,9 +276,14 @@ struct Soak {
     rss_kib: u64,
 }
 
-/// 30 s with four CPU-busy processes and no fault: count takeovers, measure the agent.
-fn soak(t: &Takeover) -> Result<Soak> {
+/// 30 s with four CPU-busy processes and no fault (or, with `line_down`, the dedicated line
+/// down from the start: one path left, the LAN confirming with probes): count takeovers,
+/// measure the agent.
+fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
     let r = rig(t, System::Takeover)?;
+    if line_down {
+        r.lan.host("a").ns.ip("link set ded down")?;
+    }
     let Servers::Agents(_, agents) = &r.servers else {
         unreachable!("a takeover rig")
     };
@@ -299,6 +304,19 @@ fn soak(t: &Takeover) -> Result<Soak> {
     }
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let (la, lb) = r.logs();
+    if la.contains("fencing") || lb.contains("fencing") {
+        let notable = |l: &str| {
+            l.lines()
+                .filter(|l| !l.contains("gate on") && !l.contains("threaded"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        eprintln!(
+            "soak (line down: {line_down}): a fence!\n-- a:\n{}\n-- b:\n{}",
+            notable(&la),
+            notable(&lb)
+        );
+    }
     Ok(Soak {
         takeovers: lb.matches(&format!("{LOGICAL} open")).count(),
         fences: lb.matches("fencing").count() + la.matches("fencing").count(),
@@ -376,8 +394,8 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     let soak = if std::env::var("TAKEOVER_BENCH_SOAK").as_deref() == Ok("0") {
         None
     } else {
-        eprintln!("soak: {SOAK:?} with 4 busy processes");
-        Some(soak(t)?)
+        eprintln!("soak: {SOAK:?} with 4 busy processes, then again with the line down");
+        Some((soak(t, false)?, soak(t, true)?))
     };
     let mut s = String::new();
     writeln!(s, "## Failover (`cargo xtask bench failover`)\n")?;
@@ -434,7 +452,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
             ratio(&slow)
         )?;
     }
-    if let Some(soak) = soak {
+    if let Some((soak, line)) = soak {
         writeln!(
             s,
             "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a used {:.2} % of a core, RSS {:.1} MiB.",
@@ -444,6 +462,13 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
             soak.fences,
             soak.cpu_percent,
             soak.rss_kib as f64 / 1024.0
+        )?;
+        writeln!(
+            s,
+            "The same with the dedicated line down all along (one path left; the LAN probes confirm): {} takeovers, {} fence commands; agent a used {:.2} % of a core.",
+            line.takeovers,
+            line.fences,
+            line.cpu_percent
         )?;
     }
     Ok(s)
