@@ -14,7 +14,11 @@
 //!   epoch (invariant 3).
 //! - Only authentic, newer datagrams change anything (invariant 4).
 //! - A peer is dead only when every path is silent; one path lost is reported, never acted on
-//!   (invariant 5). A dedicated line whose carrier drops shortens the wait on the others.
+//!   (invariant 5). A dedicated line whose carrier drops shortens the wait on the LAN, where
+//!   the peer's kernel answers probes. A peer's kernel may also report its agent's death
+//!   (exit notice), proven by a token its signed heartbeats committed to.
+//! - An address given up to a live peer is forwarded to it, not closed (clients with a stale
+//!   ARP entry); one given up is opened again only on votes cast after the peers heard that.
 use std::{collections::VecDeque, net::IpAddr, time::Duration};
 
 use super::wire::{self, Heartbeat, Rejected, ReplayGuard};
