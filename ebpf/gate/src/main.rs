@@ -208,8 +208,8 @@ fn forward(ctx: &XdpContext, gate: &GateValue) -> u32 {
 /// Answers a peer in the agent's name, turning the frame around (the caller sends it with
 /// XDP_TX): a heartbeat to an agent that died unannounced gets the agent's exit notice; a
 /// probe to a registered agent gets its answer. Handles the shapes the agents send:
-/// untagged, IPv4 without options or IPv6 without extension headers. Every read happens
-/// before the first write.
+/// untagged, IPv4 without options or IPv6 without extension headers. Nothing is written
+/// before the payload has been read: the frame is then long enough for every write.
 #[inline(always)]
 fn answer_peer(f: &XdpFrame, port: u16) -> Option<()> {
     let live = LIVENESS.get(0)?;
