@@ -50,7 +50,7 @@ fn defaults_fill_what_is_left_out() {
             agent_exit: AgentExit::Takeover,
         }
     );
-    assert!(c.node.threaded_napi);
+    assert!(!c.node.threaded_napi);
     assert_eq!(
         c.preempt,
         Preempt {
@@ -88,11 +88,11 @@ fn agent_exit_and_threaded_napi_are_read_and_checked() {
     assert_eq!(c.heartbeat.agent_exit, AgentExit::Wait);
     let c = parse(&MINIMAL.replacen(
         r#"listen = ["10.0.0.1:7400"]"#,
-        "listen = [\"10.0.0.1:7400\"]\nthreaded_napi = false",
+        "listen = [\"10.0.0.1:7400\"]\nthreaded_napi = true",
         1,
     ))
     .unwrap();
-    assert!(!c.node.threaded_napi);
+    assert!(c.node.threaded_napi);
     let errors = parse(&MINIMAL.replacen(
         "[fence]",
         "[heartbeat]\nagent_exit = \"ignore\"\n\n[fence]",

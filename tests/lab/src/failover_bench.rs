@@ -407,7 +407,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     writeln!(
         s,
         "Namespace topology (client, a, b on a bridge, dedicated line a<->b); a UDP client at 1000 requests/s. \
-         takeover: heartbeats every {} on both paths, dead after {} misses, preempt delay {}, real-time priority, threaded NAPI, \
+         takeover: heartbeats every {} on both paths, dead after {} misses, preempt delay {}, real-time priority (no threaded NAPI), \
          kernel exit notices on, the fence cuts the peer's LAN link (the lab's `fence` program, one netlink request: about 1 ms of the gap with the process start). \
          keepalived {}: VRRP on the LAN, a priority 200, b 100, preempt; the backup's service binds the address with \
          `ip_nonlocal_bind`. {trials} trials per (system, scenario), each on a fresh topology, all interleaved. \
