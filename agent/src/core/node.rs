@@ -37,9 +37,6 @@ pub struct CoreConfig {
     pub addresses: Vec<AddrSpec>,
     pub interval: Duration,
     pub misses: u32,
-    /// Misses that suffice when the dedicated line's carrier is down (a confirmation, not a
-    /// decision on its own).
-    pub confirm_misses: u32,
     pub preempt: Option<Duration>,
     /// After a failed fence, ask again this much later.
     pub fence_retry: Duration,
@@ -50,7 +47,7 @@ pub struct CoreConfig {
     /// How long the peers wait for an agent that said it is restarting.
     pub restart_grace: Duration,
     /// While the dedicated line's carrier is down, probe each peer's data plane on the LAN
-    /// this often (zero: never); its kernel answers whatever its agent is doing.
+    /// this often; its kernel answers whatever its agent is doing.
     pub probe_interval: Duration,
     /// With probes running, a peer whose kernel has not answered (nor its agent sent) for
     /// this long is dead: the LAN confirms what the dark line suggested.
@@ -184,8 +181,6 @@ pub struct Core {
     started: Duration,
     ready: bool,
     lan_up: bool,
-    /// Our end of the dedicated line has carrier (meaningful with two paths).
-    dedicated_carrier: bool,
     peers: Vec<Peer>,
     addrs: Vec<Addr>,
     seq: Vec<u64>,
@@ -254,7 +249,6 @@ impl Core {
             started: now,
             ready: false,
             lan_up: true,
-            dedicated_carrier: true,
             peers: vec![peer; n],
             seq: vec![0; cfg.paths],
             next_heartbeat: now,
@@ -332,19 +326,16 @@ impl Core {
             return None;
         }
         let last = *peer.last_heard.iter().flatten().max()?;
-        let deadline = match (
-            self.cfg.paths > 1 && !self.dedicated_carrier,
-            self.probing_since,
-        ) {
-            (false, _) => last + self.cfg.dead_after(self.cfg.misses),
+        let silent = last + self.cfg.dead_after(self.cfg.misses);
+        let deadline = match self.probing_since {
+            None => silent,
             // The line is dark: the peer's kernel confirms on the LAN. Dead when it has not
             // answered for the confirmation time since probing began, or when the agent has
             // been silent for the whole dead time (a live kernel is not a live server).
-            (true, Some(since)) => {
+            Some(since) => {
                 let evidence = last.max(peer.probe_answered.unwrap_or_default()).max(since);
-                (evidence + self.cfg.probe_confirm).min(last + self.cfg.dead_after(self.cfg.misses))
+                (evidence + self.cfg.probe_confirm).min(silent)
             }
-            (true, None) => last + self.cfg.dead_after(self.cfg.confirm_misses),
         };
         Some(peer.restart_until.map_or(deadline, |r| r.max(deadline)))
     }
@@ -600,9 +591,9 @@ impl Core {
 
     /// Our end of the dedicated line lost or regained carrier.
     pub fn handle_dedicated_carrier(&mut self, now: Duration, up: bool) {
-        if self.dedicated_carrier != up {
-            self.dedicated_carrier = up;
-            self.probing_since = (!up && !self.cfg.probe_interval.is_zero()).then_some(now);
+        // The line is dark exactly while probing.
+        if self.probing_since.is_none() != up {
+            self.probing_since = (!up).then_some(now);
             self.next_probe = now;
             self.actions.push_back(Action::Notice(format!(
                 "dedicated line carrier {}",

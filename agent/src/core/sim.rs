@@ -113,7 +113,6 @@ pub fn config(
         addresses,
         interval,
         misses: 5,
-        confirm_misses: 2,
         preempt,
         fence_retry: Duration::from_millis(50),
         startup_grace: interval * 5,

@@ -652,17 +652,10 @@ mod tests {
 
     #[test]
     fn foreign_and_garbage_datagrams_never_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = super::super::sim::Rng::new(0x2545_f491_4f6c_dd1d);
         for i in 0..20_000 {
             let len = i % 200;
-            let mut b: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
+            let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             if i % 3 == 0 && len >= 5 {
                 b[..4].copy_from_slice(&MAGIC);
                 b[4] = VERSION;

@@ -49,8 +49,6 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
             .collect(),
         interval: cfg.heartbeat.interval,
         misses: cfg.heartbeat.misses,
-        // A dark dedicated line halves the wait on the LAN; it never decides alone.
-        confirm_misses: (cfg.heartbeat.misses / 2).max(2),
         preempt: cfg.preempt.enabled.then_some(cfg.preempt.delay),
         fence_retry: Duration::from_secs(1),
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),

@@ -104,23 +104,15 @@ pub fn run(t: &Takeover) -> Result<()> {
             .unwrap_or_else(|| "       -".into())
     };
     let first_b = seen.first_reply("b", crash);
+    // What the agents logged, as times from an event.
+    let row = |label: &str, log: &str, what: &str, from: u64| {
+        println!("  {label:<27}{}", ms(log_time(log, what, from), from));
+    };
     println!("\n== Timeline of the crash (from the SIGKILL)");
-    println!(
-        "  peer a declared dead on b  {}",
-        ms(log_time(&lb, "peer a is dead", crash), crash)
-    );
-    println!(
-        "  fence command started      {}",
-        ms(log_time(&lb, "fencing a", crash), crash)
-    );
-    println!(
-        "  a fenced                   {}",
-        ms(log_time(&lb, "peer a fenced", crash), crash)
-    );
-    println!(
-        "  gate open on b             {}",
-        ms(log_time(&lb, &format!("{LOGICAL} open"), crash), crash)
-    );
+    row("peer a declared dead on b", &lb, "peer a is dead", crash);
+    row("fence command started", &lb, "fencing a", crash);
+    row("a fenced", &lb, "peer a fenced", crash);
+    row("gate open on b", &lb, &format!("{LOGICAL} open"), crash);
     println!("  first reply from b         {}", ms(first_b, crash));
     println!(
         "  requests lost              {:>8}",
@@ -128,18 +120,14 @@ pub fn run(t: &Takeover) -> Result<()> {
     );
     let first_a = seen.first_reply("a", back);
     println!("\n== Timeline of the failback (from a's return)");
-    println!(
-        "  agent a running            {}",
-        ms(log_time(&la, "running", back), back)
+    row("agent a running", &la, "running", back);
+    row(
+        "b hands over (forwards)",
+        &lb,
+        &format!("{LOGICAL} handed over"),
+        back,
     );
-    println!(
-        "  b hands over (forwards)    {}",
-        ms(log_time(&lb, &format!("{LOGICAL} handed over"), back), back)
-    );
-    println!(
-        "  gate open on a             {}",
-        ms(log_time(&la, &format!("{LOGICAL} open"), back), back)
-    );
+    row("gate open on a", &la, &format!("{LOGICAL} open"), back);
     println!("  first reply from a         {}", ms(first_a, back));
     let end = seen.sent.values().last().copied().unwrap_or(back);
     println!(
