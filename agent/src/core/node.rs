@@ -15,8 +15,9 @@
 //! - Only authentic, newer datagrams change anything (invariant 4).
 //! - A peer is dead only when every path is silent; one path lost is reported, never acted on
 //!   (invariant 5). A dedicated line whose carrier drops shortens the wait on the LAN, where
-//!   the peer's kernel answers probes. A peer's kernel may also report its agent's death
-//!   (exit notice), proven by a token its signed heartbeats committed to.
+//!   the peer's kernel answers probes, if the LAN falls silent with it (a crash takes both at
+//!   once; a cable pulled from a live peer does not). A peer's kernel may also report its
+//!   agent's death (exit notice), proven by a token its signed heartbeats committed to.
 //! - An address given up to a live peer is forwarded to it, not closed (clients with a stale
 //!   ARP entry); one given up is opened again only on votes cast after the peers heard that.
 use std::{collections::VecDeque, net::IpAddr, time::Duration};
@@ -49,8 +50,9 @@ pub struct CoreConfig {
     /// While the dedicated line's carrier is down, probe each peer's data plane on the LAN
     /// this often; its kernel answers whatever its agent is doing.
     pub probe_interval: Duration,
-    /// With probes running, a peer whose kernel has not answered (nor its agent sent) for
-    /// this long is dead: the LAN confirms what the dark line suggested.
+    /// A peer whose kernel has not answered (nor its agent sent) for this long, from a moment
+    /// within the dead time of the line going dark, is dead: the LAN confirms what the dark
+    /// line suggested.
     pub probe_confirm: Duration,
     /// A peer whose kernel reports that its agent died unannounced is dead at once (true),
     /// or is given `restart_grace` for a new agent, as for a planned restart (false).
@@ -193,9 +195,11 @@ pub struct Core {
     /// This node's vote per address, as last decided.
     votes: Vec<Option<NodeId>>,
     restarting: bool,
-    /// Since when the peers' data planes are being probed (the dedicated line is dark), the
-    /// next probe, and the last probe's number.
-    probing_since: Option<Duration>,
+    /// Since when the dedicated line is dark; from when a peer's silence on the LAN counts
+    /// towards the short confirmation (a late wake-up restarts it); the next probe, and the
+    /// last probe's number.
+    dark_since: Option<Duration>,
+    confirm_from: Duration,
     next_probe: Duration,
     probe_seq: u64,
     /// Sent in every heartbeat: the hash of the token this node's data plane reveals if the
@@ -259,7 +263,8 @@ impl Core {
             votes: vec![None; addrs.len()],
             restarting: false,
             exit_commit: [0; wire::TOKEN_LEN],
-            probing_since: None,
+            dark_since: None,
+            confirm_from: now,
             next_probe: now,
             probe_seq: 0,
             addrs,
@@ -313,10 +318,34 @@ impl Core {
         if !self.ready {
             consider(self.started + self.cfg.startup_grace);
         }
-        if self.probing_since.is_some() {
+        if self.probing(self.last_tick.unwrap_or(self.started)) {
             consider(self.next_probe);
         }
         t
+    }
+
+    /// The peers' data planes are probed on the LAN while a dark dedicated line may still be
+    /// the first sign of a crash: from its carrier drop until the short confirmation can no
+    /// longer apply.
+    fn probing(&self, now: Duration) -> bool {
+        self.dark_since.is_some_and(|d| {
+            now < d + self.cfg.dead_after(self.cfg.misses) + self.cfg.probe_confirm
+        })
+    }
+
+    /// The short deadline for peer `p`, if it applies: the line went dark and the peer fell
+    /// silent on the LAN (agent and kernel) within the dead time of that, as a crash does.
+    /// A peer heard well after the line went dark is alive with one path lost; from then on
+    /// only the whole dead time counts (a LAN stall must not become a takeover, invariant 5).
+    fn confirm_deadline(&self, p: NodeId) -> Option<Duration> {
+        let dark = self.dark_since?;
+        let peer = &self.peers[p];
+        let last = *peer.last_heard.iter().flatten().max()?;
+        let evidence = last
+            .max(peer.probe_answered.unwrap_or_default())
+            .max(self.confirm_from);
+        (evidence < dark + self.cfg.dead_after(self.cfg.misses))
+            .then(|| evidence + self.cfg.probe_confirm)
     }
 
     /// When peer `p` will be declared dead if nothing more is heard.
@@ -326,17 +355,10 @@ impl Core {
             return None;
         }
         let last = *peer.last_heard.iter().flatten().max()?;
+        // A live kernel is not a live server: an agent silent for the whole dead time is dead
+        // even if its kernel answers probes.
         let silent = last + self.cfg.dead_after(self.cfg.misses);
-        let deadline = match self.probing_since {
-            None => silent,
-            // The line is dark: the peer's kernel confirms on the LAN. Dead when it has not
-            // answered for the confirmation time since probing began, or when the agent has
-            // been silent for the whole dead time (a live kernel is not a live server).
-            Some(since) => {
-                let evidence = last.max(peer.probe_answered.unwrap_or_default()).max(since);
-                (evidence + self.cfg.probe_confirm).min(silent)
-            }
-        };
+        let deadline = self.confirm_deadline(p).map_or(silent, |c| c.min(silent));
         Some(peer.restart_until.map_or(deadline, |r| r.max(deadline)))
     }
 
@@ -592,8 +614,9 @@ impl Core {
     /// Our end of the dedicated line lost or regained carrier.
     pub fn handle_dedicated_carrier(&mut self, now: Duration, up: bool) {
         // The line is dark exactly while probing.
-        if self.probing_since.is_none() != up {
-            self.probing_since = (!up).then_some(now);
+        if self.dark_since.is_none() != up {
+            self.dark_since = (!up).then_some(now);
+            self.confirm_from = now;
             self.next_probe = now;
             self.actions.push_back(Action::Notice(format!(
                 "dedicated line carrier {}",
@@ -660,9 +683,7 @@ impl Core {
             // Probe rounds missed while this node did not run: the confirmation (a window
             // shorter than the credit's threshold) starts again, now.
             if slept > self.cfg.probe_interval * 2 {
-                if let Some(since) = &mut self.probing_since {
-                    *since = now;
-                }
+                self.confirm_from = now;
             }
         }
         self.last_awake = Some(now);
@@ -673,7 +694,7 @@ impl Core {
         self.last_tick = Some(now);
         for p in self.others().collect::<Vec<_>>() {
             if self.death_deadline(p).is_some_and(|d| now >= d) {
-                let why = if self.probing_since.is_some() {
+                let why = if self.confirm_deadline(p).is_some_and(|d| now >= d) {
                     "the dedicated line is dark and neither its agent nor its kernel answers on the LAN"
                 } else {
                     "every path silent"
@@ -690,7 +711,7 @@ impl Core {
         if now >= self.next_heartbeat {
             self.send_heartbeats(now);
         }
-        if self.probing_since.is_some() && now >= self.next_probe {
+        if self.probing(now) && now >= self.next_probe {
             self.send_probes(now);
         }
         self.decide(now);
@@ -901,6 +922,10 @@ impl Core {
             .collect();
         let us = now.as_micros() as u64;
         for path in 0..self.cfg.paths {
+            // Nothing goes out on a dedicated line without carrier.
+            if path == 0 && self.cfg.paths > 1 && self.dark_since.is_some() {
+                continue;
+            }
             self.seq[path] += 1;
             for p in self.others().collect::<Vec<_>>() {
                 let (echo_us, echo_hold_us) = match self.peers[p].echo[path] {
@@ -936,7 +961,7 @@ impl Core {
         }
         self.next_heartbeat = now + self.cfg.interval;
         // Probes due soon go with the heartbeats: one wake-up, not two.
-        if self.probing_since.is_some() && now + self.cfg.probe_interval / 2 >= self.next_probe {
+        if self.probing(now) && now + self.cfg.probe_interval / 2 >= self.next_probe {
             self.send_probes(now);
         }
     }

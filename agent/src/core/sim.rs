@@ -119,7 +119,7 @@ pub fn config(
         restart_grace: Duration::from_millis(500),
         exit_takes_over: true,
         probe_interval: interval / 2,
-        probe_confirm: interval * 3,
+        probe_confirm: interval,
         key: b"simulation key, 32 bytes long!!".to_vec(),
     }
 }
