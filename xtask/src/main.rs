@@ -217,7 +217,21 @@ fn debian_packages() -> Result<()> {
 }
 
 fn build() -> Result<()> {
-    run(cargo().args(["build", "--release", "--workspace", "--exclude", "xtask"]))
+    run(cargo().args(["build", "--release", "--workspace", "--exclude", "xtask"]))?;
+    // The lab's fence is on the takeover's critical path: linked statically it starts about
+    // 0.3 ms sooner (no dynamic loader; 0.54 against 0.88 ms here). Last, so that the
+    // workspace build above does not replace it.
+    run(cargo().args([
+        "rustc",
+        "--release",
+        "-p",
+        "takeover-lab",
+        "--bin",
+        "fence",
+        "--",
+        "-C",
+        "target-feature=+crt-static",
+    ]))
 }
 
 fn test(extra: &[&str]) -> Result<()> {
