@@ -36,8 +36,9 @@ pub struct Node {
     /// Local address of each path, in the same order as every peer's `paths`.
     pub listen: Vec<SocketAddr>,
     /// Switch the heartbeat interfaces to threaded NAPI with real-time kernel threads (only
-    /// when the agent runs at real-time priority itself). Off by default: on the benchmark
-    /// machines (2-core VMs, veth) it made the LAN path stall longer under load, not less.
+    /// when the agent runs at real-time priority itself): heartbeats are received on time
+    /// under load, and on veth the receive no longer runs in the sender's context. On by
+    /// default.
     pub threaded_napi: bool,
 }
 
@@ -585,7 +586,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             lan,
             xdp_mode,
             listen,
-            threaded_napi: node.threaded_napi.as_ref().is_some_and(|t| *t.get_ref()),
+            threaded_napi: node.threaded_napi.as_ref().is_none_or(|t| *t.get_ref()),
         },
         peers,
         addresses,

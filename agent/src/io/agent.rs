@@ -9,11 +9,19 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
+use std::{
+    net::UdpSocket,
+    os::fd::{AsRawFd, RawFd},
+};
 use takeover_common::{Action as GateAction, GateValue};
-use tokio::{net::UdpSocket, sync::mpsc};
 
-use super::{announce, control, netlink, timer::Timer};
+use super::{
+    announce, control,
+    inbox::{self, Inbox, Mailbox},
+    netlink,
+    udp::{self, RecvBufs},
+};
 use crate::{
     config::{AgentExit, Config, XdpMode},
     core::{
@@ -135,19 +143,29 @@ fn realtime() {
 
 enum Input {
     Fence(NodeId, bool),
+    Link(netlink::LinkEvent),
+    LinksStopped,
+    Control(control::Request),
+    Stop,
 }
 
-/// Real-time priority of the agent's thread and of the heartbeat interfaces' NAPI threads.
+/// Real-time priority of the agent's threads and of the heartbeat interfaces' NAPI threads.
 const RT_PRIORITY: i32 = 50;
 
 pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
     if realtime_priority {
         realtime();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // The heartbeats have this thread to themselves, in a loop of plain system calls
+    // (`io::udp`). What is slow or rare (netlink, the control socket, signals, the fence,
+    // announcements) runs on one runtime thread, which inherits the real-time priority.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
-    rt.block_on(agent(cfg, key, realtime_priority))
+    let (mailbox, inbox) = inbox::inbox().context("creating an eventfd")?;
+    let mut shell = rt.block_on(Shell::start(cfg, key, realtime_priority, mailbox))?;
+    shell.run(&rt, inbox)
 }
 
 /// 16 random bytes from the kernel.
@@ -160,215 +178,393 @@ fn random_token() -> Result<[u8; TOKEN_LEN]> {
     Ok(t)
 }
 
-async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
-    let lan = Iface::by_name(&cfg.node.lan)?;
-    let mode = match cfg.node.xdp_mode {
-        XdpMode::Auto => AttachMode::Auto,
-        XdpMode::Driver => AttachMode::Driver,
-        XdpMode::Generic => AttachMode::Generic,
-    };
-    let attached = dataplane::attach(&lan, mode)?;
-    log(format!(
-        "gate on {}: ingress XDP {}, egress {}",
-        lan.name, attached.xdp, attached.egress
-    ));
-    let mut gates = Gates::open(&PinDir::for_iface(&lan.name)?)?;
-    let mac = lan.mac()?;
-    let (core_cfg, peer_paths) = core_config(&cfg, key);
-    let addresses: Vec<IpAddr> = core_cfg.addresses.iter().map(|a| a.ip).collect();
+/// What the heartbeat loop owns.
+struct Shell {
+    cfg: Config,
+    core: Core,
+    core_cfg: CoreConfig,
+    peer_paths: Vec<Vec<SocketAddr>>,
+    addresses: Vec<IpAddr>,
+    gates: Gates,
+    epochs: BTreeMap<IpAddr, u64>,
+    epochs_path: PathBuf,
+    lan: Iface,
+    mac: [u8; 6],
+    nl: rtnetlink::Handle,
+    /// The dedicated line's interface: its carrier is a hint for the core.
+    dedicated: Option<u32>,
+    /// One socket per path.
+    sockets: Vec<UdpSocket>,
+    registration: Option<dataplane::liveness::Registration>,
+    announcer: Arc<announce::Sender>,
+    mailbox: Mailbox<Input>,
+    refused: RefusedLog,
+    start: Instant,
+}
 
-    // Gates found open (an agent restart) stay open; every other one is closed before the
-    // address is configured, so a standby never answers for it, not even for a moment.
-    let epochs_path = epochs_file(&lan.name)?;
-    let mut epochs = load_epochs(&epochs_path);
-    let mut open = Vec::new();
-    for (a, ip) in addresses.iter().enumerate() {
-        let t = Target::new(*ip, None);
-        let is_open = gates
-            .get(&t)?
-            .is_some_and(|e| e.action == Some(GateAction::Open));
-        if is_open {
-            open.push((a, epochs.get(ip).copied().unwrap_or(1)));
-        } else {
-            gates.set(&t, GateValue::new(GateAction::Closed))?;
-        }
-    }
-    let nl = netlink::connect()?;
-    for a in &cfg.addresses {
-        netlink::ensure_address(&nl, lan.index, a.ip, a.prefix).await?;
-    }
-
-    // One socket per path.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
-    let mut sockets = Vec::new();
-    for (path, addr) in cfg.node.listen.iter().enumerate() {
-        let sock = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind path {path} to {addr}"))?;
-        sockets.push(sock);
-    }
-    let mut buf = vec![0u8; MAX_MESSAGE + 1];
-    let mut refused = RefusedLog::default();
-    // The dedicated line's interface: its carrier is a hint for the core.
-    let dedicated = if cfg.node.listen.len() > 1 {
-        netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
-    } else {
-        None
-    };
-    // Every heartbeat interface gets the gate too (it passes what is not a logical address):
-    // its XDP program answers for a dead agent (kernel-assisted liveness).
-    let mut heartbeat_ifaces = vec![lan.clone()];
-    for addr in &cfg.node.listen {
-        let Some(index) = netlink::ifindex_of_address(&nl, addr.ip()).await? else {
-            log(format!("warning: no interface holds {}", addr.ip()));
-            continue;
+impl Shell {
+    async fn start(
+        cfg: Config,
+        key: Vec<u8>,
+        realtime_priority: bool,
+        mailbox: Mailbox<Input>,
+    ) -> Result<Self> {
+        let lan = Iface::by_name(&cfg.node.lan)?;
+        let mode = match cfg.node.xdp_mode {
+            XdpMode::Auto => AttachMode::Auto,
+            XdpMode::Driver => AttachMode::Driver,
+            XdpMode::Generic => AttachMode::Generic,
         };
-        let Some(name) = crate::sys::iface::name_of(index) else {
-            continue;
-        };
-        if heartbeat_ifaces.iter().all(|i| i.index != index) {
-            let iface = Iface::by_name(&name)?;
-            let attached = dataplane::attach(&iface, mode)?;
-            log(format!(
-                "gate on {name} (heartbeats): ingress XDP {}, egress {}",
-                attached.xdp, attached.egress
-            ));
-            heartbeat_ifaces.push(iface);
-        }
-    }
-    if cfg.node.threaded_napi {
-        for iface in &heartbeat_ifaces {
-            // Only at real-time priority: a NAPI thread at normal priority waits behind busy
-            // processes, where a softirq would not.
-            if !realtime_priority {
-                log(format!(
-                    "threaded NAPI on {} left off: it needs real-time priority (--no-realtime)",
-                    iface.name
-                ));
-                continue;
-            }
-            match napi::threaded(&iface.name, RT_PRIORITY) {
-                Ok(n) => log(format!(
-                    "threaded NAPI on {}: {n} thread(s) at SCHED_FIFO",
-                    iface.name
-                )),
-                Err(e) => log(format!("warning: threaded NAPI on {}: {e:#}", iface.name)),
-            }
-        }
-    }
-    let mut links = netlink::watch_links()?;
-
-    let start = Instant::now();
-    let now = || start.elapsed();
-    let incarnation = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)?
-        .as_nanos() as u64;
-    let mut core = Core::new(core_cfg.clone(), incarnation, now(), &open);
-    // Kernel-assisted liveness: if this process dies unannounced, the data plane answers the
-    // peers' heartbeats with this notice; they hold the token's hash from our heartbeats.
-    let token = random_token()?;
-    let port = cfg.node.listen[0].port();
-    if cfg.node.listen.iter().any(|l| l.port() != port) {
+        let attached = dataplane::attach(&lan, mode)?;
         log(format!(
-            "warning: the paths listen on different ports; exit notices answer port {port} only"
+            "gate on {}: ingress XDP {}, egress {}",
+            lan.name, attached.xdp, attached.egress
         ));
-    }
-    let mut registration = match dataplane::liveness::register(
-        &PinDir::for_iface(&lan.name)?,
-        port,
-        wire::encode_notice(incarnation, &token),
-    ) {
-        Ok(r) => {
-            core.set_exit_commit(wire::commit(&token));
-            Some(r)
-        }
-        Err(e) => {
-            log(format!(
-                "warning: no kernel-assisted liveness (peers will wait out the dead time if this agent dies): {e:#}"
-            ));
-            None
-        }
-    };
-    if !netlink::is_up(&nl, lan.index).await? {
-        core.handle_lan(now(), false);
-    }
-    if let Some(d) = dedicated {
-        if !netlink::is_up(&nl, d).await? {
-            core.handle_dedicated_carrier(now(), false);
-        }
-    }
-    let announcer = Arc::new(
-        announce::Sender::new(lan.index).context("opening a packet socket for announcements")?,
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let timer = Timer::new().context("creating a timerfd")?;
-    let (status_tx, mut status_rx) = mpsc::unbounded_channel();
-    control::listen(status_tx)?;
-    log(format!(
-        "node {} running: {} path(s), {} address(es)",
-        cfg.node.name,
-        sockets.len(),
-        addresses.len()
-    ));
+        let mut gates = Gates::open(&PinDir::for_iface(&lan.name)?)?;
+        let mac = lan.mac()?;
+        let (core_cfg, peer_paths) = core_config(&cfg, key);
+        let addresses: Vec<IpAddr> = core_cfg.addresses.iter().map(|a| a.ip).collect();
 
-    loop {
-        while let Some(action) = core.poll_action() {
+        // Gates found open (an agent restart) stay open; every other one is closed before the
+        // address is configured, so a standby never answers for it, not even for a moment.
+        let epochs_path = epochs_file(&lan.name)?;
+        let epochs = load_epochs(&epochs_path);
+        let mut open = Vec::new();
+        for (a, ip) in addresses.iter().enumerate() {
+            let t = Target::new(*ip, None);
+            let is_open = gates
+                .get(&t)?
+                .is_some_and(|e| e.action == Some(GateAction::Open));
+            if is_open {
+                open.push((a, epochs.get(ip).copied().unwrap_or(1)));
+            } else {
+                gates.set(&t, GateValue::new(GateAction::Closed))?;
+            }
+        }
+        let nl = netlink::connect()?;
+        for a in &cfg.addresses {
+            netlink::ensure_address(&nl, lan.index, a.ip, a.prefix).await?;
+        }
+
+        let mut sockets = Vec::new();
+        for (path, addr) in cfg.node.listen.iter().enumerate() {
+            let sock = UdpSocket::bind(addr)
+                .with_context(|| format!("cannot bind path {path} to {addr}"))?;
+            sockets.push(sock);
+        }
+        let dedicated = if cfg.node.listen.len() > 1 {
+            netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
+        } else {
+            None
+        };
+        // Every heartbeat interface gets the gate too (it passes what is not a logical
+        // address): its XDP program answers for a dead agent (kernel-assisted liveness).
+        let mut heartbeat_ifaces = vec![lan.clone()];
+        for addr in &cfg.node.listen {
+            let Some(index) = netlink::ifindex_of_address(&nl, addr.ip()).await? else {
+                log(format!("warning: no interface holds {}", addr.ip()));
+                continue;
+            };
+            let Some(name) = crate::sys::iface::name_of(index) else {
+                continue;
+            };
+            if heartbeat_ifaces.iter().all(|i| i.index != index) {
+                let iface = Iface::by_name(&name)?;
+                let attached = dataplane::attach(&iface, mode)?;
+                log(format!(
+                    "gate on {name} (heartbeats): ingress XDP {}, egress {}",
+                    attached.xdp, attached.egress
+                ));
+                heartbeat_ifaces.push(iface);
+            }
+        }
+        if cfg.node.threaded_napi {
+            for iface in &heartbeat_ifaces {
+                // Only at real-time priority: a NAPI thread at normal priority waits behind
+                // busy processes, where a softirq would not.
+                if !realtime_priority {
+                    log(format!(
+                        "threaded NAPI on {} left off: it needs real-time priority (--no-realtime)",
+                        iface.name
+                    ));
+                    continue;
+                }
+                match napi::threaded(&iface.name, RT_PRIORITY) {
+                    Ok(n) => log(format!(
+                        "threaded NAPI on {}: {n} thread(s) at SCHED_FIFO",
+                        iface.name
+                    )),
+                    Err(e) => log(format!("warning: threaded NAPI on {}: {e:#}", iface.name)),
+                }
+            }
+        }
+        let mut links = netlink::watch_links()?;
+        let m = mailbox.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = links.next().await {
+                if !m.send(Input::Link(ev)) {
+                    return;
+                }
+            }
+            m.send(Input::LinksStopped);
+        });
+
+        let start = Instant::now();
+        let incarnation = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_nanos() as u64;
+        let mut core = Core::new(core_cfg.clone(), incarnation, start.elapsed(), &open);
+        // Kernel-assisted liveness: if this process dies unannounced, the data plane answers
+        // the peers' heartbeats with this notice; they hold the token's hash from our
+        // heartbeats.
+        let token = random_token()?;
+        let port = cfg.node.listen[0].port();
+        if cfg.node.listen.iter().any(|l| l.port() != port) {
+            log(format!(
+                "warning: the paths listen on different ports; exit notices answer port {port} only"
+            ));
+        }
+        let registration = match dataplane::liveness::register(
+            &PinDir::for_iface(&lan.name)?,
+            port,
+            wire::encode_notice(incarnation, &token),
+        ) {
+            Ok(r) => {
+                core.set_exit_commit(wire::commit(&token));
+                Some(r)
+            }
+            Err(e) => {
+                log(format!(
+                    "warning: no kernel-assisted liveness (peers will wait out the dead time if this agent dies): {e:#}"
+                ));
+                None
+            }
+        };
+        if !netlink::is_up(&nl, lan.index).await? {
+            core.handle_lan(start.elapsed(), false);
+        }
+        if let Some(d) = dedicated {
+            if !netlink::is_up(&nl, d).await? {
+                core.handle_dedicated_carrier(start.elapsed(), false);
+            }
+        }
+        let announcer = Arc::new(
+            announce::Sender::new(lan.index)
+                .context("opening a packet socket for announcements")?,
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let m = mailbox.clone();
+        tokio::spawn(async move {
+            tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} }
+            m.send(Input::Stop);
+        });
+        let m = mailbox.clone();
+        control::listen(move |req| m.send(Input::Control(req)))?;
+        log(format!(
+            "node {} running: {} path(s), {} address(es)",
+            cfg.node.name,
+            sockets.len(),
+            addresses.len()
+        ));
+        Ok(Self {
+            cfg,
+            core,
+            core_cfg,
+            peer_paths,
+            addresses,
+            gates,
+            epochs,
+            epochs_path,
+            lan,
+            mac,
+            nl,
+            dedicated,
+            sockets,
+            registration,
+            announcer,
+            mailbox,
+            refused: RefusedLog::default(),
+            start,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The heartbeat loop: perform what the core decided, send what it queued (one
+    /// `sendmmsg` per socket), sleep until a socket or the inbox is readable or the core's
+    /// deadline comes, feed the core what happened.
+    fn run(&mut self, rt: &tokio::runtime::Runtime, inbox: Inbox<Input>) -> Result<()> {
+        let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        fds.push(inbox.fd());
+        let poller = udp::Poller::new(&fds).context("creating an epoll set")?;
+        let mut ready = Vec::with_capacity(fds.len());
+        let mut bufs = RecvBufs::new(MAX_MESSAGE + 1);
+        let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); self.sockets.len()];
+        loop {
+            self.perform(rt, &mut out)?;
+            let wake = self.start + self.core.poll_timeout();
+            let left = wake.saturating_duration_since(Instant::now());
+            poller
+                .wait(left, &mut ready)
+                .context("waiting for datagrams")?;
+            let mut heard = false;
+            for (path, sock) in self.sockets.iter().enumerate() {
+                if !ready[path] {
+                    continue;
+                }
+                let (core, refused, start) = (&mut self.core, &mut self.refused, self.start);
+                let got = udp::recv_all(sock, &mut bufs, |bytes, from| {
+                    match core.handle_datagram(start.elapsed(), path, bytes) {
+                        // Normal for a moment after either agent starts: counted only.
+                        Err(Rejected::Unaddressed) | Ok(()) => {}
+                        Err(r) => refused.note(r.as_str(), from),
+                    }
+                })
+                .with_context(|| format!("reading path {path}"))?;
+                heard |= got > 0;
+            }
+            if heard {
+                self.core.heard(self.now());
+            }
+            if ready[self.sockets.len()] {
+                for input in inbox.drain() {
+                    if !self.handle(input)? {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= wake {
+                self.core.handle_timeout(self.now());
+            }
+        }
+    }
+
+    /// One message from the runtime's thread; false when the agent must stop.
+    fn handle(&mut self, input: Input) -> Result<bool> {
+        let now = self.now();
+        match input {
+            Input::Fence(peer, ok) => self.core.handle_fence(now, peer, ok),
+            Input::Link(ev) if ev.ifindex == self.lan.index => self.core.handle_lan(now, ev.up),
+            Input::Link(ev) if Some(ev.ifindex) == self.dedicated => {
+                self.core.handle_dedicated_carrier(now, ev.up)
+            }
+            Input::Link(_) => {}
+            Input::LinksStopped => bail!("netlink link events stopped"),
+            Input::Control(req) => {
+                let answer = self.control(req.command, now);
+                let _ = req.reply.send(answer);
+            }
+            Input::Stop => {
+                // Gates stay as they are (pinned): a restart must not drop a packet. The
+                // peers are told, so they wait for the next agent instead of fencing this
+                // node.
+                if let Some(r) = self.registration.as_mut() {
+                    if let Err(e) = r.stopping() {
+                        log(format!(
+                            "warning: {e:#}: the peers may take this restart for a crash"
+                        ));
+                    }
+                }
+                self.core.shutdown(now);
+                while let Some(action) = self.core.poll_action() {
+                    if let Action::Send { peer, path, bytes } = action {
+                        udp::send_all(&self.sockets[path], &[(self.peer_paths[peer][path], bytes)]);
+                    }
+                }
+                log("stopping (SIGTERM/SIGINT); gates stay as they are, peers told to wait for a restart");
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn control(&mut self, command: control::Command, now: Duration) -> serde_json::Value {
+        match command {
+            control::Command::Status => control::status(&self.core, now, &self.lan.name),
+            control::Command::Switchover { addr, to } => {
+                let a = addr
+                    .parse::<IpAddr>()
+                    .ok()
+                    .and_then(|ip| self.addresses.iter().position(|x| *x == ip));
+                let n = self.core_cfg.nodes.iter().position(|x| *x == to);
+                match (a, n) {
+                    (Some(a), Some(n)) => {
+                        self.core.handle_switchover(now, a, n);
+                        serde_json::json!({"ok": true, "address": addr, "to": to})
+                    }
+                    (None, _) => {
+                        serde_json::json!({"error": format!("{addr} is not a logical address of this cluster")})
+                    }
+                    (_, None) => {
+                        serde_json::json!({"error": format!("{to} is not a node of this cluster ({})", self.core_cfg.nodes.join(", "))})
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything the core decided; datagrams are queued per socket and sent at the end.
+    fn perform(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        out: &mut [Vec<(SocketAddr, Vec<u8>)>],
+    ) -> Result<()> {
+        while let Some(action) = self.core.poll_action() {
             match action {
                 Action::OpenGate { addr } => {
-                    gates.set(
-                        &Target::new(addresses[addr], None),
-                        GateValue::new(GateAction::Open),
-                    )?;
-                    epochs.insert(addresses[addr], core.epoch(addr));
-                    save_epochs(&epochs_path, &epochs);
-                    log(format!(
-                        "{} open (epoch {})",
-                        addresses[addr],
-                        core.epoch(addr)
-                    ));
+                    let ip = self.addresses[addr];
+                    self.gates
+                        .set(&Target::new(ip, None), GateValue::new(GateAction::Open))?;
+                    self.epochs.insert(ip, self.core.epoch(addr));
+                    save_epochs(&self.epochs_path, &self.epochs);
+                    log(format!("{ip} open (epoch {})", self.core.epoch(addr)));
                 }
                 Action::ForwardGate { addr, to } => {
                     // The new server's MAC on the LAN, from the neighbour table (heartbeats
                     // on the LAN keep it there); without it, closed is all that is safe.
-                    let ip = peer_paths[to][core_cfg.paths - 1].ip();
-                    let value = match netlink::neighbour_mac(&nl, lan.index, ip).await {
-                        Ok(Some(peer_mac)) => GateValue::forward(0, peer_mac, mac),
-                        other => {
-                            log(format!(
-                                "no MAC for {ip} ({other:?}): {} closed instead of forwarded",
-                                addresses[addr]
-                            ));
-                            GateValue::new(GateAction::Closed)
-                        }
-                    };
-                    gates.set(&Target::new(addresses[addr], None), value)?;
-                    if epochs.remove(&addresses[addr]).is_some() {
-                        save_epochs(&epochs_path, &epochs);
+                    let ip = self.peer_paths[to][self.core_cfg.paths - 1].ip();
+                    let value =
+                        match rt.block_on(netlink::neighbour_mac(&self.nl, self.lan.index, ip)) {
+                            Ok(Some(peer_mac)) => GateValue::forward(0, peer_mac, self.mac),
+                            other => {
+                                log(format!(
+                                    "no MAC for {ip} ({other:?}): {} closed instead of forwarded",
+                                    self.addresses[addr]
+                                ));
+                                GateValue::new(GateAction::Closed)
+                            }
+                        };
+                    self.gates
+                        .set(&Target::new(self.addresses[addr], None), value)?;
+                    if self.epochs.remove(&self.addresses[addr]).is_some() {
+                        save_epochs(&self.epochs_path, &self.epochs);
                     }
                     log(format!(
                         "{} handed over to {}: forwarding what still arrives here",
-                        addresses[addr], core_cfg.nodes[to]
+                        self.addresses[addr], self.core_cfg.nodes[to]
                     ));
                 }
                 Action::CloseGate { addr } => {
-                    gates.set(
-                        &Target::new(addresses[addr], None),
-                        GateValue::new(GateAction::Closed),
-                    )?;
-                    if epochs.remove(&addresses[addr]).is_some() {
-                        save_epochs(&epochs_path, &epochs);
-                        log(format!("{} closed", addresses[addr]));
+                    let ip = self.addresses[addr];
+                    self.gates
+                        .set(&Target::new(ip, None), GateValue::new(GateAction::Closed))?;
+                    if self.epochs.remove(&ip).is_some() {
+                        save_epochs(&self.epochs_path, &self.epochs);
+                        log(format!("{ip} closed"));
                     }
                 }
                 Action::Announce { addr } => {
                     let (frames, sender, count, interval) = (
-                        announce::frames(addresses[addr], mac),
-                        announcer.clone(),
-                        cfg.announce.count,
-                        cfg.announce.interval,
+                        announce::frames(self.addresses[addr], self.mac),
+                        self.announcer.clone(),
+                        self.cfg.announce.count,
+                        self.cfg.announce.interval,
                     );
-                    tokio::spawn(async move {
+                    rt.spawn(async move {
                         for i in 0..count {
                             for f in &frames {
                                 if let Err(e) = sender.send(f) {
@@ -382,98 +578,34 @@ async fn agent(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()>
                     });
                 }
                 Action::Fence { peer } => {
-                    let (argv, timeout, name, tx) = (
-                        cfg.fence.command.clone(),
-                        cfg.fence.timeout,
-                        core_cfg.nodes[peer].clone(),
-                        tx.clone(),
+                    let (argv, timeout, name, mailbox) = (
+                        self.cfg.fence.command.clone(),
+                        self.cfg.fence.timeout,
+                        self.core_cfg.nodes[peer].clone(),
+                        self.mailbox.clone(),
                     );
                     log(format!(
                         "fencing {name}: {}",
                         fence_argv(&argv, &name).join(" ")
                     ));
-                    tokio::spawn(async move {
+                    rt.spawn(async move {
                         let ok = fence(&argv, &name, timeout).await;
-                        let _ = tx.send(Input::Fence(peer, ok));
+                        mailbox.send(Input::Fence(peer, ok));
                     });
                 }
                 Action::Send { peer, path, bytes } => {
-                    let _ = sockets[path].try_send_to(&bytes, peer_paths[peer][path]);
+                    out[path].push((self.peer_paths[peer][path], bytes));
                 }
                 Action::Notice(text) => log(text),
             }
         }
-        let wake = start + core.poll_timeout();
-        tokio::select! {
-            // Every datagram waiting on any path is handled in one wake-up: a wake-up costs
-            // more than a datagram, and the peer sends on all paths at once.
-            () = recv_ready(&sockets) => {
-                for (path, sock) in sockets.iter().enumerate() {
-                    // Only the sockets the reactor saw become readable: a read that finds
-                    // nothing is a system call for nothing.
-                    if sock.readable().now_or_never().is_none() {
-                        continue;
-                    }
-                    while let Ok((n, from)) = sock.try_recv_from(&mut buf) {
-                        match core.handle_datagram(now(), path, &buf[..n]) {
-                            // Normal for a moment after either agent starts: counted only.
-                            Err(Rejected::Unaddressed) | Ok(()) => {}
-                            Err(r) => refused.note(r.as_str(), from),
-                        }
-                    }
-                }
-                core.heard(now());
-            }
-            input = rx.recv() => match input {
-                Some(Input::Fence(peer, ok)) => core.handle_fence(now(), peer, ok),
-                None => bail!("the fence channel closed"),
-            },
-            ev = links.next() => match ev {
-                Some(ev) if ev.ifindex == lan.index => core.handle_lan(now(), ev.up),
-                Some(ev) if Some(ev.ifindex) == dedicated => core.handle_dedicated_carrier(now(), ev.up),
-                Some(_) => {}
-                None => bail!("netlink link events stopped"),
-            },
-            r = timer.sleep_until(wake) => {
-                r.context("waiting on the timer")?;
-                core.handle_timeout(now());
-            }
-            Some(req) = status_rx.recv() => {
-                let answer = match req.command {
-                    control::Command::Status => control::status(&core, now(), &lan.name),
-                    control::Command::Switchover { addr, to } => {
-                        let a = addr.parse::<IpAddr>().ok().and_then(|ip| addresses.iter().position(|x| *x == ip));
-                        let n = core_cfg.nodes.iter().position(|x| *x == to);
-                        match (a, n) {
-                            (Some(a), Some(n)) => {
-                                core.handle_switchover(now(), a, n);
-                                serde_json::json!({"ok": true, "address": addr, "to": to})
-                            }
-                            (None, _) => serde_json::json!({"error": format!("{addr} is not a logical address of this cluster")}),
-                            (_, None) => serde_json::json!({"error": format!("{to} is not a node of this cluster ({})", core_cfg.nodes.join(", "))}),
-                        }
-                    }
-                };
-                let _ = req.reply.send(answer);
-            }
-            _ = async { tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} } } => {
-                // Gates stay as they are (pinned): a restart must not drop a packet. The
-                // peers are told, so they wait for the next agent instead of fencing this node.
-                if let Some(r) = registration.as_mut() {
-                    if let Err(e) = r.stopping() {
-                        log(format!("warning: {e:#}: the peers may take this restart for a crash"));
-                    }
-                }
-                core.shutdown(now());
-                while let Some(action) = core.poll_action() {
-                    if let Action::Send { peer, path, bytes } = action {
-                        let _ = sockets[path].try_send_to(&bytes, peer_paths[peer][path]);
-                    }
-                }
-                log("stopping (SIGTERM/SIGINT); gates stay as they are, peers told to wait for a restart");
-                return Ok(());
+        for (sock, queued) in self.sockets.iter().zip(out.iter_mut()) {
+            if !queued.is_empty() {
+                udp::send_all(sock, queued);
+                queued.clear();
             }
         }
+        Ok(())
     }
 }
 
@@ -506,18 +638,6 @@ impl RefusedLog {
         self.counts.clear();
         self.since = Some(now);
     }
-}
-
-/// Resolves when any socket has a datagram to read.
-fn recv_ready(sockets: &[UdpSocket]) -> impl std::future::Future<Output = ()> + '_ {
-    std::future::poll_fn(move |cx| {
-        for s in sockets {
-            if s.poll_recv_ready(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
 }
 
 /// The fence command's argv for `peer`: `{peer}` in an argument is replaced by the peer's

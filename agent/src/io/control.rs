@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::UnixListener,
-    sync::{mpsc, oneshot},
+    sync::oneshot,
 };
 
 use crate::{
@@ -36,8 +36,9 @@ pub enum Command {
     Switchover { addr: String, to: String },
 }
 
-/// Listens on the control socket; each `status` request is handed to the agent's loop.
-pub fn listen(tx: mpsc::UnboundedSender<Request>) -> Result<()> {
+/// Listens on the control socket; each request is handed to the agent's loop by `deliver`
+/// (false: the loop has gone).
+pub fn listen(deliver: impl Fn(Request) -> bool + Clone + Send + 'static) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path()?;
     if let Some(dir) = path.parent() {
@@ -50,7 +51,7 @@ pub fn listen(tx: mpsc::UnboundedSender<Request>) -> Result<()> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
+            let deliver = deliver.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
@@ -71,7 +72,7 @@ pub fn listen(tx: mpsc::UnboundedSender<Request>) -> Result<()> {
                 let answer = match command {
                     Some(command) => {
                         let (reply, rx) = oneshot::channel();
-                        if tx.send(Request { command, reply }).is_err() {
+                        if !deliver(Request { command, reply }) {
                             return;
                         }
                         rx.await

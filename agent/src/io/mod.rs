@@ -2,5 +2,6 @@
 pub mod agent;
 pub mod announce;
 pub mod control;
+pub mod inbox;
 pub mod netlink;
-pub mod timer;
+pub mod udp;

@@ -56,6 +56,41 @@ impl Host {
     }
 }
 
+/// The switch forwards in kernel threads of its own at real-time priority (threaded NAPI on
+/// its port, which has an XDP program), as a real switch forwards on its own silicon: without
+/// it veth runs the port's receive and the bridge in the sending host's context, and the
+/// hosts' CPU figures would include the switch's work. Threads are found by name; another
+/// switch's port of the same name may match too (it would get the same priority).
+fn threaded_port(switch: &Netns, port: &str) -> Result<()> {
+    switch.sh(&format!("echo 1 > /sys/class/net/{port}/threaded"))?;
+    // A thread's name is cut at 15 bytes.
+    let prefix: String = format!("napi/{port}-").chars().take(15).collect();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix) {
+            let param = libc::sched_param { sched_priority: 50 };
+            // (One that has just gone with its namespace does not matter.)
+            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+            {
+                bail!(
+                    "SCHED_FIFO for {}: {}",
+                    comm.trim_end(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A switch (bridge `br0` in its own namespace) with hosts attached.
 #[derive(Debug)]
 pub struct Lan {
@@ -96,6 +131,7 @@ impl Lan {
             // A partial checksum left by tx offload would be rejected after an XDP forward.
             host.ns.sh("ethtool -K lan tx off >/dev/null")?;
             takeover.ok(&lan.switch, &format!("attach --iface {port}"))?;
+            threaded_port(&lan.switch, &port)?;
             lan.hosts.push(host);
         }
         for h in &lan.hosts {
