@@ -50,7 +50,7 @@ fn defaults_fill_what_is_left_out() {
             agent_exit: AgentExit::Takeover,
         }
     );
-    assert!(!c.node.threaded_napi);
+    assert!(c.node.threaded_napi);
     assert_eq!(
         c.preempt,
         Preempt {
