@@ -613,7 +613,7 @@ impl Core {
 
     /// Our end of the dedicated line lost or regained carrier.
     pub fn handle_dedicated_carrier(&mut self, now: Duration, up: bool) {
-        // The line is dark exactly while probing.
+        // Only a change counts (netlink reports a link for other reasons too).
         if self.dark_since.is_none() != up {
             self.dark_since = (!up).then_some(now);
             self.confirm_from = now;

@@ -1,8 +1,10 @@
-//! `takeover run`: the thin tokio shell around the core. It owns the sockets, the clock, the
-//! gate table, netlink and the fence command; the core decides.
+//! `takeover run`: the shell around the core. Its main thread owns the sockets, the clock and
+//! the gate table, and runs the heartbeat loop; a tokio worker does netlink, the control
+//! socket, signals and the fence command, and reports through the inbox. The core decides.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -10,10 +12,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use std::{
-    net::UdpSocket,
-    os::fd::{AsRawFd, RawFd},
-};
 use takeover_common::{Action as GateAction, GateValue};
 
 use super::{
@@ -423,9 +421,13 @@ impl Shell {
                         Err(Rejected::Unaddressed) | Ok(()) => {}
                         Err(r) => refused.note(r.as_str(), from),
                     }
-                })
-                .with_context(|| format!("reading path {path}"))?;
-                heard |= got > 0;
+                });
+                match got {
+                    Ok(n) => heard |= n > 0,
+                    // A socket error (reading it clears it) is a lost datagram, not a reason
+                    // to stop.
+                    Err(e) => log(format!("reading path {path}: {e}")),
+                }
             }
             if heard {
                 self.core.heard(self.now());
