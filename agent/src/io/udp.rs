@@ -39,28 +39,18 @@ pub fn recv_all(
     loop {
         let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
             [MaybeUninit::zeroed(); BATCH];
-        let mut iovs: Vec<libc::iovec> = bufs
-            .bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
-            .map(|i| {
-                // SAFETY: an all-zero msghdr is valid (no control data, no flags).
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = names[i].as_mut_ptr().cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
+        // On the stack: a wake-up allocates nothing.
+        let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            iov_base: bufs.bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs.bufs[i].len(),
+        });
+        let mut msgs: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
+            header(
+                names[i].as_mut_ptr().cast(),
+                std::mem::size_of::<libc::sockaddr_storage>() as _,
+                &mut iovs[i],
+            )
+        });
         let n = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -90,6 +80,24 @@ pub fn recv_all(
         if n < BATCH {
             return Ok(total);
         }
+    }
+}
+
+/// One datagram's header for `recvmmsg`/`sendmmsg`: its address and its one buffer.
+fn header(
+    name: *mut libc::c_void,
+    namelen: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: an all-zero msghdr is valid (no control data, no flags).
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_name = name;
+    h.msg_namelen = namelen;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    libc::mmsghdr {
+        msg_hdr: h,
+        msg_len: 0,
     }
 }
 
@@ -129,19 +137,10 @@ pub fn send_all(sock: &UdpSocket, out: &[(SocketAddr, Vec<u8>)]) {
             iov_len: b.len(),
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = (0..out.len())
-        .map(|i| {
-            // SAFETY: an all-zero msghdr is valid (no control data, no flags).
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_name = names[i].as_ptr() as *mut _;
-            h.msg_namelen = names[i].len();
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
+    let mut msgs: Vec<libc::mmsghdr> = names
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|(name, iov)| header(name.as_ptr() as *mut _, name.len(), iov))
         .collect();
     let mut i = 0;
     while i < msgs.len() {
