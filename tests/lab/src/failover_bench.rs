@@ -250,23 +250,29 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
     Ok((gap, lost))
 }
 
-/// CPU time (user + system, in clock ticks) and resident memory (KiB) of a process.
-fn usage(pid: u32) -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+/// Resident memory of `pid`, KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    Ok((ticks, rss))
+        .context("VmRSS")
+}
+
+/// Nanoseconds `pid` has run on a CPU, all threads: the scheduler's own account
+/// (`/proc/PID/task/*/schedstat`, first field), exact where tick sampling is not.
+fn runtime_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat
+            .split_whitespace()
+            .next()
+            .context("schedstat")?
+            .parse::<u64>()?;
+    }
+    Ok(total)
 }
 
 struct Soak {
@@ -295,14 +301,14 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
         })
         .collect::<std::io::Result<_>>()?;
     let pid = agents[0].child.id();
-    let (ticks0, _) = usage(pid)?;
+    let run0 = runtime_ns(pid)?;
     std::thread::sleep(SOAK);
-    let (ticks1, rss) = usage(pid)?;
+    let run1 = runtime_ns(pid)?;
+    let rss = rss_kib(pid)?;
     for h in &mut hogs {
         let _ = h.kill();
         let _ = h.wait();
     }
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let (la, lb) = r.logs();
     if la.contains("fencing") || lb.contains("fencing") {
         let notable = |l: &str| {
@@ -320,7 +326,7 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
     Ok(Soak {
         takeovers: lb.matches(&format!("{LOGICAL} open")).count(),
         fences: lb.matches("fencing").count() + la.matches("fencing").count(),
-        cpu_percent: 100.0 * (ticks1 - ticks0) as f64 / hz / SOAK.as_secs_f64(),
+        cpu_percent: 100.0 * (run1 - run0) as f64 / 1e9 / SOAK.as_secs_f64(),
         rss_kib: rss,
     })
 }
@@ -456,7 +462,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     if let Some((soak, line)) = soak {
         writeln!(
             s,
-            "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a used {:.2} % of a core, RSS {:.1} MiB.",
+            "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a used {:.2} % of a core (its run time in /proc/PID/task/*/schedstat), RSS {:.1} MiB.",
             SOAK.as_secs(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             soak.takeovers,
