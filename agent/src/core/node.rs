@@ -96,11 +96,14 @@ pub enum Action {
     Fence {
         peer: NodeId,
     },
-    /// Send this datagram to `peer` on `path`.
+    /// Send this datagram to `peer` on `path`. `urgent`: the peer must act on it at once (this
+    /// node's summary changed, or it is stopping); otherwise it only says that this node is
+    /// alive, and the peer may read it at its own next tick.
     Send {
         peer: NodeId,
         path: usize,
         bytes: Vec<u8>,
+        urgent: bool,
     },
     /// Something an operator should see in the log.
     Notice(String),
@@ -567,6 +570,7 @@ impl Core {
                 peer: p,
                 path: lan,
                 bytes: bytes.to_vec(),
+                urgent: false,
             });
         }
         self.next_probe = now + self.cfg.probe_interval;
@@ -593,7 +597,7 @@ impl Core {
             self.cfg.addresses[a].ip, self.cfg.nodes[to]
         )));
         self.decide(now);
-        self.send_heartbeats(now);
+        self.send_heartbeats(now, true);
     }
 
     /// Our LAN interface's carrier/operational state changed (netlink).
@@ -608,7 +612,7 @@ impl Core {
         )));
         self.decide(now);
         // Tell the peers at once (on the paths that still work), not at the next heartbeat.
-        self.send_heartbeats(now);
+        self.send_heartbeats(now, true);
     }
 
     /// Our end of the dedicated line lost or regained carrier.
@@ -709,7 +713,7 @@ impl Core {
             self.ready = true;
         }
         if now >= self.next_heartbeat {
-            self.send_heartbeats(now);
+            self.send_heartbeats(now, false);
         }
         if self.probing(now) && now >= self.next_probe {
             self.send_probes(now);
@@ -885,7 +889,7 @@ impl Core {
             }
         }
         if changed {
-            self.send_heartbeats(now);
+            self.send_heartbeats(now, true);
         }
     }
 
@@ -894,10 +898,11 @@ impl Core {
     /// stay as they are; the next agent finds them.
     pub fn shutdown(&mut self, now: Duration) {
         self.restarting = true;
-        self.send_heartbeats(now);
+        self.send_heartbeats(now, true);
     }
 
-    fn send_heartbeats(&mut self, now: Duration) {
+    /// A heartbeat to every peer on every working path; `urgent` when it carries news.
+    fn send_heartbeats(&mut self, now: Duration, urgent: bool) {
         let serving: Vec<(IpAddr, u64)> = self
             .addrs
             .iter()
@@ -956,6 +961,7 @@ impl Core {
                     peer: p,
                     path,
                     bytes: wire::encode(&hb, &self.cfg.key),
+                    urgent,
                 });
             }
         }

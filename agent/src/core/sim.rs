@@ -339,7 +339,9 @@ impl Sim {
                         .push(format!("{:?} n{n} fences n{peer}", self.now));
                     self.fences.push((self.now + self.fence_delay, n, peer));
                 }
-                Action::Send { peer, path, bytes } => self.send(n, peer, path, bytes),
+                Action::Send {
+                    peer, path, bytes, ..
+                } => self.send(n, peer, path, bytes),
             }
         }
         self.check_invariant_1();

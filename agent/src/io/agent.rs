@@ -192,7 +192,18 @@ struct Shell {
     /// The dedicated line's interface: its carrier is a hint for the core.
     dedicated: Option<u32>,
     /// One socket per path.
-    sockets: Vec<UdpSocket>,
+    /// Per path, the configured address: the peers' periodic heartbeats arrive here, read at
+    /// every wake-up (at least one per interval: this node's own tick), stamped on arrival.
+    listen: Vec<UdpSocket>,
+    /// Per path, the same address on a port of its own, which the loop sleeps on: what
+    /// must be acted on at once arrives here (the peers' urgent heartbeats, and what their
+    /// kernels answer to this node's heartbeats and probes, which leave from it).
+    wake: Vec<UdpSocket>,
+    /// Each peer's wake socket per path, learnt from the source of its heartbeats; until then
+    /// urgent messages go to its listening address.
+    peer_wake: Vec<Vec<Option<SocketAddr>>>,
+    /// The latest time fed to the core: arrival stamps are clamped to it (time never goes back).
+    fed: Duration,
     registration: Option<dataplane::liveness::Registration>,
     announcer: Arc<announce::Sender>,
     mailbox: Mailbox<Input>,
@@ -244,11 +255,17 @@ impl Shell {
             netlink::ensure_address(&nl, lan.index, a.ip, a.prefix).await?;
         }
 
-        let mut sockets = Vec::new();
+        let (mut listen, mut wake) = (Vec::new(), Vec::new());
         for (path, addr) in cfg.node.listen.iter().enumerate() {
             let sock = UdpSocket::bind(addr)
                 .with_context(|| format!("cannot bind path {path} to {addr}"))?;
-            sockets.push(sock);
+            udp::stamp_arrivals(&sock).context("SO_TIMESTAMPNS")?;
+            listen.push(sock);
+            let any_port = SocketAddr::new(addr.ip(), 0);
+            wake.push(
+                UdpSocket::bind(any_port)
+                    .with_context(|| format!("cannot bind path {path} to {any_port}"))?,
+            );
         }
         let dedicated = if cfg.node.listen.len() > 1 {
             netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
@@ -363,10 +380,12 @@ impl Shell {
         log(format!(
             "node {} running: {} path(s), {} address(es)",
             cfg.node.name,
-            sockets.len(),
+            listen.len(),
             addresses.len()
         ));
+        let peer_wake = vec![vec![None; listen.len()]; peer_paths.len()];
         Ok(Self {
+            peer_wake,
             cfg,
             core,
             core_cfg,
@@ -379,7 +398,9 @@ impl Shell {
             mac,
             nl,
             dedicated,
-            sockets,
+            listen,
+            wake,
+            fed: Duration::ZERO,
             registration,
             announcer,
             mailbox,
@@ -393,15 +414,18 @@ impl Shell {
     }
 
     /// The heartbeat loop: perform what the core decided, send what it queued (one
-    /// `sendmmsg` per socket), sleep until a socket or the inbox is readable or the core's
-    /// deadline comes, feed the core what happened.
+    /// `sendmmsg` per socket), sleep until a wake socket or the inbox is readable or the
+    /// core's deadline comes, feed the core what arrived (the periodic heartbeats by their
+    /// arrival time) and what happened.
     fn run(&mut self, rt: &tokio::runtime::Runtime, inbox: Inbox<Input>) -> Result<()> {
-        let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let mut fds: Vec<RawFd> = self.wake.iter().map(|s| s.as_raw_fd()).collect();
         fds.push(inbox.fd());
         let poller = udp::Poller::new(&fds).context("creating an epoll set")?;
         let mut ready = Vec::with_capacity(fds.len());
         let mut bufs = RecvBufs::new(MAX_MESSAGE + 1);
-        let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); self.sockets.len()];
+        let paths = self.listen.len();
+        // Per socket, listen sockets first: what to send on it.
+        let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
         loop {
             self.perform(rt, &mut out)?;
             let wake = self.start + self.core.poll_timeout();
@@ -409,30 +433,21 @@ impl Shell {
             poller
                 .wait(left, &mut ready)
                 .context("waiting for datagrams")?;
+            // Arrival stamps are wall-clock time: this wake-up's wall clock against the core's.
+            let (now, wall) = (self.now(), SystemTime::now());
             let mut heard = false;
-            for (path, sock) in self.sockets.iter().enumerate() {
-                if !ready[path] {
-                    continue;
-                }
-                let (core, refused, start) = (&mut self.core, &mut self.refused, self.start);
-                let got = udp::recv_all(sock, &mut bufs, |bytes, from| {
-                    match core.handle_datagram(start.elapsed(), path, bytes) {
-                        // Normal for a moment after either agent starts: counted only.
-                        Err(Rejected::Unaddressed) | Ok(()) => {}
-                        Err(r) => refused.note(r.as_str(), from),
-                    }
-                });
-                match got {
-                    Ok(n) => heard |= n > 0,
-                    // A socket error (reading it clears it) is a lost datagram, not a reason
-                    // to stop.
-                    Err(e) => log(format!("reading path {path}: {e}")),
-                }
+            // The older first: what waited for this wake-up, then what woke it.
+            for path in 0..paths {
+                heard |= self.receive(&mut bufs, path, false, now, wall);
+            }
+            for path in (0..paths).filter(|&p| ready[p]) {
+                heard |= self.receive(&mut bufs, path, true, now, wall);
             }
             if heard {
-                self.core.heard(self.now());
+                let now = self.feed_time(self.now());
+                self.core.heard(now);
             }
-            if ready[self.sockets.len()] {
+            if ready[paths] {
                 for input in inbox.drain() {
                     if !self.handle(input)? {
                         return Ok(());
@@ -440,7 +455,64 @@ impl Shell {
                 }
             }
             if Instant::now() >= wake {
-                self.core.handle_timeout(self.now());
+                let now = self.feed_time(self.now());
+                self.core.handle_timeout(now);
+            }
+        }
+    }
+
+    /// The core's time, never before what it was last given.
+    fn feed_time(&mut self, t: Duration) -> Duration {
+        self.fed = self.fed.max(t);
+        self.fed
+    }
+
+    /// Feeds the core what waits on one path's listen or wake socket; true if anything did.
+    /// `now` and `wall` are this wake-up's time on the core's clock and on the wall clock.
+    fn receive(
+        &mut self,
+        bufs: &mut RecvBufs,
+        path: usize,
+        woke: bool,
+        now: Duration,
+        wall: SystemTime,
+    ) -> bool {
+        let sock = if woke {
+            &self.wake[path]
+        } else {
+            &self.listen[path]
+        };
+        let (core, refused, fed) = (&mut self.core, &mut self.refused, &mut self.fed);
+        let (peer_paths, peer_wake) = (&self.peer_paths, &mut self.peer_wake);
+        let got = udp::recv_all(sock, bufs, |bytes, from, arrived| {
+            // How long ago it arrived, by the wall clock, on the core's clock; never before
+            // what the core was last told.
+            let ago = arrived.and_then(|t| wall.duration_since(t).ok());
+            let at = ago.map_or(now, |a| now.saturating_sub(a)).max(*fed);
+            *fed = at;
+            match core.handle_datagram(at, path, bytes) {
+                Ok(()) => {
+                    if !woke {
+                        // A peer's periodic heartbeat comes from its wake socket.
+                        if let Some(p) = peer_paths
+                            .iter()
+                            .position(|a| a.get(path).is_some_and(|a| a.ip() == from.ip()))
+                        {
+                            peer_wake[p][path] = Some(from);
+                        }
+                    }
+                }
+                // Normal for a moment after either agent starts: counted only.
+                Err(Rejected::Unaddressed) => {}
+                Err(r) => refused.note(r.as_str(), from),
+            }
+        });
+        match got {
+            Ok(n) => n > 0,
+            // A socket error (reading it clears it) is a lost datagram, not a reason to stop.
+            Err(e) => {
+                log(format!("reading path {path}: {e}"));
+                false
             }
         }
     }
@@ -472,11 +544,13 @@ impl Shell {
                     }
                 }
                 self.core.shutdown(now);
+                let mut out = vec![Vec::new(); 2 * self.listen.len()];
                 while let Some(action) = self.core.poll_action() {
-                    if let Action::Send { peer, path, bytes } = action {
-                        udp::send_all(&self.sockets[path], &[(self.peer_paths[peer][path], bytes)]);
+                    if let Action::Send { .. } = action {
+                        self.queue(action, &mut out);
                     }
                 }
+                self.send(&mut out);
                 log("stopping (SIGTERM/SIGINT); gates stay as they are, peers told to wait for a restart");
                 return Ok(false);
             }
@@ -595,19 +669,44 @@ impl Shell {
                         mailbox.send(Input::Fence(peer, ok));
                     });
                 }
-                Action::Send { peer, path, bytes } => {
-                    out[path].push((self.peer_paths[peer][path], bytes));
-                }
+                Action::Send { .. } => self.queue(action, out),
                 Action::Notice(text) => log(text),
             }
         }
-        for (sock, queued) in self.sockets.iter().zip(out.iter_mut()) {
+        self.send(out);
+        Ok(())
+    }
+
+    /// Queues a datagram for its socket: an urgent one leaves from the listen socket for the
+    /// peer's wake socket, which wakes it; a periodic one from the wake socket for the peer's
+    /// listen socket, which it reads at its next tick, so the peer's kernel's answers (an
+    /// exit notice, a probe's answer) come back to a socket that wakes this node.
+    fn queue(&self, action: Action, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
+        let Action::Send {
+            peer,
+            path,
+            bytes,
+            urgent,
+        } = action
+        else {
+            return;
+        };
+        let listen = self.peer_paths[peer][path];
+        if urgent {
+            out[path].push((self.peer_wake[peer][path].unwrap_or(listen), bytes));
+        } else {
+            out[self.listen.len() + path].push((listen, bytes));
+        }
+    }
+
+    /// Sends what `queue` queued: one `sendmmsg` per socket.
+    fn send(&self, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
+        for (sock, queued) in self.listen.iter().chain(&self.wake).zip(out.iter_mut()) {
             if !queued.is_empty() {
                 udp::send_all(sock, queued);
                 queued.clear();
             }
         }
-        Ok(())
     }
 }
 

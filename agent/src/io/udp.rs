@@ -7,7 +7,7 @@ use std::{
     mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use socket2::SockAddr;
@@ -15,9 +15,14 @@ use socket2::SockAddr;
 /// Datagrams read per `recvmmsg`.
 const BATCH: usize = 8;
 
+/// Room for one datagram's control data: its receive time (`SCM_TIMESTAMPNS`).
+const CONTROL: usize = 64;
+
 /// Receive buffers for one socket's batch.
 pub struct RecvBufs {
     bufs: Vec<Vec<u8>>,
+    /// u64s: control messages must be aligned.
+    control: [[u64; CONTROL / 8]; BATCH],
 }
 
 impl RecvBufs {
@@ -25,15 +30,36 @@ impl RecvBufs {
     pub fn new(max: usize) -> Self {
         Self {
             bufs: (0..BATCH).map(|_| vec![0u8; max]).collect(),
+            control: [[0; CONTROL / 8]; BATCH],
         }
     }
 }
 
-/// Reads every datagram waiting on `sock` (without blocking) and hands each to `each`.
+/// Makes the kernel stamp each datagram `sock` receives with the time it arrived, so that one
+/// read later than its arrival still counts from when it came.
+pub fn stamp_arrivals(sock: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as _,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads every datagram waiting on `sock` (without blocking) and hands each to `each` with
+/// its sender and, if the socket stamps arrivals, when it arrived (wall clock).
 pub fn recv_all(
     sock: &UdpSocket,
     bufs: &mut RecvBufs,
-    mut each: impl FnMut(&[u8], SocketAddr),
+    mut each: impl FnMut(&[u8], SocketAddr, Option<SystemTime>),
 ) -> io::Result<usize> {
     let mut total = 0;
     loop {
@@ -44,12 +70,16 @@ pub fn recv_all(
             iov_base: bufs.bufs[i].as_mut_ptr().cast(),
             iov_len: bufs.bufs[i].len(),
         });
+        let control = &mut bufs.control;
         let mut msgs: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
-            header(
+            let mut h = header(
                 names[i].as_mut_ptr().cast(),
                 std::mem::size_of::<libc::sockaddr_storage>() as _,
                 &mut iovs[i],
-            )
+            );
+            h.msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CONTROL as _;
+            h
         });
         let n = unsafe {
             libc::recvmmsg(
@@ -73,7 +103,11 @@ pub fn recv_all(
             // SAFETY: zeroed, then the kernel wrote the sender's address into names[i].
             let from = socket_addr(unsafe { &names[i].assume_init() });
             if let Some(from) = from {
-                each(&bufs.bufs[i][..m.msg_len as usize], from);
+                each(
+                    &bufs.bufs[i][..m.msg_len as usize],
+                    from,
+                    arrival(&m.msg_hdr),
+                );
             }
         }
         total += n;
@@ -99,6 +133,24 @@ fn header(
         msg_hdr: h,
         msg_len: 0,
     }
+}
+
+/// The `SCM_TIMESTAMPNS` control message of a received datagram, if there is one.
+fn arrival(h: &libc::msghdr) -> Option<SystemTime> {
+    // SAFETY: the kernel filled msg_control (msg_controllen bytes) with well-formed cmsgs.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                return Some(
+                    SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                );
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// The sender's address as `recvmmsg` wrote it.
