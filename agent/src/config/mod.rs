@@ -69,6 +69,9 @@ pub struct Heartbeat {
     pub interval: Duration,
     /// A peer is dead when every path has been silent for `misses` intervals.
     pub misses: u32,
+    /// While the dedicated line carries heartbeats both ways, the LAN carries one in this
+    /// many (1: all of them).
+    pub lan_every: u32,
     /// How long a starting agent waits to hear its peers before it fences the silent ones.
     pub startup_grace: Duration,
     /// How long the peers wait for an agent that stopped to be restarted (SIGTERM).
@@ -193,6 +196,7 @@ struct RawAddress {
 struct RawHeartbeat {
     interval: Option<Spanned<String>>,
     misses: Option<Spanned<i64>>,
+    lan_every: Option<Spanned<i64>>,
     startup_grace: Option<Spanned<String>>,
     restart_grace: Option<Spanned<String>>,
     agent_exit: Option<Spanned<String>>,
@@ -228,6 +232,7 @@ struct RawAuth {
 /// Defaults, chosen for the targets of DESIGN.md (detection in a few milliseconds).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 pub const DEFAULT_MISSES: u32 = 5;
+pub const DEFAULT_LAN_EVERY: u32 = 2;
 pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_PREEMPT_DELAY: Duration = Duration::from_secs(2);
@@ -510,6 +515,25 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             DEFAULT_MISSES
         }
     };
+    // The LAN must still be heard well within the dead time if the line fails without
+    // losing carrier: at least two intervals of the dead time are left for stalls.
+    let lan_every = match hb.and_then(|h| h.lan_every.as_ref()) {
+        None => DEFAULT_LAN_EVERY.min(misses.saturating_sub(2)).max(1),
+        Some(k) if (1..=misses.saturating_sub(2).max(1) as i64).contains(k.get_ref()) => {
+            *k.get_ref() as u32
+        }
+        Some(k) => {
+            c.error(
+                k.span(),
+                "heartbeat.lan_every",
+                format!(
+                    "must be between 1 and misses - 2 ({}): the LAN alone must be heard within the dead time, with room to spare",
+                    misses.saturating_sub(2).max(1)
+                ),
+            );
+            1
+        }
+    };
     let pre = raw.preempt.as_ref().map(|p| p.get_ref());
     let preempt = Preempt {
         enabled: pre
@@ -593,6 +617,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         heartbeat: Heartbeat {
             interval,
             misses,
+            lan_every,
             startup_grace,
             restart_grace,
             agent_exit,

@@ -45,6 +45,7 @@ fn defaults_fill_what_is_left_out() {
         Heartbeat {
             interval: DEFAULT_HEARTBEAT_INTERVAL,
             misses: DEFAULT_MISSES,
+            lan_every: DEFAULT_LAN_EVERY,
             startup_grace: DEFAULT_STARTUP_GRACE,
             restart_grace: DEFAULT_RESTART_GRACE,
             agent_exit: AgentExit::Takeover,
@@ -186,6 +187,16 @@ fn every_error_names_its_key_and_line() {
         17,
         "heartbeat.interval",
         "not a duration",
+    );
+    // The LAN must still be heard within the dead time, with two intervals to spare.
+    assert_error(
+        &errors_with(
+            "[fence]\ncommand = [\"/bin/true\"]\n",
+            "[heartbeat]\nmisses = 5\nlan_every = 4\n[fence]\ncommand = [\"/bin/true\"]\n",
+        ),
+        18,
+        "heartbeat.lan_every",
+        "between 1 and misses - 2 (3)",
     );
 }
 

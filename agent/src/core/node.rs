@@ -38,6 +38,10 @@ pub struct CoreConfig {
     pub addresses: Vec<AddrSpec>,
     pub interval: Duration,
     pub misses: u32,
+    /// While the dedicated line carries heartbeats both ways, the LAN carries one periodic
+    /// heartbeat in this many (1: all). The line alone then proves the peer alive; the LAN
+    /// goes back to every interval as soon as the line is dark or silent either way.
+    pub lan_every: u32,
     pub preempt: Option<Duration>,
     /// After a failed fence, ask again this much later.
     pub fence_retry: Duration,
@@ -159,6 +163,9 @@ struct Peer {
     /// another path must not replace it.
     summary_sent_us: u64,
     summary_incarnation: u64,
+    /// The peer's last heartbeat on the dedicated line said it had heard this node's there
+    /// lately (its echo is fresh).
+    line_hears_us: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -190,6 +197,8 @@ pub struct Core {
     addrs: Vec<Addr>,
     seq: Vec<u64>,
     next_heartbeat: Duration,
+    /// Periodic heartbeat rounds sent (the LAN's share is counted by it).
+    rounds: u64,
     last_tick: Option<Duration>,
     /// When this node last ran (a timeout or datagrams), for the late wake-up credit.
     last_awake: Option<Duration>,
@@ -239,6 +248,7 @@ impl Core {
             probe_answered_seq: 0,
             summary_sent_us: 0,
             summary_incarnation: 0,
+            line_hears_us: false,
         };
         let mut addrs = vec![Addr::default(); cfg.addresses.len()];
         for &(a, epoch) in open {
@@ -259,6 +269,7 @@ impl Core {
             peers: vec![peer; n],
             seq: vec![0; cfg.paths],
             next_heartbeat: now,
+            rounds: 0,
             last_tick: None,
             last_awake: None,
             actions: VecDeque::new(),
@@ -444,7 +455,12 @@ impl Core {
         self.peers[p].guard.check(&hb)?;
 
         let us = now.as_micros() as u64;
+        let fresh = self.line_fresh();
         let peer = &mut self.peers[p];
+        if path == 0 && self.cfg.paths > 1 {
+            peer.line_hears_us =
+                hb.echo_us != 0 && u128::from(hb.echo_hold_us) <= fresh.as_micros();
+        }
         peer.last_heard[path] = Some(now);
         peer.echo[path] = Some((hb.sent_at_us, now));
         peer.restart_until = hb.restarting.then_some(now + self.cfg.restart_grace);
@@ -902,6 +918,29 @@ impl Core {
     }
 
     /// A heartbeat to every peer on every working path; `urgent` when it carries news.
+    /// How recent the last heartbeat on the line must be for the line to count as working.
+    fn line_fresh(&self) -> Duration {
+        self.cfg.interval * 2
+    }
+
+    /// May this round's periodic LAN heartbeat to `p` be left out? Only while the dedicated
+    /// line works both ways (this node heard `p` on it lately, and `p` said it heard this
+    /// node): the line then proves both alive every interval, and the LAN still carries one
+    /// heartbeat in `lan_every`. The peer needs a heartbeat on some path within the dead
+    /// time: if the line fails without losing carrier, each side sees that within two
+    /// intervals (its own silence, or the other's stale echo) and the LAN goes back to every
+    /// interval, so the LAN's longest gap is `lan_every` intervals.
+    fn lan_may_rest(&self, p: NodeId, now: Duration) -> bool {
+        let peer = &self.peers[p];
+        self.cfg.paths > 1
+            && self.cfg.lan_every > 1
+            && self.rounds % u64::from(self.cfg.lan_every) != 0
+            && self.dark_since.is_none()
+            && peer.line_hears_us
+            && peer.last_heard[0].is_some_and(|t| now <= t + self.line_fresh())
+    }
+
+    /// A heartbeat to every peer on every working path; `urgent` when it carries news.
     fn send_heartbeats(&mut self, now: Duration, urgent: bool) {
         let serving: Vec<(IpAddr, u64)> = self
             .addrs
@@ -933,6 +972,9 @@ impl Core {
             }
             self.seq[path] += 1;
             for p in self.others().collect::<Vec<_>>() {
+                if !urgent && path + 1 == self.cfg.paths && self.lan_may_rest(p, now) {
+                    continue;
+                }
                 let (echo_us, echo_hold_us) = match self.peers[p].echo[path] {
                     Some((sent, at)) => (
                         sent,
@@ -964,6 +1006,9 @@ impl Core {
                     urgent,
                 });
             }
+        }
+        if !urgent {
+            self.rounds += 1;
         }
         self.next_heartbeat = now + self.cfg.interval;
         // Probes due soon go with the heartbeats: one wake-up, not two.

@@ -88,6 +88,8 @@ pub struct Sim {
     pub rng: Rng,
     /// Datagrams seen on the wire, for replay attacks.
     pub captured: Vec<(NodeId, usize, Vec<u8>)>,
+    /// Datagrams sent, by (from, to, path).
+    pub sent: std::collections::BTreeMap<(NodeId, NodeId, usize), u64>,
     pub fences_requested: u64,
     pub gate_changes: u64,
     pub trace: Vec<String>,
@@ -113,6 +115,7 @@ pub fn config(
         addresses,
         interval,
         misses: 5,
+        lan_every: 2,
         preempt,
         fence_retry: Duration::from_millis(50),
         startup_grace: interval * 5,
@@ -148,6 +151,7 @@ impl Sim {
             order: 0,
             rng: Rng::new(seed),
             captured: Vec::new(),
+            sent: Default::default(),
             fences_requested: 0,
             gate_changes: 0,
             trace: Vec::new(),
@@ -348,7 +352,10 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>) {
-        if self.captured.len() < 4096 && self.rng.chance(0.05) {
+        *self.sent.entry((from, to, path)).or_default() += 1;
+        // A sample of the heartbeats, and every probe (they are few: only while a line is dark).
+        let probe = wire::probe_answer(&bytes).is_some();
+        if self.captured.len() < 4096 && (probe || self.rng.chance(0.05)) {
             self.captured.push((to, path, bytes.clone()));
         }
         let lan_ok = path != LAN || (self.nodes[from].lan_up && self.nodes[to].lan_up);

@@ -55,6 +55,7 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
             .collect(),
         interval: cfg.heartbeat.interval,
         misses: cfg.heartbeat.misses,
+        lan_every: cfg.heartbeat.lan_every,
         preempt: cfg.preempt.enabled.then_some(cfg.preempt.delay),
         fence_retry: Duration::from_secs(1),
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
