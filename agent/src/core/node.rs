@@ -934,7 +934,7 @@ impl Core {
         let peer = &self.peers[p];
         self.cfg.paths > 1
             && self.cfg.lan_every > 1
-            && self.rounds % u64::from(self.cfg.lan_every) != 0
+            && !self.rounds.is_multiple_of(u64::from(self.cfg.lan_every))
             && self.dark_since.is_none()
             && peer.line_hears_us
             && peer.last_heard[0].is_some_and(|t| now <= t + self.line_fresh())
