@@ -463,6 +463,59 @@ fn forward_rewrites_the_macs_and_transmits() {
     assert_eq!(g.ingress(&arp(1, CLIENT4, LOGICAL4)).0, XDP_PASS);
 }
 
+/// A frame as the handing-over host forwards it: to this host, from that host's MAC.
+fn forwarded(frame: &[u8], from: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&SERVER_MAC);
+    f[6..12].copy_from_slice(&from);
+    f
+}
+
+#[test]
+fn receive_passes_only_what_the_handing_over_host_forwards() {
+    let mut g = Gate::load();
+    g.set(v4(LOGICAL4), None, GateValue::receive(PEER_MAC));
+    g.set(v6(LOGICAL6), None, GateValue::receive(PEER_MAC));
+    let request = udp4(CLIENT4, LOGICAL4, 1000, 53);
+    let (verdict, out) = g.ingress(&forwarded(&request, PEER_MAC));
+    assert_eq!(
+        verdict, XDP_PASS,
+        "forwarded by the old server: served here"
+    );
+    assert_eq!(out, forwarded(&request, PEER_MAC), "untouched");
+    let v6_request = udp6(CLIENT6, LOGICAL6, 1000, 53);
+    assert_eq!(g.ingress(&forwarded(&v6_request, PEER_MAC)).0, XDP_PASS);
+    // Straight from a client (its ARP cache names this host too early), or from anyone
+    // else: the old server still serves the address, so this host must not.
+    assert_eq!(g.ingress(&request).0, XDP_DROP, "from the client itself");
+    assert_eq!(
+        g.ingress(&forwarded(&request, [0x02, 0, 0, 0, 0, 0x09])).0,
+        XDP_DROP,
+        "from another host"
+    );
+    // Nothing that would claim or resolve the address, even from the old server's MAC.
+    let mut ask = arp(1, CLIENT4, LOGICAL4);
+    ask[6..12].copy_from_slice(&PEER_MAC);
+    assert_eq!(g.ingress(&ask).0, XDP_DROP, "ARP for it");
+    assert_eq!(
+        g.ingress(&forwarded(
+            &nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6),
+            PEER_MAC
+        ))
+        .0,
+        XDP_DROP,
+        "NS for it"
+    );
+    let c = g.counters(v4(LOGICAL4), None);
+    assert_eq!((c.rx_pass_packets, c.rx_drop_packets), (1, 3));
+    // The replies leave; an ARP or NA that would pull the clients here does not.
+    assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1000)), TC_PASS);
+    assert_eq!(g.egress(&udp6(LOGICAL6, CLIENT6, 53, 1000)), TC_PASS);
+    assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_SHOT);
+    assert_eq!(g.egress(&arp(1, LOGICAL4, LOGICAL4)), TC_SHOT, "gratuitous");
+    assert_eq!(g.egress(&nd(136, LINK_LOCAL6, CLIENT6, LOGICAL6)), TC_SHOT);
+}
+
 #[test]
 fn forward_via_another_interface_redirects_through_the_devmap() {
     let mut g = Gate::load();

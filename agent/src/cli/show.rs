@@ -28,9 +28,11 @@ struct EntryReport {
     address: String,
     /// `null` for the address-wide entry, else `{"proto": "tcp", "port": 80}`.
     service: Option<ServiceReport>,
-    /// `open`, `closed`, `forward` or `unknown`.
+    /// `open`, `closed`, `forward`, `receive` or `unknown`.
     state: &'static str,
     forward: Option<ForwardReport>,
+    /// `receive`: the MAC of the host handing the address over, whose forwards pass.
+    receive_from_mac: Option<String>,
     counters: CountersReport,
 }
 
@@ -94,6 +96,7 @@ fn entry_report(e: &Entry) -> EntryReport {
         }),
         state,
         forward,
+        receive_from_mac: (e.action == Some(Action::Receive)).then(|| format_mac(&e.value.src_mac)),
         counters: (&e.counters).into(),
     }
 }
@@ -194,6 +197,7 @@ fn render(report: &Report) -> String {
                                 .unwrap_or_default()
                         )
                     })
+                    .or_else(|| e.receive_from_mac.as_ref().map(|m| format!("from {m}")))
                     .unwrap_or_else(|| "-".into()),
                 human(c.rx_pass),
                 human(c.rx_drop),

@@ -120,6 +120,11 @@ pub enum Action {
     /// Another host serves it but the clients still send here: rewrite the Ethernet addresses
     /// and send the frame on (ingress); egress passes as for `Open`.
     Forward = 3,
+    /// Another host serves it and is about to hand it to this one: pass only the IP frames
+    /// that host forwards (their source MAC is `src_mac`), and this host's IP replies to them;
+    /// everything else as `Closed`. So a request the old host forwards before this one has
+    /// heard that it let go is served, not dropped, and nothing else is.
+    Receive = 4,
 }
 
 impl Action {
@@ -129,6 +134,7 @@ impl Action {
             Self::Open => "open",
             Self::Closed => "closed",
             Self::Forward => "forward",
+            Self::Receive => "receive",
         }
     }
 
@@ -137,6 +143,7 @@ impl Action {
             1 => Some(Self::Open),
             2 => Some(Self::Closed),
             3 => Some(Self::Forward),
+            4 => Some(Self::Receive),
             _ => None,
         }
     }
@@ -166,7 +173,8 @@ pub struct GateValue {
     pub ifindex: u32,
     /// `Forward`: the next hop's MAC.
     pub dst_mac: [u8; 6],
-    /// `Forward`: the MAC of the interface the frame leaves through.
+    /// `Forward`: the MAC of the interface the frame leaves through. `Receive`: the MAC of
+    /// the host handing over (the source of what it forwards).
     pub src_mac: [u8; 6],
 }
 
@@ -183,6 +191,15 @@ impl GateValue {
     pub const fn new(action: Action) -> Self {
         Self {
             action: action as u8,
+            ..Self::EMPTY
+        }
+    }
+
+    /// Admit what the host with `from_mac` forwards (see [`Action::Receive`]).
+    pub const fn receive(from_mac: [u8; 6]) -> Self {
+        Self {
+            action: Action::Receive as u8,
+            src_mac: from_mac,
             ..Self::EMPTY
         }
     }

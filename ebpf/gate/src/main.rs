@@ -129,8 +129,12 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let c = counters(&ctx, &key);
+    // Receiving: what the handing-over host forwards passes, the rest is dropped as closed.
+    let received = gate.action == Action::Receive as u8
+        && !pkt.is_neighbour()
+        && frame.read::<[u8; 6]>(6) == Some(gate.src_mac);
     match Action::from_u8(gate.action) {
-        Some(Action::Closed) => {
+        Some(Action::Closed) | Some(Action::Receive) if !received => {
             if let Some(c) = c {
                 c.rx_drop_packets += 1;
                 c.rx_drop_bytes += bytes;
@@ -346,7 +350,10 @@ pub fn gate_egress(ctx: TcContext) -> i32 {
     };
     let bytes = ctx.len() as u64;
     let c = counters(&ctx, &key);
-    if gate.action == Action::Closed as u8 {
+    // Receiving: only the replies (IP) leave; nothing that claims the address (ARP, NA).
+    let shut = gate.action == Action::Closed as u8
+        || (gate.action == Action::Receive as u8 && !matches!(pkt, Packet::Ip { .. }));
+    if shut {
         if let Some(c) = c {
             c.tx_drop_packets += 1;
             c.tx_drop_bytes += bytes;
@@ -374,7 +381,9 @@ fn egress_gate(pkt: &Packet) -> Option<(GateKey, GateValue)> {
         } => {
             if *advert {
                 if let Some(hit) = lookup(*target, None) {
-                    if hit.1.action == Action::Closed as u8 {
+                    if hit.1.action == Action::Closed as u8
+                        || hit.1.action == Action::Receive as u8
+                    {
                         return Some(hit);
                     }
                 }
