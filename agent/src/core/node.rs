@@ -12,7 +12,8 @@
 //! - A node that starts opens nothing until it has heard every peer or waited out the dead
 //!   time; gates it finds open (agent restart) stay open unless a peer serves them in a newer
 //!   epoch (invariant 3).
-//! - Only authentic, newer datagrams change anything (invariant 4).
+//! - Only authentic datagrams never taken before change anything, and one older than what
+//!   was taken only proves the peer alive (invariant 4).
 //! - A peer is dead only when every path is silent; one path lost is reported, never acted on
 //!   (invariant 5). A dedicated line whose carrier drops shortens the wait on the LAN, where
 //!   the peer's kernel answers probes, if the LAN falls silent with it (a crash takes both at
@@ -91,6 +92,13 @@ pub enum Action {
     ForwardGate {
         addr: AddrId,
         to: NodeId,
+    },
+    /// This node is about to serve the address, which `from` still serves: pass what `from`
+    /// forwards once it lets go (so a request it forwards before this node has heard that it
+    /// let go is served, not dropped), and nothing else.
+    ReceiveGate {
+        addr: AddrId,
+        from: NodeId,
     },
     /// Gratuitous ARP / unsolicited NA for an address just opened.
     Announce {
@@ -181,6 +189,8 @@ struct Addr {
     released_us: u64,
     /// Handed over to this live peer: the gate forwards to it.
     forwarding: Option<NodeId>,
+    /// About to be handed over by this live peer: the gate passes what it forwards.
+    receiving: Option<NodeId>,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -259,6 +269,7 @@ impl Core {
                 moved_to: None,
                 released_us: 0,
                 forwarding: None,
+                receiving: None,
             };
         }
         let mut core = Core {
@@ -457,13 +468,21 @@ impl Core {
         let us = now.as_micros() as u64;
         let fresh = self.line_fresh();
         let peer = &mut self.peers[p];
+        peer.last_heard[path] = Some(now);
+        // A message that crossed a newer one (the guard takes it, once) proves the peer alive,
+        // and says nothing newer than what was already taken.
+        let latest_here = peer.echo[path].is_none_or(|(sent, _)| hb.sent_at_us >= sent);
+        if hb.sent_at_us >= peer.summary_sent_us {
+            peer.restart_until = hb.restarting.then_some(now + self.cfg.restart_grace);
+        }
+        if !latest_here {
+            return Ok(());
+        }
         if path == 0 && self.cfg.paths > 1 {
             peer.line_hears_us =
                 hb.echo_us != 0 && u128::from(hb.echo_hold_us) <= fresh.as_micros();
         }
-        peer.last_heard[path] = Some(now);
         peer.echo[path] = Some((hb.sent_at_us, now));
-        peer.restart_until = hb.restarting.then_some(now + self.cfg.restart_grace);
         if hb.echo_us != 0 && us >= hb.echo_us + hb.echo_hold_us as u64 {
             peer.rtt[path] = Some(Duration::from_micros(
                 us - hb.echo_us - hb.echo_hold_us as u64,
@@ -839,6 +858,14 @@ impl Core {
         safe
     }
 
+    /// Does live peer `t` vote to serve `a` itself (so its gate receives what is forwarded)?
+    fn votes_for_itself(&self, t: NodeId, a: AddrId) -> bool {
+        self.peers[t]
+            .summary
+            .as_ref()
+            .is_some_and(|s| s.votes.contains(&(a, t)))
+    }
+
     /// Opens and closes this node's gates to match the targets.
     fn decide(&mut self, now: Duration) {
         for p in self.others().collect::<Vec<_>>() {
@@ -868,13 +895,16 @@ impl Core {
                 // keep it until ready (an agent restart keeps the gates it finds), then follow
                 // the target (link down, preempt).
                 let newer_elsewhere = self.current(a).is_some_and(|(c, _)| c != me);
-                if newer_elsewhere || (self.ready && target != Some(me)) {
+                // To a live peer over a working LAN (failback, switchover): forward what
+                // still comes here. Otherwise nobody can take it: closed.
+                let to = target.filter(|&t| t != me && self.peers[t].alive && self.lan_up);
+                // A handover waits until the new server votes for itself: its gate then
+                // receives what this one forwards. Until then this node goes on serving.
+                let hold = !newer_elsewhere && to.is_some_and(|t| !self.votes_for_itself(t, a));
+                if (newer_elsewhere || (self.ready && target != Some(me))) && !hold {
                     self.addrs[a].open = false;
                     // The heartbeat that says so leaves now (`changed`), stamped with this.
                     self.addrs[a].released_us = (now.as_micros() as u64).max(1);
-                    // To a live peer over a working LAN (failback, switchover): forward what
-                    // still comes here. Otherwise nobody can take it: closed.
-                    let to = target.filter(|&t| t != me && self.peers[t].alive && self.lan_up);
                     self.addrs[a].forwarding = to;
                     self.actions.push_back(match to {
                         Some(to) => Action::ForwardGate { addr: a, to },
@@ -882,26 +912,45 @@ impl Core {
                     });
                     changed = true;
                 }
-            } else if self.addrs[a]
-                .forwarding
-                .is_some_and(|t| target != Some(t) || !self.peers[t].alive || !self.lan_up)
-            {
+            } else {
                 // The peer it was handed to is gone or no longer the one: stop forwarding
                 // (opening it here, if that is next, waits for the next decision).
-                self.addrs[a].forwarding = None;
-                self.actions.push_back(Action::CloseGate { addr: a });
-            } else if target == Some(me) && self.safe_to_open(now, a) {
-                let epoch = self.addrs[a].max_epoch.max(self.addrs[a].epoch) + 1;
-                self.addrs[a] = Addr {
-                    open: true,
-                    epoch,
-                    max_epoch: epoch,
-                    forwarding: None,
-                    ..self.addrs[a]
-                };
-                self.actions.push_back(Action::OpenGate { addr: a });
-                self.actions.push_back(Action::Announce { addr: a });
-                changed = true;
+                let stopped = self.addrs[a]
+                    .forwarding
+                    .is_some_and(|t| target != Some(t) || !self.peers[t].alive || !self.lan_up);
+                if stopped {
+                    self.addrs[a].forwarding = None;
+                }
+                if self.addrs[a].forwarding.is_some() {
+                    // Still handed over to the right peer: forwarding goes on.
+                } else if !stopped && target == Some(me) && self.safe_to_open(now, a) {
+                    let epoch = self.addrs[a].max_epoch.max(self.addrs[a].epoch) + 1;
+                    self.addrs[a] = Addr {
+                        open: true,
+                        epoch,
+                        max_epoch: epoch,
+                        forwarding: None,
+                        receiving: None,
+                        ..self.addrs[a]
+                    };
+                    self.actions.push_back(Action::OpenGate { addr: a });
+                    self.actions.push_back(Action::Announce { addr: a });
+                    changed = true;
+                } else {
+                    // Waiting for the live peer that serves it to hand it over: receive what
+                    // it forwards (before this node's vote for itself leaves, so the peer can
+                    // let go at once). Anything else: closed.
+                    let from = self.current(a).map(|(c, _)| c).filter(|&c| {
+                        target == Some(me) && c != me && self.peers[c].alive && self.lan_up
+                    });
+                    if self.addrs[a].receiving != from || stopped {
+                        self.addrs[a].receiving = from;
+                        self.actions.push_back(match from {
+                            Some(from) => Action::ReceiveGate { addr: a, from },
+                            None => Action::CloseGate { addr: a },
+                        });
+                    }
+                }
             }
         }
         if changed {
@@ -1026,6 +1075,11 @@ impl Core {
     /// The live peer this node forwards address `a` to (handed over), if any.
     pub fn forwarding(&self, a: AddrId) -> Option<NodeId> {
         self.addrs[a].forwarding
+    }
+
+    /// The live peer this node's gate for `a` receives from (a handover under way).
+    pub fn receiving(&self, a: AddrId) -> Option<NodeId> {
+        self.addrs[a].receiving
     }
 
     pub fn epoch(&self, a: AddrId) -> u64 {

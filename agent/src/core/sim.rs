@@ -49,6 +49,10 @@ pub struct SimNode {
     pub powered: bool,
     /// The data plane's gates, which outlive the agent (pinned).
     pub gates: Vec<bool>,
+    /// Per address, the node a forwarding gate sends to, and the node a receiving gate
+    /// passes from (pinned too).
+    pub forward: Vec<Option<NodeId>>,
+    pub receive: Vec<Option<NodeId>>,
     /// Epochs of open gates, as the agent would persist them beside the pins.
     pub epochs: Vec<u64>,
     pub incarnation: u64,
@@ -88,6 +92,9 @@ pub struct Sim {
     pub rng: Rng,
     /// Datagrams seen on the wire, for replay attacks.
     pub captured: Vec<(NodeId, usize, Vec<u8>)>,
+    /// A gate forwarded an address to a powered node whose gate neither served it nor
+    /// received it from the forwarder: what the clients sent there was dropped.
+    pub black_hole: bool,
     /// Datagrams sent, by (from, to, path).
     pub sent: std::collections::BTreeMap<(NodeId, NodeId, usize), u64>,
     pub fences_requested: u64,
@@ -152,6 +159,7 @@ impl Sim {
             rng: Rng::new(seed),
             captured: Vec::new(),
             sent: Default::default(),
+            black_hole: false,
             fences_requested: 0,
             gate_changes: 0,
             trace: Vec::new(),
@@ -162,6 +170,8 @@ impl Sim {
                 core: None,
                 powered: true,
                 gates: vec![false; addrs],
+                forward: vec![None; addrs],
+                receive: vec![None; addrs],
                 epochs: vec![0; addrs],
                 incarnation: 0,
                 lan_up: true,
@@ -244,6 +254,8 @@ impl Sim {
         node.core = None;
         node.exited = false;
         node.gates.iter_mut().for_each(|g| *g = false);
+        node.forward.iter_mut().for_each(|g| *g = None);
+        node.receive.iter_mut().for_each(|g| *g = None);
         self.trace.push(format!("{:?} n{n} crashes", self.now));
     }
 
@@ -314,6 +326,8 @@ impl Sim {
             match action {
                 Action::OpenGate { addr } => {
                     self.nodes[n].gates[addr] = true;
+                    self.nodes[n].forward[addr] = None;
+                    self.nodes[n].receive[addr] = None;
                     self.nodes[n].epochs[addr] = self.nodes[n].core.as_ref().unwrap().epoch(addr);
                     self.gate_changes += 1;
                     self.trace
@@ -326,6 +340,18 @@ impl Sim {
                     self.trace
                         .push(format!("{:?} n{n} forwards a{addr} to n{to}", self.now));
                     self.nodes[n].gates[addr] = false;
+                    self.nodes[n].forward[addr] = Some(to);
+                    self.nodes[n].receive[addr] = None;
+                }
+                Action::ReceiveGate { addr, from } => {
+                    if self.nodes[n].gates[addr] {
+                        self.gate_changes += 1;
+                    }
+                    self.trace
+                        .push(format!("{:?} n{n} receives a{addr} from n{from}", self.now));
+                    self.nodes[n].gates[addr] = false;
+                    self.nodes[n].forward[addr] = None;
+                    self.nodes[n].receive[addr] = Some(from);
                 }
                 Action::CloseGate { addr } => {
                     if self.nodes[n].gates[addr] {
@@ -334,6 +360,8 @@ impl Sim {
                             .push(format!("{:?} n{n} closes a{addr}", self.now));
                     }
                     self.nodes[n].gates[addr] = false;
+                    self.nodes[n].forward[addr] = None;
+                    self.nodes[n].receive[addr] = None;
                 }
                 Action::Announce { .. } => {}
                 Action::Notice(text) => self.trace.push(format!("{:?} n{n}: {text}", self.now)),
@@ -349,6 +377,7 @@ impl Sim {
             }
         }
         self.check_invariant_1();
+        self.check_black_holes();
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>) {
@@ -387,14 +416,40 @@ impl Sim {
 
     /// Invariant 1: for each address, at most one powered node has its gate open (a fenced
     /// node is powered off, so it counts no more).
+    fn check_black_holes(&mut self) {
+        for a in 0..self.cfg.addresses.len() {
+            for f in 0..self.nodes.len() {
+                let Some(n) = self.nodes[f].forward[a].filter(|_| self.nodes[f].powered) else {
+                    continue;
+                };
+                let to = &self.nodes[n];
+                if to.powered && !to.gates[a] && to.receive[a] != Some(f) {
+                    self.black_hole = true;
+                    self.trace.push(format!(
+                        "{:?} n{f} forwards a{a} into n{n}'s closed gate",
+                        self.now
+                    ));
+                }
+            }
+        }
+    }
+
+    /// At most one powered node serves each address: its gate is open, or it receives what
+    /// a powered node forwards to it (a handover under way).
     fn check_invariant_1(&self) {
         for a in 0..self.cfg.addresses.len() {
+            let on = |n: NodeId| self.nodes[n].powered;
             let open: Vec<NodeId> = (0..self.nodes.len())
-                .filter(|&n| self.nodes[n].powered && self.nodes[n].gates[a])
+                .filter(|&n| {
+                    on(n)
+                        && (self.nodes[n].gates[a]
+                            || self.nodes[n].receive[a]
+                                .is_some_and(|f| on(f) && self.nodes[f].forward[a] == Some(n)))
+                })
                 .collect();
             assert!(
                 open.len() <= 1,
-                "invariant 1 broken at {:?}: a{a} open on {open:?}\n{}",
+                "invariant 1 broken at {:?}: a{a} served by {open:?}\n{}",
                 self.now,
                 self.tail()
             );

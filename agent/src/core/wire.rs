@@ -441,13 +441,19 @@ pub fn decode_probe_answer(buf: &[u8], key: &[u8]) -> Result<(u64, u64, u8), Rej
     Ok((incarnation, seq, buf[6]))
 }
 
+/// How far behind the newest a message may arrive and still be taken (once).
+pub const REPLAY_WINDOW: u64 = 64;
+
 /// Anti-replay state for one peer: the newest incarnation seen and, per path, the highest
-/// sequence number. Only strictly newer messages are accepted; an older one, even if late
-/// rather than replayed, carries nothing newer than what was already taken.
+/// sequence number with a window of the ones just below it (as IPsec's, RFC 4303 3.4.3).
+/// Each number is taken once; one that arrives a little late is taken too (a peer's urgent
+/// and periodic heartbeats travel by different sockets and may cross), one older than the
+/// window is not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplayGuard {
     incarnation: u64,
-    highest: Vec<u64>,
+    /// Per path: the highest number, and a bit per number below it (bit i: highest - i seen).
+    paths: Vec<(u64, u64)>,
 }
 
 impl ReplayGuard {
@@ -459,15 +465,27 @@ impl ReplayGuard {
         if hb.incarnation > self.incarnation {
             // The peer restarted: its sequence numbers start again.
             self.incarnation = hb.incarnation;
-            self.highest.clear();
+            self.paths.clear();
         }
-        if self.highest.len() <= path {
-            self.highest.resize(path + 1, 0);
+        if self.paths.len() <= path {
+            self.paths.resize(path + 1, (0, 0));
         }
-        if hb.seq <= self.highest[path] {
+        let (highest, seen) = &mut self.paths[path];
+        if hb.seq > *highest {
+            let shift = hb.seq - *highest;
+            *seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                *seen << shift
+            } | 1;
+            *highest = hb.seq;
+            return Ok(());
+        }
+        let behind = *highest - hb.seq;
+        if hb.seq == 0 || behind >= REPLAY_WINDOW || *seen & (1 << behind) != 0 {
             return Err(Rejected::Replayed);
         }
-        self.highest[path] = hb.seq;
+        *seen |= 1 << behind;
         Ok(())
     }
 }
@@ -665,13 +683,30 @@ mod tests {
     }
 
     #[test]
-    fn replayed_and_reordered_messages_are_refused() {
+    fn replayed_and_too_old_messages_are_refused() {
         let mut g = ReplayGuard::default();
         assert_eq!(g.check(&hb(1)), Ok(()));
         assert_eq!(g.check(&hb(2)), Ok(()));
         assert_eq!(g.check(&hb(2)), Err(Rejected::Replayed), "duplicate");
-        assert_eq!(g.check(&hb(1)), Err(Rejected::Replayed), "older");
+        assert_eq!(g.check(&hb(1)), Err(Rejected::Replayed), "older, seen");
         assert_eq!(g.check(&hb(10)), Ok(()), "a gap is fine (losses)");
+        // Late but never seen (crossed another): taken once.
+        assert_eq!(g.check(&hb(7)), Ok(()), "late");
+        assert_eq!(g.check(&hb(7)), Err(Rejected::Replayed), "late, again");
+        assert_eq!(g.check(&hb(100)), Ok(()));
+        assert_eq!(
+            g.check(&hb(100 - REPLAY_WINDOW + 1)),
+            Ok(()),
+            "last in the window"
+        );
+        assert_eq!(
+            g.check(&hb(100 - REPLAY_WINDOW)),
+            Err(Rejected::Replayed),
+            "older than the window"
+        );
+        // A jump beyond the window forgets the old bits, not the old numbers.
+        assert_eq!(g.check(&hb(100 + 3 * REPLAY_WINDOW)), Ok(()));
+        assert_eq!(g.check(&hb(100)), Err(Rejected::Replayed));
         // Paths count separately.
         assert_eq!(g.check(&Heartbeat { path: 0, ..hb(3) }), Ok(()));
         // A restart: a newer incarnation starts over; the old one is dead for good.

@@ -263,10 +263,10 @@ impl Shell {
             udp::stamp_arrivals(&sock).context("SO_TIMESTAMPNS")?;
             listen.push(sock);
             let any_port = SocketAddr::new(addr.ip(), 0);
-            wake.push(
-                UdpSocket::bind(any_port)
-                    .with_context(|| format!("cannot bind path {path} to {any_port}"))?,
-            );
+            let sock = UdpSocket::bind(any_port)
+                .with_context(|| format!("cannot bind path {path} to {any_port}"))?;
+            udp::stamp_arrivals(&sock).context("SO_TIMESTAMPNS")?;
+            wake.push(sock);
         }
         let dedicated = if cfg.node.listen.len() > 1 {
             netlink::ifindex_of_address(&nl, cfg.node.listen[0].ip()).await?
@@ -416,14 +416,15 @@ impl Shell {
 
     /// The heartbeat loop: perform what the core decided, send what it queued (one
     /// `sendmmsg` per socket), sleep until a wake socket or the inbox is readable or the
-    /// core's deadline comes, feed the core what arrived (the periodic heartbeats by their
-    /// arrival time) and what happened.
+    /// core's deadline comes, feed the core what arrived (in the order it arrived, by the
+    /// kernel's stamps) and what happened.
     fn run(&mut self, rt: &tokio::runtime::Runtime, inbox: Inbox<Input>) -> Result<()> {
         let mut fds: Vec<RawFd> = self.wake.iter().map(|s| s.as_raw_fd()).collect();
         fds.push(inbox.fd());
         let poller = udp::Poller::new(&fds).context("creating an epoll set")?;
         let mut ready = Vec::with_capacity(fds.len());
         let mut bufs = RecvBufs::new(MAX_MESSAGE + 1);
+        let mut arrived = Arrivals::default();
         let paths = self.listen.len();
         // Per socket, listen sockets first: what to send on it.
         let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
@@ -436,15 +437,15 @@ impl Shell {
                 .context("waiting for datagrams")?;
             // Arrival stamps are wall-clock time: this wake-up's wall clock against the core's.
             let (now, wall) = (self.now(), SystemTime::now());
-            let mut heard = false;
-            // The older first: what waited for this wake-up, then what woke it.
+            arrived.clear();
             for path in 0..paths {
-                heard |= self.receive(&mut bufs, path, false, now, wall);
+                self.collect(&mut bufs, &mut arrived, path, false, now, wall);
+                if ready[path] {
+                    self.collect(&mut bufs, &mut arrived, path, true, now, wall);
+                }
             }
-            for path in (0..paths).filter(|&p| ready[p]) {
-                heard |= self.receive(&mut bufs, path, true, now, wall);
-            }
-            if heard {
+            if !arrived.list.is_empty() {
+                self.feed(&mut arrived);
                 let now = self.feed_time(self.now());
                 self.core.heard(now);
             }
@@ -468,52 +469,65 @@ impl Shell {
         self.fed
     }
 
-    /// Feeds the core what waits on one path's listen or wake socket; true if anything did.
-    /// `now` and `wall` are this wake-up's time on the core's clock and on the wall clock.
-    fn receive(
-        &mut self,
+    /// Reads what waits on one path's listen or wake socket into `arrived`, each datagram
+    /// with when it arrived on the core's clock (`now` and `wall` are this wake-up's time on
+    /// the core's clock and on the wall clock).
+    fn collect(
+        &self,
         bufs: &mut RecvBufs,
+        arrived: &mut Arrivals,
         path: usize,
         woke: bool,
         now: Duration,
         wall: SystemTime,
-    ) -> bool {
+    ) {
         let sock = if woke {
             &self.wake[path]
         } else {
             &self.listen[path]
         };
-        let (core, refused, fed) = (&mut self.core, &mut self.refused, &mut self.fed);
-        let (peer_paths, peer_wake) = (&self.peer_paths, &mut self.peer_wake);
-        let got = udp::recv_all(sock, bufs, |bytes, from, arrived| {
-            // How long ago it arrived, by the wall clock, on the core's clock; never before
-            // what the core was last told.
-            let ago = arrived.and_then(|t| wall.duration_since(t).ok());
-            let at = ago.map_or(now, |a| now.saturating_sub(a)).max(*fed);
-            *fed = at;
-            match core.handle_datagram(at, path, bytes) {
+        let got = udp::recv_all(sock, bufs, |bytes, from, stamp| {
+            let ago = stamp.and_then(|t| wall.duration_since(t).ok());
+            let at = ago.map_or(now, |a| now.saturating_sub(a));
+            let start = arrived.bytes.len();
+            arrived.bytes.extend_from_slice(bytes);
+            arrived.list.push(Arrival {
+                at,
+                path,
+                from,
+                bytes: start..arrived.bytes.len(),
+            });
+        });
+        // A socket error (reading it clears it) is a lost datagram, not a reason to stop.
+        if let Err(e) = got {
+            log(format!("reading path {path}: {e}"));
+        }
+    }
+
+    /// Feeds the core what `collect` read, oldest first: a peer's urgent and periodic
+    /// heartbeats come by two sockets but number their sequence together, and only a newer
+    /// one is accepted.
+    fn feed(&mut self, arrived: &mut Arrivals) {
+        arrived.list.sort_by_key(|a| a.at);
+        for a in &arrived.list {
+            let at = self.feed_time(a.at);
+            match self
+                .core
+                .handle_datagram(at, a.path, &arrived.bytes[a.bytes.clone()])
+            {
                 Ok(()) => {
-                    if !woke {
-                        // A peer's periodic heartbeat comes from its wake socket.
-                        if let Some(p) = peer_paths
-                            .iter()
-                            .position(|a| a.get(path).is_some_and(|a| a.ip() == from.ip()))
-                        {
-                            peer_wake[p][path] = Some(from);
-                        }
+                    // A peer's periodic heartbeat comes from its wake socket (any other
+                    // port than the one it listens on).
+                    if let Some(p) = self.peer_paths.iter().position(|x| {
+                        x.get(a.path)
+                            .is_some_and(|x| x.ip() == a.from.ip() && x.port() != a.from.port())
+                    }) {
+                        self.peer_wake[p][a.path] = Some(a.from);
                     }
                 }
                 // Normal for a moment after either agent starts: counted only.
                 Err(Rejected::Unaddressed) => {}
-                Err(r) => refused.note(r.as_str(), from),
-            }
-        });
-        match got {
-            Ok(n) => n > 0,
-            // A socket error (reading it clears it) is a lost datagram, not a reason to stop.
-            Err(e) => {
-                log(format!("reading path {path}: {e}"));
-                false
+                Err(r) => self.refused.note(r.as_str(), a.from),
             }
         }
     }
@@ -601,20 +615,12 @@ impl Shell {
                     log(format!("{ip} open (epoch {})", self.core.epoch(addr)));
                 }
                 Action::ForwardGate { addr, to } => {
-                    // The new server's MAC on the LAN, from the neighbour table (heartbeats
-                    // on the LAN keep it there); without it, closed is all that is safe.
-                    let ip = self.peer_paths[to][self.core_cfg.paths - 1].ip();
-                    let value =
-                        match rt.block_on(netlink::neighbour_mac(&self.nl, self.lan.index, ip)) {
-                            Ok(Some(peer_mac)) => GateValue::forward(0, peer_mac, self.mac),
-                            other => {
-                                log(format!(
-                                    "no MAC for {ip} ({other:?}): {} closed instead of forwarded",
-                                    self.addresses[addr]
-                                ));
-                                GateValue::new(GateAction::Closed)
-                            }
-                        };
+                    // Without the new server's MAC, closed is all that is safe.
+                    let value = self
+                        .peer_mac(rt, to)
+                        .map_or(GateValue::new(GateAction::Closed), |peer_mac| {
+                            GateValue::forward(0, peer_mac, self.mac)
+                        });
                     self.gates
                         .set(&Target::new(self.addresses[addr], None), value)?;
                     if self.epochs.remove(&self.addresses[addr]).is_some() {
@@ -624,6 +630,16 @@ impl Shell {
                         "{} handed over to {}: forwarding what still arrives here",
                         self.addresses[addr], self.core_cfg.nodes[to]
                     ));
+                }
+                Action::ReceiveGate { addr, from } => {
+                    // Without the old server's MAC nothing it forwards can be told apart:
+                    // closed, as before.
+                    if let Some(from_mac) = self.peer_mac(rt, from) {
+                        self.gates.set(
+                            &Target::new(self.addresses[addr], None),
+                            GateValue::receive(from_mac),
+                        )?;
+                    }
                 }
                 Action::CloseGate { addr } => {
                     let ip = self.addresses[addr];
@@ -678,6 +694,22 @@ impl Shell {
         Ok(())
     }
 
+    /// Peer `p`'s MAC on the LAN, from the neighbour table (heartbeats on the LAN keep it
+    /// there); logged if it is missing.
+    fn peer_mac(&self, rt: &tokio::runtime::Runtime, p: NodeId) -> Option<[u8; 6]> {
+        let ip = self.peer_paths[p][self.core_cfg.paths - 1].ip();
+        match rt.block_on(netlink::neighbour_mac(&self.nl, self.lan.index, ip)) {
+            Ok(Some(mac)) => Some(mac),
+            other => {
+                log(format!(
+                    "no MAC for {} ({ip}: {other:?}): closed instead",
+                    self.core_cfg.nodes[p]
+                ));
+                None
+            }
+        }
+    }
+
     /// Queues a datagram for its socket: an urgent one leaves from the listen socket for the
     /// peer's wake socket, which wakes it; a periodic one from the wake socket for the peer's
     /// listen socket, which it reads at its next tick, so the peer's kernel's answers (an
@@ -709,6 +741,28 @@ impl Shell {
             }
         }
     }
+}
+
+/// One wake-up's datagrams, from every socket, before they are fed to the core in order.
+#[derive(Default)]
+struct Arrivals {
+    list: Vec<Arrival>,
+    /// Their bytes, one after another (kept between wake-ups: no allocation once warm).
+    bytes: Vec<u8>,
+}
+
+impl Arrivals {
+    fn clear(&mut self) {
+        self.list.clear();
+        self.bytes.clear();
+    }
+}
+
+struct Arrival {
+    at: Duration,
+    path: usize,
+    from: SocketAddr,
+    bytes: std::ops::Range<usize>,
 }
 
 /// Refused datagrams, logged at most once a second (a flood must not flood the log too).

@@ -106,10 +106,11 @@ pub fn status(core: &Core, now: Duration, lan: &str) -> Value {
                 "address": spec.ip.to_string(),
                 "owner": cfg.nodes[spec.preference[0]],
                 "preference": spec.preference.iter().map(|&n| cfg.nodes[n].clone()).collect::<Vec<_>>(),
-                "gate": match (core.is_open(a), core.forwarding(a)) {
-                    (true, _) => "open".to_string(),
-                    (false, Some(n)) => format!("forward to {}", core.config().nodes[n]),
-                    (false, None) => "closed".to_string(),
+                "gate": match (core.is_open(a), core.forwarding(a), core.receiving(a)) {
+                    (true, _, _) => "open".to_string(),
+                    (false, Some(n), _) => format!("forward to {}", cfg.nodes[n]),
+                    (false, None, Some(n)) => format!("receive from {}", cfg.nodes[n]),
+                    (false, None, None) => "closed".to_string(),
                 },
                 "served_by": core.server(a).map(|n| cfg.nodes[n].clone()),
                 "epoch": core.epoch(a),

@@ -217,6 +217,14 @@ fn failback_waits_for_the_preempt_delay_and_never_overlaps() {
     assert_eq!(s.servers(0), vec![1], "n0 is back but not settled");
     let took = time_until(&mut s, ms(300), |s| s.servers(0) == vec![0]);
     assert!(took <= ms(60), "{took:?}");
+    // n0 received from n1 before n1 let go: nothing n1 forwarded met a closed gate.
+    let tail = s.tail();
+    let at = |what: &str| tail.find(what).unwrap_or_else(|| panic!("{what}\n{tail}"));
+    assert!(
+        at("n0 receives a0 from n1") < at("n1 forwards a0 to n0"),
+        "{tail}"
+    );
+    assert!(!s.black_hole, "{tail}");
 }
 
 #[test]
@@ -238,8 +246,11 @@ fn a_switchover_moves_an_address_at_once_and_for_good() {
     time_until(&mut s, ms(50), |s| s.servers(0) == vec![0]);
     assert_eq!(s.fences_requested, fences, "nobody was fenced");
     // The order survives an agent restart of the node it names... and of the other.
+    // Ordered on the server this time: it lets go only once n1 receives.
     s.switchover(0, 0, 1);
     time_until(&mut s, ms(50), |s| s.servers(0) == vec![1]);
+    // Each time the new server received before the old one let go.
+    assert!(!s.black_hole, "{}", s.tail());
     s.stop_agent(0);
     after(&mut s, ms(20));
     s.start_agent(0);
