@@ -438,9 +438,9 @@ impl Shell {
             // Arrival stamps are wall-clock time: this wake-up's wall clock against the core's.
             let (now, wall) = (self.now(), SystemTime::now());
             arrived.clear();
-            for path in 0..paths {
+            for (path, &woke) in ready[..paths].iter().enumerate() {
                 self.collect(&mut bufs, &mut arrived, path, false, now, wall);
-                if ready[path] {
+                if woke {
                     self.collect(&mut bufs, &mut arrived, path, true, now, wall);
                 }
             }
