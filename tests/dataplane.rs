@@ -508,12 +508,33 @@ fn receive_passes_only_what_the_handing_over_host_forwards() {
     );
     let c = g.counters(v4(LOGICAL4), None);
     assert_eq!((c.rx_pass_packets, c.rx_drop_packets), (1, 3));
-    // The replies leave; an ARP or NA that would pull the clients here does not.
+    // The replies leave, and the requests for the clients' MACs they need (the kernel asks
+    // from the address it replies from); an ARP reply, a gratuitous ARP or an NA, which
+    // would claim the address, does not.
     assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1000)), TC_PASS);
     assert_eq!(g.egress(&udp6(LOGICAL6, CLIENT6, 53, 1000)), TC_PASS);
-    assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_SHOT);
+    assert_eq!(
+        g.egress(&arp(1, LOGICAL4, CLIENT4)),
+        TC_PASS,
+        "who has the client"
+    );
+    assert_eq!(
+        g.egress(&nd(135, LOGICAL6, SOLICITED_NODE, CLIENT6)),
+        TC_PASS,
+        "NS for the client"
+    );
+    assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_SHOT, "ARP reply");
     assert_eq!(g.egress(&arp(1, LOGICAL4, LOGICAL4)), TC_SHOT, "gratuitous");
-    assert_eq!(g.egress(&nd(136, LINK_LOCAL6, CLIENT6, LOGICAL6)), TC_SHOT);
+    assert_eq!(
+        g.egress(&nd(136, LINK_LOCAL6, CLIENT6, LOGICAL6)),
+        TC_SHOT,
+        "NA"
+    );
+    assert_eq!(
+        g.egress(&nd(136, LOGICAL6, CLIENT6, LOGICAL6)),
+        TC_SHOT,
+        "NA"
+    );
 }
 
 #[test]

@@ -121,7 +121,8 @@ fn log(msg: impl AsRef<str>) {
 }
 
 /// Real-time priority and locked memory for the one thread that runs the agent, so that a
-/// busy machine does not delay heartbeats. Failures are reported, not fatal.
+/// busy machine does not delay heartbeats. Failures are reported, not fatal. For the calling
+/// thread only (and threads it starts later).
 fn realtime() {
     unsafe {
         if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0 {
@@ -130,13 +131,20 @@ fn realtime() {
                 std::io::Error::last_os_error()
             ));
         }
-        let param = libc::sched_param { sched_priority: 50 };
-        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
-            log(format!(
-                "warning: SCHED_FIFO: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+    }
+    fifo();
+}
+
+/// SCHED_FIFO for the calling thread.
+fn fifo() {
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        log(format!(
+            "warning: SCHED_FIFO: {}",
+            std::io::Error::last_os_error()
+        ));
     }
 }
 
@@ -152,18 +160,25 @@ enum Input {
 const RT_PRIORITY: i32 = 50;
 
 pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
-    if realtime_priority {
-        realtime();
-    }
     // The heartbeats have this thread to themselves, in a loop of plain system calls
     // (`io::udp`). What is slow or rare (netlink, the control socket, signals, the fence,
-    // announcements) runs on one runtime thread, which inherits the real-time priority.
+    // announcements) runs on one runtime thread, at the same real-time priority.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .on_thread_start(move || {
+            if realtime_priority {
+                fifo();
+            }
+        })
         .enable_all()
         .build()?;
     let (mailbox, inbox) = inbox::inbox().context("creating an eventfd")?;
+    // Set-up (loading and verifying the data plane, netlink) at normal priority: at real-time
+    // priority it would hold up the host's services for tens of milliseconds.
     let mut shell = rt.block_on(Shell::start(cfg, key, realtime_priority, mailbox))?;
+    if realtime_priority {
+        realtime();
+    }
     shell.run(&rt, inbox)
 }
 

@@ -121,9 +121,10 @@ pub enum Action {
     /// and send the frame on (ingress); egress passes as for `Open`.
     Forward = 3,
     /// Another host serves it and is about to hand it to this one: pass only the IP frames
-    /// that host forwards (their source MAC is `src_mac`), and this host's IP replies to them;
-    /// everything else as `Closed`. So a request the old host forwards before this one has
-    /// heard that it let go is served, not dropped, and nothing else is.
+    /// that host forwards (their source MAC is `src_mac`), and this host's IP replies to them
+    /// with the neighbour requests those need; everything else as `Closed`. So a request the
+    /// old host forwards before this one has heard that it let go is served, not dropped,
+    /// and nothing else is.
     Receive = 4,
 }
 

@@ -345,14 +345,21 @@ pub fn gate_egress(ctx: TcContext) -> i32 {
     let Some(pkt) = parse::parse(&frame) else {
         return TC_ACT_UNSPEC;
     };
+    let passes_receiving = match pkt {
+        Packet::Ip { .. } => true,
+        Packet::Arp { asks, .. } => asks,
+        Packet::Neighbour { advert, .. } => !advert,
+    };
     let Some((key, gate)) = egress_gate(&pkt) else {
         return TC_ACT_UNSPEC;
     };
     let bytes = ctx.len() as u64;
     let c = counters(&ctx, &key);
-    // Receiving: only the replies (IP) leave; nothing that claims the address (ARP, NA).
+    // Receiving: the replies to what is forwarded leave, and the neighbour requests they
+    // need (the clients' MACs); nothing that claims the address (ARP replies, gratuitous
+    // ARP, NA).
     let shut = gate.action == Action::Closed as u8
-        || (gate.action == Action::Receive as u8 && !matches!(pkt, Packet::Ip { .. }));
+        || (gate.action == Action::Receive as u8 && !passes_receiving);
     if shut {
         if let Some(c) = c {
             c.tx_drop_packets += 1;

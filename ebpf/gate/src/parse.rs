@@ -109,8 +109,13 @@ impl Frame for SkbFrame<'_> {
 
 /// What the gate needs to know about a frame.
 pub enum Packet {
-    /// Ethernet/IPv4 ARP: sender and target protocol addresses.
-    Arp { sender: GateKey, target: GateKey },
+    /// Ethernet/IPv4 ARP: sender and target protocol addresses; `asks`: a request about
+    /// another host (not a reply, not a gratuitous ARP), which claims nothing for its sender.
+    Arp {
+        sender: GateKey,
+        target: GateKey,
+        asks: bool,
+    },
     /// ICMPv6 neighbour solicitation (`advert == false`) or advertisement.
     Neighbour {
         src: GateKey,
@@ -160,8 +165,8 @@ pub fn parse<F: Frame>(f: &F) -> Option<Packet> {
 #[inline(always)]
 fn arp<F: Frame>(f: &F, off: usize) -> Option<Packet> {
     // htype Ethernet, ptype IPv4, hlen 6, plen 4: the only ARP that can name a logical address.
-    let head = f.read::<[u8; 6]>(off)?;
-    if head != [0, 1, 0x08, 0x00, 6, 4] {
+    let head = f.read::<[u8; 8]>(off)?;
+    if head[..6] != [0, 1, 0x08, 0x00, 6, 4] {
         return None;
     }
     let sender = f.read::<[u8; 4]>(off + 14)?;
@@ -169,6 +174,7 @@ fn arp<F: Frame>(f: &F, off: usize) -> Option<Packet> {
     Some(Packet::Arp {
         sender: GateKey::v4(sender),
         target: GateKey::v4(target),
+        asks: head[6..] == [0, 1] && u32::from_ne_bytes(sender) != u32::from_ne_bytes(target),
     })
 }
 

@@ -238,10 +238,13 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
     let (la, lb) = r.logs();
     let seen: Seen = r.load.stop();
     if std::env::var_os("TAKEOVER_BENCH_LOGS").is_some() {
+        let (gap, at) = seen.longest_gap_at(t0.saturating_sub(100_000), end);
         eprintln!(
-            "t0 = {}.{:06}\n-- a:\n{la}-- b:\n{lb}",
+            "t0 = {}.{:06}, longest gap {gap:?} from {}.{:06}\n-- a:\n{la}-- b:\n{lb}",
             t0 / 1_000_000,
             t0 % 1_000_000,
+            at / 1_000_000,
+            at % 1_000_000,
         );
     }
     let gap = seen.longest_gap(t0.saturating_sub(100_000), end);

@@ -46,6 +46,11 @@ impl Seen {
 
     /// The longest silence the client saw between two replies, for replies after `from`.
     pub fn longest_gap(&self, from: u64, to: u64) -> Duration {
+        self.longest_gap_at(from, to).0
+    }
+
+    /// The longest silence between replies received in `[from, to)` and when it began (µs).
+    pub fn longest_gap_at(&self, from: u64, to: u64) -> (Duration, u64) {
         let mut times: Vec<u64> = self
             .replies
             .values()
@@ -53,8 +58,12 @@ impl Seen {
             .filter(|t| *t >= from && *t < to)
             .collect();
         times.sort_unstable();
-        let gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        Duration::from_micros(gap)
+        let (gap, at) = times
+            .windows(2)
+            .map(|w| (w[1] - w[0], w[0]))
+            .max()
+            .unwrap_or((0, from));
+        (Duration::from_micros(gap), at)
     }
 }
 
