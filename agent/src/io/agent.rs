@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -149,7 +149,6 @@ fn fifo() {
 }
 
 enum Input {
-    Fence(NodeId, bool),
     Link(netlink::LinkEvent),
     LinksStopped,
     Control(control::Request),
@@ -218,11 +217,12 @@ struct Shell {
     /// Each peer's wake socket per path, learnt from the source of its heartbeats; until then
     /// urgent messages go to its listening address.
     peer_wake: Vec<Vec<Option<SocketAddr>>>,
+    /// Fence commands running.
+    fencing: Vec<Fencing>,
     /// The latest time fed to the core: arrival stamps are clamped to it (time never goes back).
     fed: Duration,
     registration: Option<dataplane::liveness::Registration>,
     announcer: Arc<announce::Sender>,
-    mailbox: Mailbox<Input>,
     refused: RefusedLog,
     start: Instant,
 }
@@ -417,9 +417,9 @@ impl Shell {
             listen,
             wake,
             fed: Duration::ZERO,
+            fencing: Vec::new(),
             registration,
             announcer,
-            mailbox,
             refused: RefusedLog::default(),
             start,
         })
@@ -444,8 +444,15 @@ impl Shell {
         // Per socket, listen sockets first: what to send on it.
         let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
         loop {
-            self.perform(rt, &mut out)?;
-            let wake = self.start + self.core.poll_timeout();
+            self.perform(rt, &poller, &mut out)?;
+            let mut wake = self.start + self.core.poll_timeout();
+            for f in &self.fencing {
+                let check = match f.pidfd {
+                    Some(_) => f.deadline,
+                    None => Instant::now() + Duration::from_millis(1),
+                };
+                wake = wake.min(check);
+            }
             let left = wake.saturating_duration_since(Instant::now());
             poller
                 .wait(left, &mut ready)
@@ -463,6 +470,9 @@ impl Shell {
                 self.feed(&mut arrived);
                 let now = self.feed_time(self.now());
                 self.core.heard(now);
+            }
+            if !self.fencing.is_empty() {
+                self.reap_fences(&poller);
             }
             if ready[paths] {
                 for input in inbox.drain() {
@@ -551,7 +561,6 @@ impl Shell {
     fn handle(&mut self, input: Input) -> Result<bool> {
         let now = self.now();
         match input {
-            Input::Fence(peer, ok) => self.core.handle_fence(now, peer, ok),
             Input::Link(ev) if ev.ifindex == self.lan.index => self.core.handle_lan(now, ev.up),
             Input::Link(ev) if Some(ev.ifindex) == self.dedicated => {
                 self.core.handle_dedicated_carrier(now, ev.up)
@@ -617,6 +626,7 @@ impl Shell {
     fn perform(
         &mut self,
         rt: &tokio::runtime::Runtime,
+        poller: &udp::Poller,
         out: &mut [Vec<(SocketAddr, Vec<u8>)>],
     ) -> Result<()> {
         while let Some(action) = self.core.poll_action() {
@@ -685,28 +695,91 @@ impl Shell {
                         }
                     });
                 }
-                Action::Fence { peer } => {
-                    let (argv, timeout, name, mailbox) = (
-                        self.cfg.fence.command.clone(),
-                        self.cfg.fence.timeout,
-                        self.core_cfg.nodes[peer].clone(),
-                        self.mailbox.clone(),
-                    );
-                    log(format!(
-                        "fencing {name}: {}",
-                        fence_argv(&argv, &name).join(" ")
-                    ));
-                    rt.spawn(async move {
-                        let ok = fence(&argv, &name, timeout).await;
-                        mailbox.send(Input::Fence(peer, ok));
-                    });
-                }
+                Action::Fence { peer } => self.start_fence(poller, peer),
                 Action::Send { .. } => self.queue(action, out),
                 Action::Notice(text) => log(text),
             }
         }
         self.send(out);
         Ok(())
+    }
+
+    /// Starts the fence command for `peer` from this thread, its exit watched in the loop's
+    /// epoll set (a pidfd): the takeover waits on it, so no hand-off to another thread.
+    fn start_fence(&mut self, poller: &udp::Poller, peer: NodeId) {
+        let name = self.core_cfg.nodes[peer].clone();
+        let argv = fence_argv(&self.cfg.fence.command, &name);
+        log(format!("fencing {name}: {}", argv.join(" ")));
+        let spawned = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                log(format!("cannot run the fence command for {name}: {e}"));
+                let now = self.feed_time(self.now());
+                self.core.handle_fence(now, peer, false);
+                return;
+            }
+        };
+        // Without a pidfd (a kernel before 5.3) the loop still checks at every wake-up, and
+        // wakes at least every millisecond while a fence runs.
+        let pidfd = pidfd_open(child.id()).ok();
+        if let Some(fd) = &pidfd {
+            if let Err(e) = poller.add(fd.as_raw_fd()) {
+                log(format!("warning: watching the fence command: {e}"));
+            }
+        }
+        let deadline = Instant::now() + self.cfg.fence.timeout;
+        // A fence that exited at once is reaped at the next wake-up, which comes at once (its
+        // pidfd is readable).
+        let _ = child.try_wait();
+        self.fencing.push(Fencing {
+            peer,
+            child,
+            pidfd,
+            deadline,
+        });
+    }
+
+    /// Reports every fence command that finished (or ran out of time, and is killed).
+    fn reap_fences(&mut self, poller: &udp::Poller) {
+        let mut i = 0;
+        while i < self.fencing.len() {
+            let f = &mut self.fencing[i];
+            let name = &self.core_cfg.nodes[f.peer];
+            let ok = match f.child.try_wait() {
+                Ok(Some(status)) if status.success() => true,
+                Ok(Some(status)) => {
+                    log(format!("fence command for {name} failed: {status}"));
+                    false
+                }
+                Ok(None) if Instant::now() >= f.deadline => {
+                    let _ = f.child.kill();
+                    let _ = f.child.wait();
+                    log(format!(
+                        "fence command for {name} timed out after {:?}",
+                        self.cfg.fence.timeout
+                    ));
+                    false
+                }
+                Ok(None) => {
+                    i += 1;
+                    continue;
+                }
+                Err(e) => {
+                    log(format!("fence command for {name}: {e}"));
+                    false
+                }
+            };
+            let f = self.fencing.swap_remove(i);
+            if let Some(fd) = &f.pidfd {
+                poller.remove(fd.as_raw_fd());
+            }
+            let now = self.feed_time(self.now());
+            self.core.handle_fence(now, f.peer, ok);
+        }
     }
 
     /// Peer `p`'s MAC on the LAN, from the neighbour table (heartbeats on the LAN keep it
@@ -822,27 +895,22 @@ pub fn fence_argv(argv: &[String], peer: &str) -> Vec<String> {
 }
 
 /// Runs the fence command for `peer`; true only on exit status 0 within the timeout.
-async fn fence(argv: &[String], peer: &str, timeout: Duration) -> bool {
-    let argv = fence_argv(argv, peer);
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).kill_on_drop(true);
-    match tokio::time::timeout(timeout, cmd.status()).await {
-        Ok(Ok(status)) if status.success() => true,
-        Ok(Ok(status)) => {
-            log(format!("fence command for {peer} failed: {status}"));
-            false
-        }
-        Ok(Err(e)) => {
-            log(format!("cannot run the fence command for {peer}: {e}"));
-            false
-        }
-        Err(_) => {
-            log(format!(
-                "fence command for {peer} timed out after {timeout:?}"
-            ));
-            false
-        }
+/// A running fence command.
+struct Fencing {
+    peer: NodeId,
+    child: std::process::Child,
+    /// Readable when the command has exited.
+    pidfd: Option<OwnedFd>,
+    deadline: Instant,
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: a descriptor just made and owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 #[cfg(test)]

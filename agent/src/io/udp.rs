@@ -241,6 +241,32 @@ impl Poller {
         })
     }
 
+    /// Also wakes the wait when `fd` is readable (it reports nothing in `ready`: the caller
+    /// checks what it added after every wake-up).
+    pub fn add(&self, fd: RawFd) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: u64::MAX,
+        };
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops watching a descriptor given to `add`.
+    pub fn remove(&self, fd: RawFd) {
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
     /// Waits until a descriptor is readable or `timeout` has passed; `ready[i]` says whether
     /// the `i`th (in the order given to `new`) is.
     pub fn wait(&self, timeout: Duration, ready: &mut Vec<bool>) -> io::Result<()> {
@@ -269,7 +295,9 @@ impl Poller {
             };
         }
         for ev in &events[..n as usize] {
-            ready[ev.u64 as usize] = true;
+            if let Some(r) = ready.get_mut(ev.u64 as usize) {
+                *r = true;
+            }
         }
         Ok(())
     }
