@@ -629,6 +629,8 @@ impl Shell {
         poller: &udp::Poller,
         out: &mut [Vec<(SocketAddr, Vec<u8>)>],
     ) -> Result<()> {
+        // The epochs file is written once, after the announcements and heartbeats have gone.
+        let mut epochs_changed = false;
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::OpenGate { addr } => {
@@ -636,7 +638,7 @@ impl Shell {
                     self.gates
                         .set(&Target::new(ip, None), GateValue::new(GateAction::Open))?;
                     self.epochs.insert(ip, self.core.epoch(addr));
-                    save_epochs(&self.epochs_path, &self.epochs);
+                    epochs_changed = true;
                     log(format!("{ip} open (epoch {})", self.core.epoch(addr)));
                 }
                 Action::ForwardGate { addr, to } => {
@@ -648,9 +650,7 @@ impl Shell {
                         });
                     self.gates
                         .set(&Target::new(self.addresses[addr], None), value)?;
-                    if self.epochs.remove(&self.addresses[addr]).is_some() {
-                        save_epochs(&self.epochs_path, &self.epochs);
-                    }
+                    epochs_changed |= self.epochs.remove(&self.addresses[addr]).is_some();
                     log(format!(
                         "{} handed over to {}: forwarding what still arrives here",
                         self.addresses[addr], self.core_cfg.nodes[to]
@@ -671,7 +671,7 @@ impl Shell {
                     self.gates
                         .set(&Target::new(ip, None), GateValue::new(GateAction::Closed))?;
                     if self.epochs.remove(&ip).is_some() {
-                        save_epochs(&self.epochs_path, &self.epochs);
+                        epochs_changed = true;
                         log(format!("{ip} closed"));
                     }
                 }
@@ -682,18 +682,24 @@ impl Shell {
                         self.cfg.announce.count,
                         self.cfg.announce.interval,
                     );
-                    rt.spawn(async move {
-                        for i in 0..count {
-                            for f in &frames {
-                                if let Err(e) = sender.send(f) {
-                                    log(format!("announcement failed: {e}"));
-                                }
-                            }
-                            if i + 1 < count {
-                                tokio::time::sleep(interval).await;
+                    let send = move |frames: &[Vec<u8>]| {
+                        for f in frames {
+                            if let Err(e) = sender.send(f) {
+                                log(format!("announcement failed: {e}"));
                             }
                         }
-                    });
+                    };
+                    // The first at once, from here: the clients come over as soon as they
+                    // hear it. The rest from the runtime, at the interval.
+                    send(&frames);
+                    if count > 1 {
+                        rt.spawn(async move {
+                            for _ in 1..count {
+                                tokio::time::sleep(interval).await;
+                                send(&frames);
+                            }
+                        });
+                    }
                 }
                 Action::Fence { peer } => self.start_fence(poller, peer),
                 Action::Send { .. } => self.queue(action, out),
@@ -701,6 +707,9 @@ impl Shell {
             }
         }
         self.send(out);
+        if epochs_changed {
+            save_epochs(&self.epochs_path, &self.epochs);
+        }
         Ok(())
     }
 
