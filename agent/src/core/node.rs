@@ -191,6 +191,10 @@ struct Addr {
     forwarding: Option<NodeId>,
     /// About to be handed over by this live peer: the gate passes what it forwards.
     receiving: Option<NodeId>,
+    /// When this node's vote for the address last changed (`sent_at_us` of the heartbeat
+    /// that said so): a handover to the node voted for waits for a heartbeat of it that
+    /// heard this one.
+    voted_us: u64,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -270,6 +274,7 @@ impl Core {
                 released_us: 0,
                 forwarding: None,
                 receiving: None,
+                voted_us: 0,
             };
         }
         let mut core = Core {
@@ -888,6 +893,8 @@ impl Core {
             };
             if self.votes[a] != target {
                 self.votes[a] = target;
+                // The heartbeat that says so leaves now (`changed`), stamped with this.
+                self.addrs[a].voted_us = (now.as_micros() as u64).max(1);
                 changed = true;
             }
             if self.addrs[a].open {
@@ -898,9 +905,14 @@ impl Core {
                 // To a live peer over a working LAN (failback, switchover): forward what
                 // still comes here. Otherwise nobody can take it: closed.
                 let to = target.filter(|&t| t != me && self.peers[t].alive && self.lan_up);
-                // A handover waits until the new server votes for itself: its gate then
-                // receives what this one forwards. Until then this node goes on serving.
-                let hold = !newer_elsewhere && to.is_some_and(|t| !self.votes_for_itself(t, a));
+                // A handover waits until the new server, having heard this node's vote for
+                // it, votes for itself: its gate then receives what this one forwards. Until
+                // then this node goes on serving.
+                let hold = !newer_elsewhere
+                    && to.is_some_and(|t| {
+                        !(self.votes_for_itself(t, a)
+                            && self.peers[t].acked_us >= self.addrs[a].voted_us)
+                    });
                 if (newer_elsewhere || (self.ready && target != Some(me))) && !hold {
                     self.addrs[a].open = false;
                     // The heartbeat that says so leaves now (`changed`), stamped with this.
@@ -937,11 +949,19 @@ impl Core {
                     self.actions.push_back(Action::Announce { addr: a });
                     changed = true;
                 } else {
-                    // Waiting for the live peer that serves it to hand it over: receive what
-                    // it forwards (before this node's vote for itself leaves, so the peer can
-                    // let go at once). Anything else: closed.
+                    // The live peer that serves it is about to hand it over (it votes for
+                    // this node, as this node does): receive what it forwards, and say so at
+                    // once (the heartbeat that hears its vote lets it go). Anything else:
+                    // closed.
                     let from = self.current(a).map(|(c, _)| c).filter(|&c| {
-                        target == Some(me) && c != me && self.peers[c].alive && self.lan_up
+                        target == Some(me)
+                            && c != me
+                            && self.peers[c].alive
+                            && self.lan_up
+                            && self.peers[c]
+                                .summary
+                                .as_ref()
+                                .is_some_and(|s| s.votes.contains(&(a, me)))
                     });
                     if self.addrs[a].receiving != from || stopped {
                         self.addrs[a].receiving = from;
@@ -949,6 +969,7 @@ impl Core {
                             Some(from) => Action::ReceiveGate { addr: a, from },
                             None => Action::CloseGate { addr: a },
                         });
+                        changed = true;
                     }
                 }
             }
