@@ -689,11 +689,11 @@ impl Core {
         self.decide(now);
     }
 
-    /// Datagrams were just handled (a wake-up the shell had anyway). If this node's next
-    /// heartbeat is due within half an interval, it goes now, and the next one a little over
-    /// an interval later: two peers then fall into step, each sending when it hears the
-    /// other, and a node wakes about once per interval instead of twice (its timer and the
-    /// peer's heartbeat). Two heartbeats are never more than 1⅛ intervals apart.
+    /// Datagrams were just handled (a wake-up the shell had anyway: the shell reads periodic
+    /// heartbeats at this node's own tick, and wakes early only for urgent ones). If this
+    /// node's next heartbeat is due within half an interval, it goes now, and the next one a
+    /// little over an interval later: one wake-up instead of two. Two heartbeats are never
+    /// more than 1⅛ intervals apart.
     pub fn heard(&mut self, now: Duration) {
         if now + self.cfg.interval / 2 >= self.next_heartbeat && now < self.next_heartbeat {
             // The tick, early: everything periodic happens as if the timer had fired.
