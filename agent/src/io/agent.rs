@@ -530,8 +530,8 @@ impl Shell {
     }
 
     /// Feeds the core what `collect` read, oldest first: a peer's urgent and periodic
-    /// heartbeats come by two sockets but number their sequence together, and only a newer
-    /// one is accepted.
+    /// heartbeats come by two sockets but number their sequence together, and one taken
+    /// after a newer one only proves the peer alive.
     fn feed(&mut self, arrived: &mut Arrivals) {
         arrived.list.sort_by_key(|a| a.at);
         for a in &arrived.list {
