@@ -281,7 +281,8 @@ fn runtime_ns(pid: u32) -> Result<u64> {
 struct Soak {
     takeovers: usize,
     fences: usize,
-    cpu_percent: f64,
+    /// Agents a (serving) and b (standing by), % of a core.
+    cpu_percent: [f64; 2],
     rss_kib: u64,
 }
 
@@ -304,9 +305,12 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
         })
         .collect::<std::io::Result<_>>()?;
     let pid = agents[0].child.id();
+    let pid_b = agents[1].child.id();
     let run0 = runtime_ns(pid)?;
+    let run0_b = runtime_ns(pid_b)?;
     std::thread::sleep(SOAK);
     let run1 = runtime_ns(pid)?;
+    let run1_b = runtime_ns(pid_b)?;
     let rss = rss_kib(pid)?;
     for h in &mut hogs {
         let _ = h.kill();
@@ -329,7 +333,8 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
     Ok(Soak {
         takeovers: lb.matches(&format!("{LOGICAL} open")).count(),
         fences: lb.matches("fencing").count() + la.matches("fencing").count(),
-        cpu_percent: 100.0 * (run1 - run0) as f64 / 1e9 / SOAK.as_secs_f64(),
+        cpu_percent: [(run0, run1), (run0_b, run1_b)]
+            .map(|(r0, r1)| 100.0 * (r1 - r0) as f64 / 1e9 / SOAK.as_secs_f64()),
         rss_kib: rss,
     })
 }
@@ -465,20 +470,22 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     if let Some((soak, line)) = soak {
         writeln!(
             s,
-            "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a used {:.2} % of a core (its run time in /proc/PID/task/*/schedstat), RSS {:.1} MiB.",
+            "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a (serving) used {:.2} % of a core, agent b (standing by) {:.2} % (their run time in /proc/PID/task/*/schedstat); RSS of a {:.1} MiB.",
             SOAK.as_secs(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             soak.takeovers,
             soak.fences,
-            soak.cpu_percent,
+            soak.cpu_percent[0],
+            soak.cpu_percent[1],
             soak.rss_kib as f64 / 1024.0
         )?;
         writeln!(
             s,
-            "The same with the dedicated line down all along (one path left: the LAN alone, with the whole dead time): {} takeovers, {} fence commands; agent a used {:.2} % of a core.",
+            "The same with the dedicated line down all along (one path left: the LAN alone, with the whole dead time): {} takeovers, {} fence commands; agents a and b used {:.2} % and {:.2} % of a core.",
             line.takeovers,
             line.fences,
-            line.cpu_percent
+            line.cpu_percent[0],
+            line.cpu_percent[1]
         )?;
     }
     Ok(s)
