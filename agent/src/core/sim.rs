@@ -61,6 +61,11 @@ pub struct SimNode {
     pub mute: bool,
     /// The agent died unannounced: the data plane answers heartbeats with its exit notice.
     pub exited: bool,
+    /// Periodic heartbeats waiting on the agent's listen sockets, with when they arrived:
+    /// as the shell does, the agent reads them at its next wake-up, by arrival time.
+    pub waiting: Vec<(Duration, usize, Vec<u8>)>,
+    /// The latest time fed to the agent (arrival times are clamped to it).
+    pub fed: Duration,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -71,6 +76,9 @@ struct Delivery {
     to: NodeId,
     path: usize,
     bytes: Vec<u8>,
+    /// To the agent's wake socket (read at once) rather than its listen socket (read at its
+    /// next wake-up).
+    urgent: bool,
 }
 
 pub struct Sim {
@@ -172,6 +180,8 @@ impl Sim {
                 gates: vec![false; addrs],
                 forward: vec![None; addrs],
                 receive: vec![None; addrs],
+                waiting: Vec::new(),
+                fed: Duration::ZERO,
                 epochs: vec![0; addrs],
                 incarnation: 0,
                 lan_up: true,
@@ -220,6 +230,7 @@ impl Sim {
     /// An operator on node `on` moves address `a` to node `to`.
     pub fn switchover(&mut self, on: NodeId, a: usize, to: NodeId) {
         let now = self.now;
+        self.feed_waiting(on);
         if let Some(c) = self.nodes[on].core.as_mut() {
             c.handle_switchover(now, a, to);
         }
@@ -231,11 +242,13 @@ impl Sim {
     /// The agent stops for a restart (SIGTERM): it tells the peers, then exits.
     pub fn stop_agent(&mut self, n: NodeId) {
         let now = self.now;
+        self.feed_waiting(n);
         if let Some(c) = self.nodes[n].core.as_mut() {
             c.shutdown(now);
         }
         self.drain(n);
         self.nodes[n].core = None;
+        self.nodes[n].waiting.clear();
         self.trace
             .push(format!("{now:?} n{n} agent stops for a restart"));
     }
@@ -243,6 +256,7 @@ impl Sim {
     /// The agent process dies (SIGKILL); the machine and its gates stay.
     pub fn kill_agent(&mut self, n: NodeId) {
         self.nodes[n].core = None;
+        self.nodes[n].waiting.clear();
         self.nodes[n].exited = true;
         self.trace.push(format!("{:?} n{n} agent killed", self.now));
     }
@@ -252,6 +266,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.powered = false;
         node.core = None;
+        node.waiting.clear();
         node.exited = false;
         node.gates.iter_mut().for_each(|g| *g = false);
         node.forward.iter_mut().for_each(|g| *g = None);
@@ -278,6 +293,7 @@ impl Sim {
             if up { "up" } else { "down" }
         ));
         let now = self.now;
+        self.feed_waiting(n);
         if let Some(c) = self.nodes[n].core.as_mut() {
             c.handle_lan(now, up);
         }
@@ -297,6 +313,7 @@ impl Sim {
         if carrier {
             let now = self.now;
             for n in [a, b] {
+                self.feed_waiting(n);
                 if let Some(c) = self.nodes[n].core.as_mut() {
                     c.handle_dedicated_carrier(now, up);
                 }
@@ -322,6 +339,9 @@ impl Sim {
     }
 
     fn drain(&mut self, n: NodeId) {
+        // As the shell sends them: queued per socket, the urgent ones' first (so an urgent
+        // heartbeat may leave before an older periodic one).
+        let mut sends: [Vec<(NodeId, usize, Vec<u8>)>; 2] = Default::default();
         while let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) {
             match action {
                 Action::OpenGate { addr } => {
@@ -372,15 +392,23 @@ impl Sim {
                     self.fences.push((self.now + self.fence_delay, n, peer));
                 }
                 Action::Send {
-                    peer, path, bytes, ..
-                } => self.send(n, peer, path, bytes),
+                    peer,
+                    path,
+                    bytes,
+                    urgent,
+                } => sends[usize::from(!urgent)].push((peer, path, bytes)),
+            }
+        }
+        for (kind, queued) in sends.into_iter().enumerate() {
+            for (peer, path, bytes) in queued {
+                self.send(n, peer, path, bytes, kind == 0);
             }
         }
         self.check_invariant_1();
         self.check_black_holes();
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>) {
+    fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>, urgent: bool) {
         *self.sent.entry((from, to, path)).or_default() += 1;
         // A sample of the heartbeats, and every probe (they are few: only while a line is dark).
         let probe = wire::probe_answer(&bytes).is_some();
@@ -410,6 +438,7 @@ impl Sim {
                 to,
                 path,
                 bytes: bytes.clone(),
+                urgent,
             }));
         }
     }
@@ -519,15 +548,24 @@ impl Sim {
             }
             if let Some(answer) = wire::probe_answer(&d.bytes) {
                 // The data plane answers probes, whatever the agent is doing.
-                self.send(d.to, d.from, d.path, answer);
-            } else if let Some(c) = self.nodes[d.to].core.as_mut() {
-                let _ = c.handle_datagram(now, d.path, &d.bytes);
-                c.heard(now);
+                self.send(d.to, d.from, d.path, answer, true);
+            } else if self.nodes[d.to].core.is_some() {
+                if d.urgent {
+                    // A wake-up: what waited on the listen sockets is read too, first.
+                    self.feed_waiting(d.to);
+                    let node = &mut self.nodes[d.to];
+                    let c = node.core.as_mut().unwrap();
+                    node.fed = node.fed.max(now);
+                    let _ = c.handle_datagram(now, d.path, &d.bytes);
+                    c.heard(now);
+                } else {
+                    self.nodes[d.to].waiting.push((now, d.path, d.bytes));
+                }
             } else if self.nodes[d.to].exited && !wire::is_notice(&d.bytes) {
                 // The data plane of a node whose agent died answers in its name.
                 let inc = self.nodes[d.to].incarnation;
                 let notice = wire::encode_notice(inc, &Self::token(d.to, inc));
-                self.send(d.to, d.from, d.path, notice.to_vec());
+                self.send(d.to, d.from, d.path, notice.to_vec(), true);
             }
             self.drain(d.to);
         }
@@ -540,6 +578,7 @@ impl Sim {
                 self.trace.push(format!("{now:?} fence powers n{peer} off"));
                 self.crash(peer);
             }
+            self.feed_waiting(by);
             if let Some(c) = self.nodes[by].core.as_mut() {
                 c.handle_fence(now, peer, ok);
             }
@@ -551,9 +590,32 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|c| c.poll_timeout() <= now);
             if due {
-                self.nodes[n].core.as_mut().unwrap().handle_timeout(now);
+                let read = !self.nodes[n].waiting.is_empty();
+                self.feed_waiting(n);
+                let node = &mut self.nodes[n];
+                node.fed = node.fed.max(now);
+                let c = node.core.as_mut().unwrap();
+                if read {
+                    c.heard(now);
+                }
+                c.handle_timeout(now);
                 self.drain(n);
             }
+        }
+    }
+
+    /// Hands node `n`'s agent the periodic heartbeats waiting for it, oldest first, each at
+    /// its arrival time (never before what the agent was last told), as the shell does.
+    fn feed_waiting(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n];
+        let Some(c) = node.core.as_mut() else {
+            node.waiting.clear();
+            return;
+        };
+        node.waiting.sort_by_key(|w| w.0);
+        for (at, path, bytes) in node.waiting.drain(..) {
+            node.fed = node.fed.max(at);
+            let _ = c.handle_datagram(node.fed, path, &bytes);
         }
     }
 

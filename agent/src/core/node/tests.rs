@@ -253,6 +253,12 @@ fn a_switchover_moves_an_address_at_once_and_for_good() {
     time_until(&mut s, ms(50), |s| s.servers(0) == vec![1]);
     // Each time the new server received before the old one let go.
     assert!(!s.black_hole, "{}", s.tail());
+    // Urgent and periodic heartbeats cross (two sockets, read at different moments): every
+    // one is still taken, none refused as a replay.
+    for n in &s.nodes {
+        let refused = &n.core.as_ref().unwrap().rejected().0;
+        assert_eq!(refused.get("replayed"), None, "{refused:?}");
+    }
     s.stop_agent(0);
     after(&mut s, ms(20));
     s.start_agent(0);
