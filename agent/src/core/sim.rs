@@ -339,7 +339,7 @@ impl Sim {
     }
 
     fn drain(&mut self, n: NodeId) {
-        // As the shell sends them: queued per socket, the urgent ones' first (so an urgent
+        // As the shell sends them: queued per socket, the urgent ones first (so an urgent
         // heartbeat may leave before an older periodic one).
         let mut sends: [Vec<(NodeId, usize, Vec<u8>)>; 2] = Default::default();
         while let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) {
