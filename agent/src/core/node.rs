@@ -987,7 +987,6 @@ impl Core {
         self.send_heartbeats(now, true);
     }
 
-    /// A heartbeat to every peer on every working path; `urgent` when it carries news.
     /// How recent the last heartbeat on the line must be for the line to count as working.
     fn line_fresh(&self) -> Duration {
         self.cfg.interval * 2
