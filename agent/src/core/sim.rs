@@ -42,17 +42,38 @@ impl Rng {
     }
 }
 
+/// A gate as the data plane holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Closed,
+    Open,
+    /// Sends what arrives on to this node.
+    Forward(NodeId),
+    /// Passes only what this node forwards.
+    Receive(NodeId),
+}
+
+impl SimNode {
+    fn is_open(&self, a: usize) -> bool {
+        self.gates[a] == Gate::Open
+    }
+
+    /// The node this one's gate for `a` receives from, if it does.
+    pub fn receiving(&self, a: usize) -> Option<NodeId> {
+        match self.gates[a] {
+            Gate::Receive(from) => Some(from),
+            _ => None,
+        }
+    }
+}
+
 pub struct SimNode {
     /// The agent; `None` while it is not running.
     pub core: Option<Core>,
     /// The machine is on (a crash or a fence turns it off).
     pub powered: bool,
     /// The data plane's gates, which outlive the agent (pinned).
-    pub gates: Vec<bool>,
-    /// Per address, the node a forwarding gate sends to, and the node a receiving gate
-    /// passes from (pinned too).
-    pub forward: Vec<Option<NodeId>>,
-    pub receive: Vec<Option<NodeId>>,
+    pub gates: Vec<Gate>,
     /// Epochs of open gates, as the agent would persist them beside the pins.
     pub epochs: Vec<u64>,
     pub incarnation: u64,
@@ -177,9 +198,7 @@ impl Sim {
             sim.nodes.push(SimNode {
                 core: None,
                 powered: true,
-                gates: vec![false; addrs],
-                forward: vec![None; addrs],
-                receive: vec![None; addrs],
+                gates: vec![Gate::Closed; addrs],
                 waiting: Vec::new(),
                 fed: Duration::ZERO,
                 epochs: vec![0; addrs],
@@ -206,7 +225,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.incarnation += 1;
         let open: Vec<(usize, u64)> = (0..node.gates.len())
-            .filter(|&a| node.gates[a])
+            .filter(|&a| node.is_open(a))
             .map(|a| (a, node.epochs[a]))
             .collect();
         let mut core = Core::new(cfg, node.incarnation, self.now, &open);
@@ -268,9 +287,7 @@ impl Sim {
         node.core = None;
         node.waiting.clear();
         node.exited = false;
-        node.gates.iter_mut().for_each(|g| *g = false);
-        node.forward.iter_mut().for_each(|g| *g = None);
-        node.receive.iter_mut().for_each(|g| *g = None);
+        node.gates.iter_mut().for_each(|g| *g = Gate::Closed);
         self.trace.push(format!("{:?} n{n} crashes", self.now));
     }
 
@@ -345,44 +362,12 @@ impl Sim {
         while let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) {
             match action {
                 Action::OpenGate { addr } => {
-                    self.nodes[n].gates[addr] = true;
-                    self.nodes[n].forward[addr] = None;
-                    self.nodes[n].receive[addr] = None;
+                    self.set_gate(n, addr, Gate::Open);
                     self.nodes[n].epochs[addr] = self.nodes[n].core.as_ref().unwrap().epoch(addr);
-                    self.gate_changes += 1;
-                    self.trace
-                        .push(format!("{:?} n{n} opens a{addr}", self.now));
                 }
-                Action::ForwardGate { addr, to } => {
-                    if self.nodes[n].gates[addr] {
-                        self.gate_changes += 1;
-                    }
-                    self.trace
-                        .push(format!("{:?} n{n} forwards a{addr} to n{to}", self.now));
-                    self.nodes[n].gates[addr] = false;
-                    self.nodes[n].forward[addr] = Some(to);
-                    self.nodes[n].receive[addr] = None;
-                }
-                Action::ReceiveGate { addr, from } => {
-                    if self.nodes[n].gates[addr] {
-                        self.gate_changes += 1;
-                    }
-                    self.trace
-                        .push(format!("{:?} n{n} receives a{addr} from n{from}", self.now));
-                    self.nodes[n].gates[addr] = false;
-                    self.nodes[n].forward[addr] = None;
-                    self.nodes[n].receive[addr] = Some(from);
-                }
-                Action::CloseGate { addr } => {
-                    if self.nodes[n].gates[addr] {
-                        self.gate_changes += 1;
-                        self.trace
-                            .push(format!("{:?} n{n} closes a{addr}", self.now));
-                    }
-                    self.nodes[n].gates[addr] = false;
-                    self.nodes[n].forward[addr] = None;
-                    self.nodes[n].receive[addr] = None;
-                }
+                Action::ForwardGate { addr, to } => self.set_gate(n, addr, Gate::Forward(to)),
+                Action::ReceiveGate { addr, from } => self.set_gate(n, addr, Gate::Receive(from)),
+                Action::CloseGate { addr } => self.set_gate(n, addr, Gate::Closed),
                 Action::Announce { .. } => {}
                 Action::Notice(text) => self.trace.push(format!("{:?} n{n}: {text}", self.now)),
                 Action::Fence { peer } => {
@@ -445,14 +430,35 @@ impl Sim {
 
     /// Invariant 1: for each address, at most one powered node has its gate open (a fenced
     /// node is powered off, so it counts no more).
+    /// Sets a gate and traces it; a change counts when it opens or stops serving (a gate
+    /// closed again, or turned from closed to receiving, is no change to who serves).
+    fn set_gate(&mut self, n: NodeId, a: usize, gate: Gate) {
+        let was_open = self.nodes[n].is_open(a);
+        let now = self.now;
+        let line = match gate {
+            Gate::Open => Some(format!("{now:?} n{n} opens a{a}")),
+            Gate::Forward(to) => Some(format!("{now:?} n{n} forwards a{a} to n{to}")),
+            Gate::Receive(from) => Some(format!("{now:?} n{n} receives a{a} from n{from}")),
+            Gate::Closed => was_open.then(|| format!("{now:?} n{n} closes a{a}")),
+        };
+        self.trace.extend(line);
+        if gate == Gate::Open || was_open {
+            self.gate_changes += 1;
+        }
+        self.nodes[n].gates[a] = gate;
+    }
+
     fn check_black_holes(&mut self) {
         for a in 0..self.cfg.addresses.len() {
             for f in 0..self.nodes.len() {
-                let Some(n) = self.nodes[f].forward[a].filter(|_| self.nodes[f].powered) else {
+                let Gate::Forward(n) = self.nodes[f].gates[a] else {
                     continue;
                 };
+                if !self.nodes[f].powered {
+                    continue;
+                }
                 let to = &self.nodes[n];
-                if to.powered && !to.gates[a] && to.receive[a] != Some(f) {
+                if to.powered && !to.is_open(a) && to.receiving(a) != Some(f) {
                     self.black_hole = true;
                     self.trace.push(format!(
                         "{:?} n{f} forwards a{a} into n{n}'s closed gate",
@@ -471,9 +477,10 @@ impl Sim {
             let open: Vec<NodeId> = (0..self.nodes.len())
                 .filter(|&n| {
                     on(n)
-                        && (self.nodes[n].gates[a]
-                            || self.nodes[n].receive[a]
-                                .is_some_and(|f| on(f) && self.nodes[f].forward[a] == Some(n)))
+                        && (self.nodes[n].is_open(a)
+                            || self.nodes[n].receiving(a).is_some_and(|f| {
+                                on(f) && self.nodes[f].gates[a] == Gate::Forward(n)
+                            }))
                 })
                 .collect();
             assert!(
@@ -622,7 +629,7 @@ impl Sim {
     /// Which powered nodes have address `a` open.
     pub fn servers(&self, a: usize) -> Vec<NodeId> {
         (0..self.nodes.len())
-            .filter(|&n| self.nodes[n].powered && self.nodes[n].gates[a])
+            .filter(|&n| self.nodes[n].powered && self.nodes[n].is_open(a))
             .collect()
     }
 

@@ -216,7 +216,7 @@ fn failback_waits_for_the_preempt_delay_and_never_overlaps() {
     after(&mut s, ms(60));
     assert_eq!(s.servers(0), vec![1], "n0 is back but not settled");
     // Its gate receives only once n1 is about to hand over: until then, closed.
-    assert_eq!(s.nodes[0].receive[0], None, "{}", s.tail());
+    assert_eq!(s.nodes[0].receiving(0), None, "{}", s.tail());
     let took = time_until(&mut s, ms(300), |s| s.servers(0) == vec![0]);
     assert!(took <= ms(60), "{took:?}");
     // n0 received from n1 before n1 let go: nothing n1 forwarded met a closed gate.
