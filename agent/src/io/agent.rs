@@ -585,8 +585,14 @@ impl Shell {
                 self.core.shutdown(now);
                 let mut out = vec![Vec::new(); 2 * self.listen.len()];
                 while let Some(action) = self.core.poll_action() {
-                    if let Action::Send { .. } = action {
-                        self.queue(action, &mut out);
+                    if let Action::Send {
+                        peer,
+                        path,
+                        bytes,
+                        urgent,
+                    } = action
+                    {
+                        self.queue((peer, path, bytes, urgent), &mut out);
                     }
                 }
                 self.send(&mut out);
@@ -702,7 +708,12 @@ impl Shell {
                     }
                 }
                 Action::Fence { peer } => self.start_fence(poller, peer),
-                Action::Send { .. } => self.queue(action, out),
+                Action::Send {
+                    peer,
+                    path,
+                    bytes,
+                    urgent,
+                } => self.queue((peer, path, bytes, urgent), out),
                 Action::Notice(text) => log(text),
             }
         }
@@ -811,16 +822,11 @@ impl Shell {
     /// peer's wake socket, which wakes it; a periodic one from the wake socket for the peer's
     /// listen socket, which it reads at its next tick, so the peer's kernel's answers (an
     /// exit notice, a probe's answer) come back to a socket that wakes this node.
-    fn queue(&self, action: Action, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
-        let Action::Send {
-            peer,
-            path,
-            bytes,
-            urgent,
-        } = action
-        else {
-            return;
-        };
+    fn queue(
+        &self,
+        (peer, path, bytes, urgent): (NodeId, usize, Vec<u8>, bool),
+        out: &mut [Vec<(SocketAddr, Vec<u8>)>],
+    ) {
         let listen = self.peer_paths[peer][path];
         if urgent {
             out[path].push((self.peer_wake[peer][path].unwrap_or(listen), bytes));
