@@ -195,9 +195,26 @@ fn status_shows_the_state_table() -> Result<()> {
             "{path}"
         );
     }
+    // In a steady state the peer's heartbeats reach the agent through the gate's ring only:
+    // the sockets carry news and kernel answers, and there is none.
+    let read = |v: &serde_json::Value, k: &str| v["received"][k].as_u64().unwrap();
+    let later = wait_for("more heartbeats through the ring", WAIT, || {
+        let l: serde_json::Value = serde_json::from_str(&t.ok(&b.ns, "status --json")?)?;
+        Ok((read(&l, "gate") >= read(&v, "gate") + 100).then_some(l))
+    })?;
+    assert_eq!(
+        read(&later, "socket"),
+        read(&v, "socket"),
+        "{} then {}",
+        v["received"],
+        later["received"]
+    );
     let table = t.ok(&b.ns, "status")?;
     assert!(
-        table.contains("PEER") && table.contains("dedicated") && table.contains("alive"),
+        table.contains("PEER")
+            && table.contains("dedicated")
+            && table.contains("alive")
+            && table.contains("from the gates' ring"),
         "{table}"
     );
     Ok(())

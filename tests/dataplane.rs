@@ -3,7 +3,7 @@
 //! Each test loads its own copy of the gate programs (maps pinned in a directory of its own)
 //! and runs them on frames built here, checking the verdict, the rewritten bytes and the
 //! counters the agent reads back.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
@@ -947,12 +947,9 @@ fn a_dead_agents_data_plane_answers_heartbeats_with_its_exit_notice() {
         0x0800,
         &ipv4(OTHER4, CLIENT4, 17, &udp(HB_PORT, HB_PORT, &hb)),
     );
-    // Agent running (or stopping for a restart): heartbeats pass to it untouched.
-    for state in [
-        takeover_common::AGENT_NONE,
-        takeover_common::AGENT_RUNNING,
-        takeover_common::AGENT_STOPPING,
-    ] {
+    // No agent, or one stopping for a restart: heartbeats pass untouched (a running agent
+    // gets them through the ring: the next test).
+    for state in [takeover_common::AGENT_NONE, takeover_common::AGENT_STOPPING] {
         set_liveness(&mut g, state, notice);
         assert_eq!(
             g.ingress(&frame4),
@@ -999,6 +996,114 @@ fn a_dead_agents_data_plane_answers_heartbeats_with_its_exit_notice() {
     assert_eq!((&out[22..38], &out[38..54]), (&LOGICAL6[..], &CLIENT6[..]));
     assert_eq!(&out[62..94], &notice[..]);
     assert!(udp6_checksum_ok(&out), "IPv6 UDP checksum updated");
+}
+
+/// The ring a gate takes heartbeats into, read as the agent reads it.
+fn heard(g: &mut Gate) -> takeover::dataplane::heard::HeardRing {
+    let map = g.ebpf.take_map(takeover_common::HEARD_MAP).unwrap();
+    takeover::dataplane::heard::HeardRing::new(map).unwrap()
+}
+
+#[test]
+fn a_running_agents_data_plane_takes_heartbeats_into_the_ring() {
+    let mut g = Gate::load();
+    set_liveness(&mut g, takeover_common::AGENT_RUNNING, [0; 32]);
+    let mut ring = heard(&mut g);
+    let hb = heartbeat_payload(takeover_common::WIRE_KIND_HEARTBEAT);
+    let frame4 = eth(
+        SERVER_MAC,
+        PEER_MAC,
+        0x0800,
+        &ipv4(OTHER4, CLIENT4, 17, &udp(40001, HB_PORT, &hb)),
+    );
+    let long = [hb.clone(), vec![7; takeover_common::HEARD_MAX - hb.len()]].concat();
+    let frame6 = eth(
+        SERVER_MAC,
+        PEER_MAC,
+        0x86dd,
+        &ipv6(CLIENT6, LOGICAL6, 17, &udp(40002, HB_PORT, &long)),
+    );
+    let before = now_monotonic_ns();
+    assert_eq!(
+        g.ingress(&frame4).0,
+        XDP_DROP,
+        "taken: the stack never sees it"
+    );
+    assert_eq!(g.ingress(&frame6).0, XDP_DROP, "the longest message fits");
+    let after = now_monotonic_ns();
+    let mut got = Vec::new();
+    ring.drain(|d| got.push((d.stamp_ns, d.from, d.to, d.bytes.to_vec())));
+    assert_eq!(got.len(), 2);
+    let (v4, v6) = (&got[0], &got[1]);
+    assert_eq!(
+        (v4.1, v4.2, &v4.3),
+        (
+            SocketAddr::new(IpAddr::from(OTHER4), 40001),
+            IpAddr::from(CLIENT4),
+            &hb
+        )
+    );
+    assert_eq!(
+        (v6.1, v6.2, &v6.3),
+        (
+            SocketAddr::new(IpAddr::from(CLIENT6), 40002),
+            IpAddr::from(LOGICAL6),
+            &long
+        )
+    );
+    assert!(
+        before <= v4.0 && v4.0 <= v6.0 && v6.0 <= after,
+        "stamped on arrival, on CLOCK_MONOTONIC: {before} {} {} {after}",
+        v4.0,
+        v6.0
+    );
+    ring.drain(|_| panic!("each heartbeat is read once"));
+
+    // Everything else is the stack's (or the probe responder's).
+    let too_long = [long.clone(), vec![7]].concat();
+    let to = |dport: u16, payload: &[u8]| {
+        eth(
+            SERVER_MAC,
+            PEER_MAC,
+            0x0800,
+            &ipv4(OTHER4, CLIENT4, 17, &udp(40001, dport, payload)),
+        )
+    };
+    for (what, frame) in [
+        ("another port", to(HB_PORT + 1, &hb)),
+        ("longer than any message", to(HB_PORT, &too_long)),
+        ("not our magic", to(HB_PORT, &[b'X'; 64])),
+        (
+            "an exit notice",
+            to(HB_PORT, &heartbeat_payload(takeover_common::WIRE_KIND_EXIT)),
+        ),
+    ] {
+        assert_eq!(g.ingress(&frame), (XDP_PASS, frame.clone()), "{what}");
+    }
+    let probe = takeover::core::wire::encode_probe(b"key", 9, 1, 0);
+    assert_eq!(
+        g.ingress(&to(HB_PORT, &probe)).0,
+        XDP_TX,
+        "a probe is answered"
+    );
+    for state in [takeover_common::AGENT_NONE, takeover_common::AGENT_STOPPING] {
+        set_liveness(&mut g, state, [0; 32]);
+        assert_eq!(
+            g.ingress(&frame4),
+            (XDP_PASS, frame4.clone()),
+            "state {state}"
+        );
+    }
+    ring.drain(|d| panic!("nothing else was taken: {:?}", d.from));
+}
+
+fn now_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[test]

@@ -12,7 +12,7 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use takeover_common::{ABI_VERSION, INFO_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM};
+use takeover_common::{ABI_VERSION, HEARD_MAP, INFO_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM};
 
 use super::{pinned_link, pins::PinDir, OBJECT};
 use crate::sys::{bpffs, iface::Iface};
@@ -106,8 +106,9 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
     check_abi(pins)?;
     let xdp_live = live_link(&pins.xdp_link(), iface)?;
     let tc_live = live_link(&pins.tc_link(), iface)?;
-    let maps_pinned =
-        PinDir::MAPS.iter().all(|m| pins.map(m).exists()) && pins.liveness_map().exists();
+    let maps_pinned = PinDir::MAPS.iter().all(|m| pins.map(m).exists())
+        && pins.liveness_map().exists()
+        && pins.heard_map().exists();
     let mut out = Attached {
         iface: iface.name.clone(),
         xdp: XdpAttach::Kept,
@@ -153,11 +154,12 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
 }
 
 /// A loader that pins (or reuses) the interface's maps in its directory and the namespace's
-/// liveness map in the namespace's.
+/// liveness map and heartbeat ring in the namespace's.
 pub(super) fn loader(pins: &PinDir) -> EbpfLoader<'_> {
     let mut l = EbpfLoader::new();
     l.default_map_pin_directory(&pins.path)
-        .map_pin_path(LIVENESS_MAP, pins.liveness_map());
+        .map_pin_path(LIVENESS_MAP, pins.liveness_map())
+        .map_pin_path(HEARD_MAP, pins.heard_map());
     l
 }
 
@@ -352,7 +354,8 @@ fn remove_pins(pins: &PinDir) {
         let _ = std::fs::remove_file(pins.map(m));
     }
     let _ = std::fs::remove_dir(&pins.path);
-    // When the namespace's last interface goes, so do its liveness map and exit tracepoint.
+    // When the namespace's last interface goes, so do its liveness map, heartbeat ring and exit
+    // tracepoint.
     let ns = pins.namespace();
     let others = std::fs::read_dir(ns)
         .map(|rd| rd.flatten().any(|e| e.path().is_dir()))
@@ -360,6 +363,7 @@ fn remove_pins(pins: &PinDir) {
     if !others {
         let _ = std::fs::remove_file(pins.exit_link());
         let _ = std::fs::remove_file(pins.liveness_map());
+        let _ = std::fs::remove_file(pins.heard_map());
         let _ = std::fs::remove_dir(ns);
     }
 }

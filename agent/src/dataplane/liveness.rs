@@ -6,10 +6,11 @@ use aya::{
     programs::{links::FdLink, RawTracePoint},
 };
 use takeover_common::{
-    Liveness, AGENT_RUNNING, AGENT_STOPPING, EXIT_LINK_PIN, EXIT_PROGRAM, LIVENESS_MAP, NOTICE_LEN,
+    Liveness, AGENT_RUNNING, AGENT_STOPPING, EXIT_LINK_PIN, EXIT_PROGRAM, HEARD_MAP, LIVENESS_MAP,
+    NOTICE_LEN,
 };
 
-use super::{attach::loader, pins::PinDir, OBJECT};
+use super::{attach::loader, heard::HeardRing, pins::PinDir, OBJECT};
 
 /// This agent's registration; dropping it leaves the registration as it is (the kernel
 /// reports the exit that follows, unless [`Registration::stopping`] said it is planned).
@@ -21,8 +22,13 @@ pub struct Registration {
 /// Registers the calling process as the agent of this network namespace: peers' heartbeats
 /// to `port` on any interface with a gate (`pins` is one of them) get `notice` back once the
 /// process has exited without calling [`Registration::stopping`]. Attaches the exit
-/// tracepoint afresh each time (its pin is replaced, so one is left, never two).
-pub fn register(pins: &PinDir, port: u16, notice: [u8; NOTICE_LEN]) -> Result<Registration> {
+/// tracepoint afresh each time (its pin is replaced, so one is left, never two). From then on
+/// the gates take the peers' heartbeats to `port` into the returned ring.
+pub fn register(
+    pins: &PinDir,
+    port: u16,
+    notice: [u8; NOTICE_LEN],
+) -> Result<(Registration, HeardRing)> {
     let mut ebpf = loader(pins)
         .load(OBJECT)
         .map_err(|e| anyhow!("cannot load the eBPF object for the exit tracepoint: {e}"))?;
@@ -45,6 +51,12 @@ pub fn register(pins: &PinDir, port: u16, notice: [u8; NOTICE_LEN]) -> Result<Re
     // rename(2) replaces the old pin at once; the old link goes with its last reference.
     std::fs::rename(&tmp, &pin).with_context(|| format!("pinning {}", pin.display()))?;
 
+    let mut heard = HeardRing::new(
+        ebpf.take_map(HEARD_MAP)
+            .context("the eBPF object has no HEARD map")?,
+    )?;
+    // What a previous agent left unread is not news to this one.
+    heard.drain(|_| {});
     let map = ebpf
         .take_map(LIVENESS_MAP)
         .context("the eBPF object has no LIVENESS map")?;
@@ -59,7 +71,7 @@ pub fn register(pins: &PinDir, port: u16, notice: [u8; NOTICE_LEN]) -> Result<Re
         },
     };
     reg.write()?;
-    Ok(reg)
+    Ok((reg, heard))
 }
 
 impl Registration {

@@ -2,6 +2,7 @@
 //! attaching it to an interface, and reading and writing its gate table.
 pub mod attach;
 pub mod gates;
+pub mod heard;
 pub mod liveness;
 pub mod pinned_link;
 pub mod pins;

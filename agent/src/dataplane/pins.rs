@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use takeover_common::{
-    COUNTERS_MAP, EXIT_LINK_PIN, GATES_MAP, INFO_MAP, LIVENESS_MAP, PIN_ROOT, REDIRECT_MAP,
-    TC_LINK_PIN, XDP_LINK_PIN,
+    COUNTERS_MAP, EXIT_LINK_PIN, GATES_MAP, HEARD_MAP, INFO_MAP, LIVENESS_MAP, PIN_ROOT,
+    REDIRECT_MAP, TC_LINK_PIN, XDP_LINK_PIN,
 };
 
 use crate::sys::netns;
@@ -50,6 +50,11 @@ impl PinDir {
     /// The namespace's agent liveness map, shared by every interface's gate.
     pub fn liveness_map(&self) -> PathBuf {
         self.namespace().join(LIVENESS_MAP)
+    }
+
+    /// The namespace's ring of heartbeats the gates took for the agent.
+    pub fn heard_map(&self) -> PathBuf {
+        self.namespace().join(HEARD_MAP)
     }
 
     /// The namespace's link of the agent-exit tracepoint.

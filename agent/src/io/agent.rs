@@ -26,7 +26,9 @@ use crate::{
         node::{Action, AddrSpec, Core, CoreConfig, NodeId},
         wire::{self, Rejected, MAX_MESSAGE, TOKEN_LEN},
     },
-    dataplane::{self, AttachMode, Gates, PinDir, Target},
+    dataplane::{
+        self, heard::HeardRing, liveness::Registration, AttachMode, Gates, PinDir, Target,
+    },
     sys::{iface::Iface, napi, netns},
 };
 
@@ -206,10 +208,16 @@ struct Shell {
     nl: rtnetlink::Handle,
     /// The dedicated line's interface: its carrier is a hint for the core.
     dedicated: Option<u32>,
-    /// One socket per path.
     /// Per path, the configured address: the peers' periodic heartbeats arrive here, read at
     /// every wake-up (at least one per interval: this node's own tick), stamped on arrival.
+    /// While the gates take them into `heard`, only what they leave (a full ring, a path
+    /// without a gate) comes here, and the loop sleeps on these sockets too.
     listen: Vec<UdpSocket>,
+    /// The peers' periodic heartbeats as the gates took them off the wire (kernel-assisted
+    /// liveness registered): read from shared memory at every wake-up.
+    heard: Option<HeardRing>,
+    /// Datagrams read from the ring and from sockets, for `status`.
+    received: control::Received,
     /// Per path, the same address on a port of its own, which the loop sleeps on: what
     /// must be acted on at once arrives here (the peers' urgent heartbeats, and what their
     /// kernels answer to this node's heartbeats and probes, which leave from it).
@@ -221,7 +229,7 @@ struct Shell {
     fencing: Vec<Fencing>,
     /// The latest time fed to the core: arrival stamps are clamped to it (time never goes back).
     fed: Duration,
-    registration: Option<dataplane::liveness::Registration>,
+    registration: Option<Registration>,
     announcer: Arc<announce::Sender>,
     refused: RefusedLog,
     start: Instant,
@@ -355,20 +363,20 @@ impl Shell {
                 "warning: the paths listen on different ports; exit notices answer port {port} only"
             ));
         }
-        let registration = match dataplane::liveness::register(
+        let (registration, heard) = match dataplane::liveness::register(
             &PinDir::for_iface(&lan.name)?,
             port,
             wire::encode_notice(incarnation, &token),
         ) {
-            Ok(r) => {
+            Ok((r, heard)) => {
                 core.set_exit_commit(wire::commit(&token));
-                Some(r)
+                (Some(r), Some(heard))
             }
             Err(e) => {
                 log(format!(
                     "warning: no kernel-assisted liveness (peers will wait out the dead time if this agent dies): {e:#}"
                 ));
-                None
+                (None, None)
             }
         };
         if !netlink::is_up(&nl, lan.index).await? {
@@ -415,6 +423,8 @@ impl Shell {
             nl,
             dedicated,
             listen,
+            heard,
+            received: Default::default(),
             wake,
             fed: Duration::ZERO,
             fencing: Vec::new(),
@@ -434,13 +444,19 @@ impl Shell {
     /// core's deadline comes, feed the core what arrived (in the order it arrived, by the
     /// kernel's stamps) and what happened.
     fn run(&mut self, rt: &tokio::runtime::Runtime, inbox: Inbox<Input>) -> Result<()> {
+        let paths = self.listen.len();
+        // Epoll indices: the wake sockets, then the listen sockets if the gates take the
+        // periodic heartbeats (else they are read at every wake-up), then the inbox.
         let mut fds: Vec<RawFd> = self.wake.iter().map(|s| s.as_raw_fd()).collect();
+        if self.heard.is_some() {
+            fds.extend(self.listen.iter().map(|s| s.as_raw_fd()));
+        }
+        let inbox_at = fds.len();
         fds.push(inbox.fd());
         let poller = udp::Poller::new(&fds).context("creating an epoll set")?;
         let mut ready = Vec::with_capacity(fds.len());
         let mut bufs = RecvBufs::new(MAX_MESSAGE + 1);
         let mut arrived = Arrivals::default();
-        let paths = self.listen.len();
         // Per socket, listen sockets first: what to send on it.
         let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
         loop {
@@ -457,13 +473,32 @@ impl Shell {
             poller
                 .wait(left, &mut ready)
                 .context("waiting for datagrams")?;
-            // Arrival stamps are wall-clock time: this wake-up's wall clock against the core's.
-            let (now, wall) = (self.now(), SystemTime::now());
+            // Arrival stamps are on the wall clock (sockets) or the monotonic clock (the
+            // ring): this wake-up's time on each, against the core's.
+            let now = self.now();
+            let clocks = Clocks {
+                now,
+                wall: SystemTime::now(),
+                mono_ns: monotonic_ns(),
+            };
             arrived.clear();
-            for (path, &woke) in ready[..paths].iter().enumerate() {
-                self.collect(&mut bufs, &mut arrived, path, false, now, wall);
-                if woke {
-                    self.collect(&mut bufs, &mut arrived, path, true, now, wall);
+            if let Some(heard) = self.heard.as_mut() {
+                heard.drain(|d| {
+                    self.received.gate += 1;
+                    // A heartbeat to another address than a path's is not for this agent.
+                    if let Some(path) = self.cfg.node.listen.iter().position(|l| l.ip() == d.to) {
+                        let ago = Duration::from_nanos(clocks.mono_ns.saturating_sub(d.stamp_ns));
+                        arrived.push(now.saturating_sub(ago), path, d.from, d.bytes);
+                    }
+                });
+            }
+            for path in 0..paths {
+                let listen = self.heard.is_none() || ready[paths + path];
+                if listen {
+                    self.collect(&mut bufs, &mut arrived, path, false, &clocks);
+                }
+                if ready[path] {
+                    self.collect(&mut bufs, &mut arrived, path, true, &clocks);
                 }
             }
             if !arrived.list.is_empty() {
@@ -474,7 +509,7 @@ impl Shell {
             if !self.fencing.is_empty() {
                 self.reap_fences(&poller);
             }
-            if ready[paths] {
+            if ready[inbox_at] {
                 for input in inbox.drain() {
                     if !self.handle(input)? {
                         return Ok(());
@@ -495,16 +530,14 @@ impl Shell {
     }
 
     /// Reads what waits on one path's listen or wake socket into `arrived`, each datagram
-    /// with when it arrived on the core's clock (`now` and `wall` are this wake-up's time on
-    /// the core's clock and on the wall clock).
+    /// with when it arrived on the core's clock.
     fn collect(
-        &self,
+        &mut self,
         bufs: &mut RecvBufs,
         arrived: &mut Arrivals,
         path: usize,
         woke: bool,
-        now: Duration,
-        wall: SystemTime,
+        clocks: &Clocks,
     ) {
         let sock = if woke {
             &self.wake[path]
@@ -512,20 +545,14 @@ impl Shell {
             &self.listen[path]
         };
         let got = udp::recv_all(sock, bufs, |bytes, from, stamp| {
-            let ago = stamp.and_then(|t| wall.duration_since(t).ok());
-            let at = ago.map_or(now, |a| now.saturating_sub(a));
-            let start = arrived.bytes.len();
-            arrived.bytes.extend_from_slice(bytes);
-            arrived.list.push(Arrival {
-                at,
-                path,
-                from,
-                bytes: start..arrived.bytes.len(),
-            });
+            let ago = stamp.and_then(|t| clocks.wall.duration_since(t).ok());
+            let at = ago.map_or(clocks.now, |a| clocks.now.saturating_sub(a));
+            arrived.push(at, path, from, bytes);
         });
         // A socket error (reading it clears it) is a lost datagram, not a reason to stop.
-        if let Err(e) = got {
-            log(format!("reading path {path}: {e}"));
+        match got {
+            Ok(n) => self.received.socket += n as u64,
+            Err(e) => log(format!("reading path {path}: {e}")),
         }
     }
 
@@ -605,7 +632,9 @@ impl Shell {
 
     fn control(&mut self, command: control::Command, now: Duration) -> serde_json::Value {
         match command {
-            control::Command::Status => control::status(&self.core, now, &self.lan.name),
+            control::Command::Status => {
+                control::status(&self.core, now, &self.lan.name, &self.received)
+            }
             control::Command::Switchover { addr, to } => {
                 let a = addr
                     .parse::<IpAddr>()
@@ -859,6 +888,35 @@ impl Arrivals {
         self.list.clear();
         self.bytes.clear();
     }
+
+    fn push(&mut self, at: Duration, path: usize, from: SocketAddr, bytes: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        self.list.push(Arrival {
+            at,
+            path,
+            from,
+            bytes: start..self.bytes.len(),
+        });
+    }
+}
+
+/// One wake-up's time on the core's clock and on the clocks arrival stamps use.
+struct Clocks {
+    now: Duration,
+    wall: SystemTime,
+    /// CLOCK_MONOTONIC, the eBPF programs' `bpf_ktime_get_ns`.
+    mono_ns: u64,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists (vDSO, no system call).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 struct Arrival {

@@ -94,7 +94,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The state table as JSON (field names are a stable interface for scripts).
-pub fn status(core: &Core, now: Duration, lan: &str) -> Value {
+/// Datagrams the agent has read from the peers, by where it found them: the gates' ring
+/// (periodic heartbeats, taken off the wire by XDP) or its sockets (urgent heartbeats, the
+/// peers' kernels' answers, and whatever the ring did not take).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Received {
+    pub gate: u64,
+    pub socket: u64,
+}
+
+pub fn status(core: &Core, now: Duration, lan: &str, received: &Received) -> Value {
     let cfg = core.config();
     let me = cfg.me;
     let addresses: Vec<Value> = cfg
@@ -152,6 +161,7 @@ pub fn status(core: &Core, now: Duration, lan: &str) -> Value {
         "lan": { "interface": lan, "state": if core.lan_up() { "up" } else { "down" } },
         "addresses": addresses,
         "peers": peers,
+        "received": received,
         "rejected": core.rejected().0,
     })
 }
@@ -239,7 +249,11 @@ pub fn render(v: &Value) -> String {
             .join(", ")
     });
     out.push_str(&format!(
-        "\nrejected datagrams: {}\n",
+        "\ndatagrams read: {} from the gates' ring, {} from sockets\n",
+        v["received"]["gate"], v["received"]["socket"]
+    ));
+    out.push_str(&format!(
+        "rejected datagrams: {}\n",
         rejected
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "none".into())

@@ -17,6 +17,8 @@ pub const INFO_MAP: &str = "INFO";
 /// One per network namespace (shared by every interface's gate there): the agent's
 /// [`Liveness`]. Pinned in the namespace's directory, not an interface's.
 pub const LIVENESS_MAP: &str = "LIVENESS";
+/// One per network namespace, beside [`LIVENESS_MAP`]: the ring of [`Heard`] heartbeats.
+pub const HEARD_MAP: &str = "HEARD";
 
 /// Program names (the `fn` names in `ebpf/gate`).
 pub const XDP_PROGRAM: &str = "gate_ingress";
@@ -306,6 +308,38 @@ pub struct Liveness {
     pub notice: [u8; NOTICE_LEN],
 }
 
+/// Size of the [`HEARD_MAP`] ring: about 700 heartbeats, a third of a second of both paths
+/// of ten peers at 1 ms, far more than an agent's tick leaves in it.
+pub const HEARD_RING_BYTES: u32 = 1 << 20;
+/// The longest heartbeat the gate takes for the ring (the peer protocol's longest message);
+/// a longer datagram goes on to the socket.
+pub const HEARD_MAX: usize = 1400;
+
+/// A peer's periodic heartbeat, taken off the wire by the XDP gate for the agent.
+///
+/// While an agent is registered and running, the gate takes every datagram to its `port`
+/// that starts like a heartbeat (magic and kind; authenticity is the agent's to check) into
+/// the [`HEARD_MAP`] ring, stamped with its arrival time, and drops the frame: the agent reads
+/// the ring from shared memory once per tick, without a system call and without the network
+/// stack's work for each datagram. The ring wakes no one (the agent does not sleep on it); if
+/// it is full, the datagram goes on to the agent's socket as before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// Arrival, `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub stamp_ns: u64,
+    /// Sender and receiver IP addresses: IPv4 in the first four bytes (`v6` == 0).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Sender's UDP port, host order.
+    pub sport: u16,
+    /// Bytes of `data` that hold the datagram.
+    pub len: u16,
+    pub v6: u8,
+    pub _pad: [u8; 3],
+    pub data: [u8; HEARD_MAX],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, `#[repr(C)]`, no padding, every bit pattern valid.
@@ -313,6 +347,7 @@ mod user {
     unsafe impl aya::Pod for super::GateValue {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::Liveness {}
+    unsafe impl aya::Pod for super::Heard {}
 }
 
 // The layouts are part of the ABI: fail the build if one changes by accident.
@@ -320,3 +355,4 @@ const _: () = assert!(core::mem::size_of::<GateKey>() == 20);
 const _: () = assert!(core::mem::size_of::<GateValue>() == 20);
 const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 const _: () = assert!(core::mem::size_of::<Liveness>() == 48);
+const _: () = assert!(core::mem::size_of::<Heard>() == 48 + HEARD_MAX);

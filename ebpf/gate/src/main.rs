@@ -9,17 +9,17 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{xdp_action, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
     macros::{classifier, map, raw_tracepoint, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use takeover_common::{
-    Action, Counters, GateKey, GateValue, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_NONE,
-    AGENT_RUNNING, FLAG_SERVICES, MAX_GATES, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP,
+    Action, Counters, GateKey, GateValue, Heard, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_NONE,
+    AGENT_RUNNING, FLAG_SERVICES, HEARD_MAX, HEARD_RING_BYTES, MAX_GATES, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP,
     WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER, WIRE_MAGIC,
 };
 
@@ -46,6 +46,11 @@ static INFO: Array<u32> = Array::pinned(1, 0);
 /// every interface's gate and by `agent_exit`: the agent pins it per namespace.
 #[map(name = "LIVENESS")]
 static LIVENESS: Array<Liveness> = Array::pinned(1, 0);
+
+/// Peers' heartbeats for the agent of this namespace (see `takeover_common::Heard`); pinned
+/// beside `LIVENESS`.
+#[map(name = "HEARD")]
+static HEARD: RingBuf = RingBuf::pinned(HEARD_RING_BYTES, 0);
 
 /// Per CPU, when each kind of rare event was last logged (ns): at most one line per second
 /// and CPU, so a misconfiguration hit by every packet cannot flood the log.
@@ -123,6 +128,9 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
     {
         if answer_peer(&frame, port).is_some() {
             return xdp_action::XDP_TX;
+        }
+        if take_heartbeat(&ctx, &frame, port).is_some() {
+            return xdp_action::XDP_DROP;
         }
     }
     let Some((key, gate)) = ingress_gate(&pkt) else {
@@ -220,23 +228,7 @@ fn answer_peer(f: &XdpFrame, port: u16) -> Option<()> {
     if live.state == AGENT_NONE || live.port != port || port == 0 {
         return None;
     }
-    let (ip, ip_len, l4) = match f.read::<[u8; 2]>(12)? {
-        [0x08, 0x00] => {
-            let [version_ihl, _] = f.read::<[u8; 2]>(14)?;
-            if version_ihl != 0x45 {
-                return None;
-            }
-            (26, 4, 34)
-        }
-        [0x86, 0xdd] => {
-            let [_, _, _, _, _, _, next, _] = f.read::<[u8; 8]>(14)?;
-            if next != PROTO_UDP {
-                return None;
-            }
-            (22, 16, 54)
-        }
-        _ => return None,
-    };
+    let (ip, ip_len, l4) = peer_udp(f)?;
     let payload = l4 + 8;
     let head = f.read::<[u8; NOTICE_LEN]>(payload)?;
     if head[..4] != WIRE_MAGIC {
@@ -303,6 +295,92 @@ fn answer_peer(f: &XdpFrame, port: u16) -> Option<()> {
         ],
     )?;
     f.write(payload, reply)
+}
+
+/// Where a peer's datagram has its IP addresses (offset and length of the source; the
+/// destination follows) and its UDP header, for the shapes the agents send: untagged, IPv4
+/// without options or IPv6 without extension headers.
+#[inline(always)]
+fn peer_udp(f: &XdpFrame) -> Option<(usize, usize, usize)> {
+    match f.read::<[u8; 2]>(12)? {
+        [0x08, 0x00] => {
+            let [version_ihl, _] = f.read::<[u8; 2]>(14)?;
+            if version_ihl != 0x45 {
+                return None;
+            }
+            Some((26, 4, 34))
+        }
+        [0x86, 0xdd] => {
+            let [_, _, _, _, _, _, next, _] = f.read::<[u8; 8]>(14)?;
+            if next != PROTO_UDP {
+                return None;
+            }
+            Some((22, 16, 54))
+        }
+        _ => None,
+    }
+}
+
+/// Takes a peer's heartbeat to the running agent's port into the `HEARD` ring (the caller
+/// drops the frame). `None` leaves the frame to the network stack: no running agent, not a
+/// heartbeat, too long, or the ring is full.
+#[inline(always)]
+fn take_heartbeat(ctx: &XdpContext, f: &XdpFrame, port: u16) -> Option<()> {
+    let live = LIVENESS.get(0)?;
+    if live.state != AGENT_RUNNING || live.port != port || port == 0 {
+        return None;
+    }
+    let (ip, ip_len, l4) = peer_udp(f)?;
+    let payload = l4 + 8;
+    let head = f.read::<[u8; 6]>(payload)?;
+    if head[..4] != WIRE_MAGIC || head[5] != WIRE_KIND_HEARTBEAT {
+        return None;
+    }
+    let [sport_hi, sport_lo, _, _, len_hi, len_lo] = f.read::<[u8; 6]>(l4)?;
+    let len = (u16::from_be_bytes([len_hi, len_lo]) as usize).checked_sub(8)?;
+    if len == 0 || len > HEARD_MAX {
+        return None;
+    }
+    let mut entry = HEARD.reserve::<Heard>(0)?;
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record (size_of::<Heard>() bytes); `len` is at most
+    // HEARD_MAX, the size of `data`; the helper checks the frame's bounds.
+    let copied = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            payload as u32,
+            core::ptr::addr_of_mut!((*rec).data).cast(),
+            len as u32,
+        )
+    };
+    let addrs = if ip_len == 4 {
+        let a = f.read::<[u8; 8]>(ip);
+        a.map(|a| {
+            let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+            s[..4].copy_from_slice(&a[..4]);
+            d[..4].copy_from_slice(&a[4..]);
+            (s, d)
+        })
+    } else {
+        f.read::<[[u8; 16]; 2]>(ip).map(|[s, d]| (s, d))
+    };
+    let (Some((src, dst)), 0) = (addrs, copied) else {
+        entry.discard(0);
+        return None;
+    };
+    // SAFETY: writes within the reserved record.
+    unsafe {
+        (*rec).stamp_ns = bpf_ktime_get_ns();
+        (*rec).src = src;
+        (*rec).dst = dst;
+        (*rec).sport = u16::from_be_bytes([sport_hi, sport_lo]);
+        (*rec).len = len as u16;
+        (*rec).v6 = (ip_len == 16) as u8;
+        (*rec)._pad = [0; 3];
+    }
+    // The agent reads the ring at its tick: no wake-up.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    Some(())
 }
 
 /// `sched_process_exit`: the registered agent's main thread is exiting. Unless the agent said
