@@ -69,8 +69,8 @@ pub struct Heartbeat {
     pub interval: Duration,
     /// A peer is dead when every path has been silent for `misses` intervals.
     pub misses: u32,
-    /// While the dedicated line carries heartbeats both ways, the LAN carries one in this
-    /// many (1: all of them).
+    /// While both paths carry heartbeats both ways they take turns: the LAN carries one in
+    /// this many, the line the others (1: both carry all of them).
     pub lan_every: u32,
     /// How long a starting agent waits to hear its peers before it fences the silent ones.
     pub startup_grace: Duration,
@@ -515,7 +515,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             DEFAULT_MISSES
         }
     };
-    // The LAN must still be heard well within the dead time if the line fails without
+    // The LAN alone must still be heard well within the dead time if the line fails without
     // losing carrier: at least two intervals of the dead time are left for stalls.
     let lan_every = match hb.and_then(|h| h.lan_every.as_ref()) {
         None => DEFAULT_LAN_EVERY.min(misses.saturating_sub(2)).max(1),

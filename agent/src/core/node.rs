@@ -39,9 +39,9 @@ pub struct CoreConfig {
     pub addresses: Vec<AddrSpec>,
     pub interval: Duration,
     pub misses: u32,
-    /// While the dedicated line carries heartbeats both ways, the LAN carries one periodic
-    /// heartbeat in this many (1: all). The line alone then proves the peer alive; the LAN
-    /// goes back to every interval as soon as the line is dark or silent either way.
+    /// While both paths carry heartbeats both ways, they take turns: the LAN carries one
+    /// periodic heartbeat in this many, the line the others (1: both carry every one). A
+    /// path that is dark or silent either way makes the other carry every one.
     pub lan_every: u32,
     pub preempt: Option<Duration>,
     /// After a failed fence, ask again this much later.
@@ -171,9 +171,9 @@ struct Peer {
     /// another path must not replace it.
     summary_sent_us: u64,
     summary_incarnation: u64,
-    /// The peer's last heartbeat on the dedicated line said it had heard this node's there
-    /// lately (its echo is fresh).
-    line_hears_us: bool,
+    /// Per path: the peer's last heartbeat there said it had heard this node's there lately
+    /// (its echo is fresh).
+    hears_us: Vec<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -262,7 +262,7 @@ impl Core {
             probe_answered_seq: 0,
             summary_sent_us: 0,
             summary_incarnation: 0,
-            line_hears_us: false,
+            hears_us: vec![false; cfg.paths],
         };
         let mut addrs = vec![Addr::default(); cfg.addresses.len()];
         for &(a, epoch) in open {
@@ -471,7 +471,7 @@ impl Core {
         self.peers[p].guard.check(&hb)?;
 
         let us = now.as_micros() as u64;
-        let fresh = self.line_fresh();
+        let fresh = self.fresh(path);
         let peer = &mut self.peers[p];
         peer.last_heard[path] = Some(now);
         // A message that crossed a newer one (the guard takes it, once) proves the peer alive,
@@ -483,10 +483,7 @@ impl Core {
         if !latest_here {
             return Ok(());
         }
-        if path == 0 && self.cfg.paths > 1 {
-            peer.line_hears_us =
-                hb.echo_us != 0 && u128::from(hb.echo_hold_us) <= fresh.as_micros();
-        }
+        peer.hears_us[path] = hb.echo_us != 0 && u128::from(hb.echo_hold_us) <= fresh.as_micros();
         peer.echo[path] = Some((hb.sent_at_us, now));
         if hb.echo_us != 0 && us >= hb.echo_us + hb.echo_hold_us as u64 {
             peer.rtt[path] = Some(Duration::from_micros(
@@ -987,26 +984,44 @@ impl Core {
         self.send_heartbeats(now, true);
     }
 
-    /// How recent the last heartbeat on the line must be for the line to count as working.
-    fn line_fresh(&self) -> Duration {
-        self.cfg.interval * 2
+    /// How recent the last heartbeat on `path` must be for it to count as working: the
+    /// longest regular gap while the paths take turns (the line skips one round in
+    /// `lan_every`, the LAN carries one), and two intervals for a late wake-up.
+    fn fresh(&self, path: usize) -> Duration {
+        let gap = if path + 1 == self.cfg.paths {
+            self.cfg.lan_every
+        } else {
+            2
+        };
+        self.cfg.interval * (gap + 2)
     }
 
-    /// May this round's periodic LAN heartbeat to `p` be left out? Only while the dedicated
-    /// line works both ways (this node heard `p` on it lately, and `p` said it heard this
-    /// node): the line then proves both alive every interval, and the LAN still carries one
-    /// heartbeat in `lan_every`. The peer needs a heartbeat on some path within the dead
-    /// time: if the line fails without losing carrier, each side sees that within two
-    /// intervals (its own silence, or the other's stale echo) and the LAN goes back to every
-    /// interval, so the LAN's longest gap is `lan_every` intervals.
-    fn lan_may_rest(&self, p: NodeId, now: Duration) -> bool {
+    /// `path` to `p` works both ways: this node heard `p` on it lately, and `p` said it heard
+    /// this node there.
+    fn works_both_ways(&self, p: NodeId, path: usize, now: Duration) -> bool {
         let peer = &self.peers[p];
-        self.cfg.paths > 1
-            && self.cfg.lan_every > 1
-            && !self.rounds.is_multiple_of(u64::from(self.cfg.lan_every))
-            && self.dark_since.is_none()
-            && peer.line_hears_us
-            && peer.last_heard[0].is_some_and(|t| now <= t + self.line_fresh())
+        peer.hears_us[path] && peer.last_heard[path].is_some_and(|t| now <= t + self.fresh(path))
+    }
+
+    /// May this round's periodic heartbeat to `p` on `path` be left out? While both paths
+    /// work both ways they take turns: the LAN carries one round in `lan_every`, the line the
+    /// others, so the peer hears this node every interval by one path, and each path is
+    /// heard at least every `lan_every` intervals. If a path fails silently (carrier up),
+    /// each side sees that within its freshness window (its own silence, or the other's stale
+    /// echo), and the other path goes back to every interval; meanwhile it kept its turns,
+    /// so the peer's longest gap is `lan_every` intervals (at most `misses - 2`). A dark line
+    /// carries nothing, and the LAN every round.
+    fn may_rest(&self, p: NodeId, path: usize, now: Duration) -> bool {
+        if self.cfg.paths < 2 || self.cfg.lan_every < 2 || self.dark_since.is_some() {
+            return false;
+        }
+        let lan = self.cfg.paths - 1;
+        let turn = if self.rounds.is_multiple_of(u64::from(self.cfg.lan_every)) {
+            lan
+        } else {
+            0
+        };
+        path != turn && self.works_both_ways(p, turn, now) && self.works_both_ways(p, path, now)
     }
 
     /// A heartbeat to every peer on every working path; `urgent` when it carries news.
@@ -1041,7 +1056,7 @@ impl Core {
             }
             self.seq[path] += 1;
             for p in self.others().collect::<Vec<_>>() {
-                if !urgent && path + 1 == self.cfg.paths && self.lan_may_rest(p, now) {
+                if !urgent && self.may_rest(p, path, now) {
                     continue;
                 }
                 let (echo_us, echo_hold_us) = match self.peers[p].echo[path] {
