@@ -93,7 +93,7 @@ enum Command {
     },
     /// The running agent's state table: components and peers with their state and since
     /// when, every address with its owner and gate, per path the last heartbeat and RTT,
-    /// rejected datagrams.
+    /// datagrams read (from the gates' ring of heartbeats, from sockets) and rejected.
     #[command(after_help = "Examples:\n  takeover status\n  takeover --netns blue status --json")]
     Status {
         /// Machine-readable output (stable field names).

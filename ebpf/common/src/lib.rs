@@ -296,6 +296,8 @@ pub const NOTICE_LEN: usize = 32;
 ///
 /// While an agent is registered (any state but [`AGENT_NONE`]), the gate also answers peers'
 /// probes on `port`: a live kernel answers in microseconds even when processes are stalled.
+/// While it runs ([`AGENT_RUNNING`]), the gate takes the peers' heartbeats on `port` into the
+/// [`HEARD_MAP`] ring for it (see [`Heard`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {

@@ -126,11 +126,13 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
         ..
     } = pkt
     {
-        if answer_peer(&frame, port).is_some() {
-            return xdp_action::XDP_TX;
-        }
-        if take_heartbeat(&ctx, &frame, port).is_some() {
-            return xdp_action::XDP_DROP;
+        if let Some(live) = agent_at(port) {
+            if answer_peer(&frame, live).is_some() {
+                return xdp_action::XDP_TX;
+            }
+            if take_heartbeat(&ctx, &frame, live).is_some() {
+                return xdp_action::XDP_DROP;
+            }
         }
     }
     let Some((key, gate)) = ingress_gate(&pkt) else {
@@ -217,17 +219,20 @@ fn forward(ctx: &XdpContext, gate: &GateValue) -> u32 {
     }
 }
 
+/// The registered agent of this namespace, if it listens on `port`.
+#[inline(always)]
+fn agent_at(port: u16) -> Option<&'static Liveness> {
+    let live = LIVENESS.get(0)?;
+    (live.state != AGENT_NONE && live.port == port && port != 0).then_some(live)
+}
+
 /// Answers a peer in the agent's name, turning the frame around (the caller sends it with
 /// XDP_TX): a heartbeat to an agent that died unannounced gets the agent's exit notice; a
 /// probe to a registered agent gets its answer. Handles the shapes the agents send:
 /// untagged, IPv4 without options or IPv6 without extension headers. Nothing is written
 /// before the payload has been read: the frame is then long enough for every write.
 #[inline(always)]
-fn answer_peer(f: &XdpFrame, port: u16) -> Option<()> {
-    let live = LIVENESS.get(0)?;
-    if live.state == AGENT_NONE || live.port != port || port == 0 {
-        return None;
-    }
+fn answer_peer(f: &XdpFrame, live: &Liveness) -> Option<()> {
     let (ip, ip_len, l4) = peer_udp(f)?;
     let payload = l4 + 8;
     let head = f.read::<[u8; NOTICE_LEN]>(payload)?;
@@ -321,13 +326,12 @@ fn peer_udp(f: &XdpFrame) -> Option<(usize, usize, usize)> {
     }
 }
 
-/// Takes a peer's heartbeat to the running agent's port into the `HEARD` ring (the caller
-/// drops the frame). `None` leaves the frame to the network stack: no running agent, not a
+/// Takes a peer's heartbeat to the agent's port into the `HEARD` ring, if the agent runs (the
+/// caller drops the frame). `None` leaves the frame to the network stack: no running agent, not a
 /// heartbeat, too long, or the ring is full.
 #[inline(always)]
-fn take_heartbeat(ctx: &XdpContext, f: &XdpFrame, port: u16) -> Option<()> {
-    let live = LIVENESS.get(0)?;
-    if live.state != AGENT_RUNNING || live.port != port || port == 0 {
+fn take_heartbeat(ctx: &XdpContext, f: &XdpFrame, live: &Liveness) -> Option<()> {
+    if live.state != AGENT_RUNNING {
         return None;
     }
     let (ip, ip_len, l4) = peer_udp(f)?;
