@@ -45,6 +45,8 @@ pub const TOKEN_LEN: usize = 16;
 const TAG_LEN: usize = 32;
 /// Fits in one unfragmented datagram on any LAN.
 pub const MAX_MESSAGE: usize = 1400;
+// The gates' heartbeat ring takes any message (see `takeover_common::Heard`).
+const _: () = assert!(MAX_MESSAGE <= takeover_common::HEARD_MAX);
 /// Addresses one heartbeat can list, served, voted and overridden (at most 25 + 18 + 26
 /// bytes each).
 pub const MAX_SERVED: usize = 18;

@@ -310,9 +310,10 @@ pub struct Liveness {
     pub notice: [u8; NOTICE_LEN],
 }
 
-/// Size of the [`HEARD_MAP`] ring: about 700 heartbeats, a third of a second of both paths
-/// of ten peers at 1 ms, far more than an agent's tick leaves in it.
-pub const HEARD_RING_BYTES: u32 = 1 << 20;
+/// Size of the [`HEARD_MAP`] ring: 180 heartbeats, 180 ms of one peer at 1 ms (18 of ten),
+/// far more than one tick leaves in it; an agent stalled longer finds the rest on its socket.
+/// Small, since the agent locks its memory and the ring is mapped twice.
+pub const HEARD_RING_BYTES: u32 = 1 << 18;
 /// The longest heartbeat the gate takes for the ring (the peer protocol's longest message);
 /// a longer datagram goes on to the socket.
 pub const HEARD_MAX: usize = 1400;
