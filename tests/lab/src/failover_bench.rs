@@ -208,7 +208,16 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
             // One shell, the line first: a stays reachable to the client until both are mute,
             // so the gap is the detection's, not the time between two commands.
             a.ns.sh("tc qdisc replace dev ded root pfifo limit 0; tc qdisc replace dev lan root pfifo limit 0")?;
+            let killed = now_us();
             r.kill_a();
+            if std::env::var_os("TAKEOVER_BENCH_LOGS").is_some() {
+                let reaped = now_us();
+                eprintln!(
+                    "a's agent: SIGKILL at {}, reaped at {}",
+                    killed as f64 / 1e6,
+                    reaped as f64 / 1e6
+                );
+            }
             r.wait_served_by("b", t0)?;
             t0
         }
