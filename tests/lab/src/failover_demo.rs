@@ -51,7 +51,7 @@ pub fn run(t: &Takeover) -> Result<()> {
         realtime: true,
     };
     println!(
-        "== Agents: heartbeats every {} on both paths, dead after {} misses, failback after {} healthy",
+        "== Agents: one heartbeat every {} by the line or the LAN in turn, dead after {} misses, failback after {} healthy",
         timing.interval, timing.misses, timing.preempt_delay
     );
     let cluster = Cluster::new(&lan, timing)?;
