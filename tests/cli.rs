@@ -204,9 +204,11 @@ fn check_config_accepts_the_sample_and_lists_every_problem() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 
     let bad = std::env::temp_dir().join(format!("takeover-bad-{}.toml", std::process::id()));
-    let text = std::fs::read_to_string(sample)?
+    let good = std::fs::read_to_string(sample)?;
+    assert!(good.contains("owner = \"a\"") && good.contains("misses = 8"));
+    let text = good
         .replace("owner = \"a\"", "owner = \"nobody\"")
-        .replace("misses = 5", "misses = 1");
+        .replace("misses = 8", "misses = 1");
     std::fs::write(&bad, text)?;
     let out = std::process::Command::new(&t.bin)
         .arg("check-config")

@@ -10,7 +10,7 @@ fn the_sample_config_is_valid() {
     assert_eq!(c.peers[0].name, "b");
     assert_eq!(c.addresses[0].preference, vec!["a", "b"]);
     assert_eq!(c.addresses[1].prefix, 64);
-    assert_eq!(c.heartbeat.dead_after(), Duration::from_millis(5));
+    assert_eq!(c.heartbeat.dead_after(), Duration::from_millis(8));
     assert_eq!(c.fence.command, vec!["/usr/local/sbin/fence-node"]);
 }
 

@@ -39,7 +39,7 @@ impl Scenario {
 fn timing() -> Timing {
     Timing {
         interval: "1ms",
-        misses: 5,
+        misses: 8,
         preempt_delay: "500ms",
         realtime: true,
     }

@@ -46,7 +46,7 @@ pub fn run(t: &Takeover) -> Result<()> {
     let (a, b, cli) = (lan.host("a"), lan.host("b"), lan.host("cli"));
     let timing = Timing {
         interval: "1ms",
-        misses: 5,
+        misses: 8,
         preempt_delay: "1s",
         realtime: true,
     };
