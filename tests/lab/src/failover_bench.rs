@@ -431,7 +431,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
         s,
         "Namespace topology (client, a, b on a bridge, dedicated line a<->b); a UDP client at 1000 requests/s. \
          takeover: one heartbeat every {} by the line or the LAN in turn (each path every other), dead after {} misses, preempt delay {}, real-time priority with threaded NAPI (the defaults), \
-         kernel exit notices on, the fence cuts the peer's LAN link (the lab's `fence` program, static, one netlink request: about 0.6 ms of the gap with the process start). \
+         kernel exit notices on, the fence cuts the peer's LAN link (the lab's `fence` program, static, one netlink request: 0.6-2 ms of the gap with the process start, on these machines). \
          The switch's ports forward in threaded NAPI too (a real switch does not run on the hosts' CPUs). \
          keepalived {}: VRRP on the LAN, a priority 200, b 100, preempt; the backup's service binds the address with \
          `ip_nonlocal_bind`. {trials} trials per (system, scenario), each on a fresh topology, all interleaved. \
