@@ -236,6 +236,11 @@ fn build() -> Result<()> {
 
 fn test(extra: &[&str]) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The data plane is a crate of its own (nightly, its own target): checked with the
+    // stable rustfmt, which every machine has.
+    run(Command::new("rustup")
+        .args(["run", "stable", "cargo", "fmt", "--check"])
+        .current_dir(root().join("ebpf/gate")))?;
     run(cargo().args([
         "clippy",
         "--workspace",

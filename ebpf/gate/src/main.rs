@@ -19,8 +19,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use takeover_common::{
     Action, Counters, GateKey, GateValue, Heard, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_NONE,
-    AGENT_RUNNING, FLAG_SERVICES, HEARD_MAX, HEARD_RING_BYTES, MAX_GATES, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP,
-    WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER, WIRE_MAGIC,
+    AGENT_RUNNING, FLAG_SERVICES, HEARD_MAX, HEARD_RING_BYTES, MAX_GATES, MAX_REDIRECT_IFACES,
+    NOTICE_LEN, PROTO_UDP, WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER,
+    WIRE_MAGIC,
 };
 
 use parse::{Frame, Packet, SkbFrame, XdpFrame};
@@ -470,8 +471,7 @@ fn egress_gate(pkt: &Packet) -> Option<(GateKey, GateValue)> {
         } => {
             if *advert {
                 if let Some(hit) = lookup(*target, None) {
-                    if hit.1.action == Action::Closed as u8
-                        || hit.1.action == Action::Receive as u8
+                    if hit.1.action == Action::Closed as u8 || hit.1.action == Action::Receive as u8
                     {
                         return Some(hit);
                     }
