@@ -1023,14 +1023,14 @@ fn a_running_agents_data_plane_takes_heartbeats_into_the_ring() {
         0x86dd,
         &ipv6(CLIENT6, LOGICAL6, 17, &udp(40002, HB_PORT, &long)),
     );
-    let before = now_monotonic_ns();
+    let before = takeover::dataplane::heard::clock_ns();
     assert_eq!(
         g.ingress(&frame4).0,
         XDP_DROP,
         "taken: the stack never sees it"
     );
     assert_eq!(g.ingress(&frame6).0, XDP_DROP, "the longest message fits");
-    let after = now_monotonic_ns();
+    let after = takeover::dataplane::heard::clock_ns();
     let mut got = Vec::new();
     ring.drain(|d| got.push((d.stamp_ns, d.from, d.to, d.bytes.to_vec())));
     assert_eq!(got.len(), 2);
@@ -1095,15 +1095,6 @@ fn a_running_agents_data_plane_takes_heartbeats_into_the_ring() {
         );
     }
     ring.drain(|d| panic!("nothing else was taken: {:?}", d.from));
-}
-
-fn now_monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[test]

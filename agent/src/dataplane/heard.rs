@@ -39,6 +39,18 @@ impl HeardRing {
     }
 }
 
+/// Now on the ring's clock (CLOCK_MONOTONIC, the eBPF programs' `bpf_ktime_get_ns`), in
+/// nanoseconds: what a record's `stamp_ns` is measured against.
+pub fn clock_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists (vDSO, no system call).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The fields of a [`Heard`] record, read in place (a record is 1.4 KB, its header 48 bytes).
 fn parse(r: &[u8]) -> Option<Datagram<'_>> {
     use std::mem::offset_of;

@@ -27,7 +27,10 @@ use crate::{
         wire::{self, Rejected, MAX_MESSAGE, TOKEN_LEN},
     },
     dataplane::{
-        self, heard::HeardRing, liveness::Registration, AttachMode, Gates, PinDir, Target,
+        self,
+        heard::{self, HeardRing},
+        liveness::Registration,
+        AttachMode, Gates, PinDir, Target,
     },
     sys::{iface::Iface, napi, netns},
 };
@@ -479,7 +482,7 @@ impl Shell {
             let clocks = Clocks {
                 now,
                 wall: SystemTime::now(),
-                mono_ns: monotonic_ns(),
+                mono_ns: heard::clock_ns(),
             };
             arrived.clear();
             if let Some(heard) = self.heard.as_mut() {
@@ -907,16 +910,6 @@ struct Clocks {
     wall: SystemTime,
     /// CLOCK_MONOTONIC, the eBPF programs' `bpf_ktime_get_ns`.
     mono_ns: u64,
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists (vDSO, no system call).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 struct Arrival {

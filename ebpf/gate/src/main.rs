@@ -127,11 +127,11 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
         ..
     } = pkt
     {
-        if let Some(live) = agent_at(port) {
-            if answer_peer(&frame, live).is_some() {
+        if let Some((live, at)) = agent_at(port).zip(peer_udp(&frame)) {
+            if answer_peer(&frame, live, at).is_some() {
                 return xdp_action::XDP_TX;
             }
-            if take_heartbeat(&ctx, &frame, live).is_some() {
+            if take_heartbeat(&ctx, &frame, live, at).is_some() {
                 return xdp_action::XDP_DROP;
             }
         }
@@ -229,12 +229,11 @@ fn agent_at(port: u16) -> Option<&'static Liveness> {
 
 /// Answers a peer in the agent's name, turning the frame around (the caller sends it with
 /// XDP_TX): a heartbeat to an agent that died unannounced gets the agent's exit notice; a
-/// probe to a registered agent gets its answer. Handles the shapes the agents send:
-/// untagged, IPv4 without options or IPv6 without extension headers. Nothing is written
-/// before the payload has been read: the frame is then long enough for every write.
+/// probe to a registered agent gets its answer (headers where `peer_udp` found them).
+/// Nothing is written before the payload has been read: the frame is then long enough for
+/// every write.
 #[inline(always)]
-fn answer_peer(f: &XdpFrame, live: &Liveness) -> Option<()> {
-    let (ip, ip_len, l4) = peer_udp(f)?;
+fn answer_peer(f: &XdpFrame, live: &Liveness, (ip, ip_len, l4): PeerUdp) -> Option<()> {
     let payload = l4 + 8;
     let head = f.read::<[u8; NOTICE_LEN]>(payload)?;
     if head[..4] != WIRE_MAGIC {
@@ -303,11 +302,15 @@ fn answer_peer(f: &XdpFrame, live: &Liveness) -> Option<()> {
     f.write(payload, reply)
 }
 
+/// Offsets in a peer's datagram: its source IP address, that address's length (the
+/// destination follows), its UDP header.
+type PeerUdp = (usize, usize, usize);
+
 /// Where a peer's datagram has its IP addresses (offset and length of the source; the
 /// destination follows) and its UDP header, for the shapes the agents send: untagged, IPv4
 /// without options or IPv6 without extension headers.
 #[inline(always)]
-fn peer_udp(f: &XdpFrame) -> Option<(usize, usize, usize)> {
+fn peer_udp(f: &XdpFrame) -> Option<PeerUdp> {
     match f.read::<[u8; 2]>(12)? {
         [0x08, 0x00] => {
             let [version_ihl, _] = f.read::<[u8; 2]>(14)?;
@@ -331,11 +334,15 @@ fn peer_udp(f: &XdpFrame) -> Option<(usize, usize, usize)> {
 /// caller drops the frame). `None` leaves the frame to the network stack: no running agent, not a
 /// heartbeat, too long, or the ring is full.
 #[inline(always)]
-fn take_heartbeat(ctx: &XdpContext, f: &XdpFrame, live: &Liveness) -> Option<()> {
+fn take_heartbeat(
+    ctx: &XdpContext,
+    f: &XdpFrame,
+    live: &Liveness,
+    (ip, ip_len, l4): PeerUdp,
+) -> Option<()> {
     if live.state != AGENT_RUNNING {
         return None;
     }
-    let (ip, ip_len, l4) = peer_udp(f)?;
     let payload = l4 + 8;
     let head = f.read::<[u8; 6]>(payload)?;
     if head[..4] != WIRE_MAGIC || head[5] != WIRE_KIND_HEARTBEAT {
