@@ -90,6 +90,15 @@ enum Command {
         /// Do not ask for real-time priority and locked memory (threaded NAPI stays off too).
         #[arg(long)]
         no_realtime: bool,
+        /// Log lines as text (`<unix time> takeover: <message>`) or as JSON objects (`ts`,
+        /// `level`, `message`, and for each event `event` and its fields), one per line on
+        /// stderr.
+        #[arg(long, value_enum, default_value_t = takeover::io::log::Format::Text)]
+        log_format: takeover::io::log::Format,
+        /// Also log every gate change of every resource (a whole-node takeover of many
+        /// resources logs one line per resource).
+        #[arg(long)]
+        verbose: bool,
     },
     /// The running agent's state table: components and peers with their state and since
     /// when, every address with its owner and gate, per path the last heartbeat and RTT,
@@ -252,7 +261,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run {
             config,
             no_realtime,
+            log_format,
+            verbose,
         } => {
+            takeover::io::log::init(log_format, verbose);
             let cfg = check::load(&config)?;
             let key = check::read_key(&cfg)?;
             takeover::io::agent::run(cfg, key, !no_realtime)

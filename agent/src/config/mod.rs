@@ -118,6 +118,10 @@ pub struct Fence {
 pub struct Announce {
     pub count: u32,
     pub interval: Duration,
+    /// After a planned handover (failback, switchover) the old server forwards what still
+    /// reaches it for this long, then closes; the new server repeats its announcements
+    /// within it, so that every client has moved before it ends.
+    pub forward_for: Duration,
 }
 
 /// One problem in a configuration file, with where it is.
@@ -221,6 +225,7 @@ struct RawFence {
 struct RawAnnounce {
     count: Option<Spanned<i64>>,
     interval: Option<Spanned<String>>,
+    forward_for: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +247,12 @@ pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_PREEMPT_DELAY: Duration = Duration::from_secs(2);
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
+/// Long enough for every client to hear the new server's repeated announcements (and for
+/// requests in flight to drain), short enough that a stale ARP entry is not served for long.
+pub const DEFAULT_FORWARD_FOR: Duration = Duration::from_secs(3);
+/// Resources a cluster may have: all of them flipped within milliseconds, and their
+/// heartbeat summary a few datagrams at worst.
+pub const MAX_RESOURCES: usize = 10_000;
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Collects errors against the text they are about.
@@ -458,14 +469,11 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             preference,
         });
     }
-    if raw.address.len() > crate::core::wire::MAX_SERVED {
+    if raw.address.len() > MAX_RESOURCES {
         c.error(
-            raw.address[crate::core::wire::MAX_SERVED].span(),
+            raw.address[MAX_RESOURCES].span(),
             "address",
-            format!(
-                "this version handles at most {} logical addresses per cluster",
-                crate::core::wire::MAX_SERVED
-            ),
+            format!("this version handles at most {MAX_RESOURCES} logical addresses per cluster"),
         );
     }
     if raw.address.is_empty() {
@@ -593,6 +601,12 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             "announce.interval",
             DEFAULT_ANNOUNCE_INTERVAL,
             (Duration::ZERO, Duration::from_secs(10)),
+        ),
+        forward_for: c.duration(
+            &ann.and_then(|a| a.forward_for.clone()),
+            "announce.forward_for",
+            DEFAULT_FORWARD_FOR,
+            (Duration::from_millis(100), Duration::from_secs(600)),
         ),
     };
     let key_file = PathBuf::from(raw.auth.get_ref().key_file.get_ref());

@@ -10,7 +10,8 @@ use std::{
 };
 
 use super::{
-    node::{Action, AddrSpec, Core, CoreConfig, FenceState, NodeId},
+    event::Event,
+    node::{Action, Arrival, Core, CoreConfig, FenceState, Gate, NodeId, ResourceSpec},
     wire,
 };
 
@@ -40,17 +41,6 @@ impl Rng {
     pub fn chance(&mut self, p: f64) -> bool {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
     }
-}
-
-/// A gate as the data plane holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gate {
-    Closed,
-    Open,
-    /// Sends what arrives on to this node.
-    Forward(NodeId),
-    /// Passes only what this node forwards.
-    Receive(NodeId),
 }
 
 impl SimNode {
@@ -85,8 +75,6 @@ pub struct SimNode {
     /// Periodic heartbeats waiting on the agent's listen sockets, with when they arrived:
     /// as the shell does, the agent reads them at its next wake-up, by arrival time.
     pub waiting: Vec<(Duration, usize, Vec<u8>)>,
-    /// The latest time fed to the agent (arrival times are clamped to it).
-    pub fed: Duration,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -129,6 +117,14 @@ pub struct Sim {
     pub fences_requested: u64,
     pub gate_changes: u64,
     pub trace: Vec<String>,
+    /// Every event the cores reported, with when and by whom.
+    pub events: Vec<(Duration, NodeId, Event)>,
+    /// Per node, a configuration of its own (used at its agent's next start).
+    pub node_configs: Vec<Option<CoreConfig>>,
+    /// Whether durable writes succeed.
+    pub persist_works: bool,
+    /// Per node and resource: since when its gate forwards (checked against the window).
+    forward_since: Vec<Vec<Option<Duration>>>,
 }
 
 pub fn config(
@@ -138,17 +134,19 @@ pub fn config(
     preempt: Option<Duration>,
 ) -> CoreConfig {
     // Address i is owned by node i % nodes; the others stand by in order.
-    let addresses = (0..nodes)
-        .map(|i| AddrSpec {
+    let resources = (0..nodes)
+        .map(|i| ResourceSpec {
             ip: IpAddr::V4(Ipv4Addr::new(10, 77, 0, 100 + i as u8)),
+            prefix: 32,
+            service: None,
             preference: (0..nodes).map(|k| (i + k) % nodes).collect(),
         })
         .collect();
-    CoreConfig {
+    let mut cfg = CoreConfig {
         nodes: (0..nodes).map(|i| format!("n{i}")).collect(),
         me,
         paths: 2,
-        addresses,
+        resources,
         interval,
         misses: 5,
         lan_every: 2,
@@ -159,8 +157,13 @@ pub fn config(
         exit_takes_over: true,
         probe_interval: interval / 2,
         probe_confirm: interval,
+        forward_for: Duration::from_millis(300),
+        digest: [0; 8],
+        emulate_v2: false,
         key: b"simulation key, 32 bytes long!!".to_vec(),
-    }
+    };
+    cfg.digest = cfg.digest_of();
+    cfg
 }
 
 impl Sim {
@@ -171,7 +174,7 @@ impl Sim {
     /// A cluster of `cfg.nodes.len()` nodes, each with `cfg` (but its own `me`).
     pub fn with_config(cfg: CoreConfig, seed: u64) -> Self {
         let nodes = cfg.nodes.len();
-        let addrs = cfg.addresses.len();
+        let addrs = cfg.resources.len();
         let mut sim = Sim {
             now: Duration::from_secs(1),
             nodes: Vec::new(),
@@ -192,6 +195,10 @@ impl Sim {
             fences_requested: 0,
             gate_changes: 0,
             trace: Vec::new(),
+            events: Vec::new(),
+            node_configs: vec![None; nodes],
+            persist_works: true,
+            forward_since: vec![vec![None; addrs]; nodes],
             cfg,
         };
         for n in 0..nodes {
@@ -200,7 +207,6 @@ impl Sim {
                 powered: true,
                 gates: vec![Gate::Closed; addrs],
                 waiting: Vec::new(),
-                fed: Duration::ZERO,
                 epochs: vec![0; addrs],
                 incarnation: 0,
                 lan_up: true,
@@ -212,11 +218,14 @@ impl Sim {
         sim
     }
 
+    /// Node `n`'s configuration: its own if a test gave it one (a mismatch, an old version),
+    /// else the cluster's.
     fn node_cfg(&self, n: NodeId) -> CoreConfig {
-        CoreConfig {
-            me: n,
-            ..self.cfg.clone()
-        }
+        let mut cfg = self.node_configs[n]
+            .clone()
+            .unwrap_or_else(|| self.cfg.clone());
+        cfg.me = n;
+        cfg
     }
 
     /// Starts (or restarts) node `n`'s agent; gates it finds open stay as they are.
@@ -331,8 +340,9 @@ impl Sim {
             let now = self.now;
             for n in [a, b] {
                 self.feed_waiting(n);
+                let other = if n == a { b } else { a };
                 if let Some(c) = self.nodes[n].core.as_mut() {
-                    c.handle_dedicated_carrier(now, up);
+                    c.handle_line_carrier(now, other, up);
                 }
                 self.drain(n);
             }
@@ -361,15 +371,29 @@ impl Sim {
         let mut sends: [Vec<(NodeId, usize, Vec<u8>)>; 2] = Default::default();
         while let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) {
             match action {
-                Action::OpenGate { addr } => {
-                    self.set_gate(n, addr, Gate::Open);
-                    self.nodes[n].epochs[addr] = self.nodes[n].core.as_ref().unwrap().epoch(addr);
-                }
-                Action::ForwardGate { addr, to } => self.set_gate(n, addr, Gate::Forward(to)),
-                Action::ReceiveGate { addr, from } => self.set_gate(n, addr, Gate::Receive(from)),
-                Action::CloseGate { addr } => self.set_gate(n, addr, Gate::Closed),
+                Action::SetGate { res, gate } => self.set_gate(n, res, gate),
                 Action::Announce { .. } => {}
-                Action::Notice(text) => self.trace.push(format!("{:?} n{n}: {text}", self.now)),
+                Action::Persist { epochs } => {
+                    // Durable at once (or not at all): the record the next agent finds.
+                    let ok = self.persist_works;
+                    if ok {
+                        for (a, e) in epochs {
+                            self.nodes[n].epochs[a] = e;
+                        }
+                    }
+                    let now = self.now;
+                    self.nodes[n]
+                        .core
+                        .as_mut()
+                        .unwrap()
+                        .handle_persisted(now, ok);
+                }
+                Action::Event(e) => {
+                    let cfg = self.nodes[n].core.as_ref().unwrap().config();
+                    self.trace
+                        .push(format!("{:?} n{n}: {}", self.now, e.describe(cfg)));
+                    self.events.push((self.now, n, e));
+                }
                 Action::Fence { peer } => {
                     self.fences_requested += 1;
                     self.trace
@@ -391,6 +415,7 @@ impl Sim {
         }
         self.check_invariant_1();
         self.check_black_holes();
+        self.check_forward_window();
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>, urgent: bool) {
@@ -446,10 +471,36 @@ impl Sim {
             self.gate_changes += 1;
         }
         self.nodes[n].gates[a] = gate;
+        self.forward_since[n][a] = match gate {
+            Gate::Forward(_) => self.forward_since[n][a].or(Some(now)),
+            _ => None,
+        };
+    }
+
+    /// Invariant 6's bound: a running agent forwards what it handed over for its window, then
+    /// closes (a killed agent's gates stay as they are: that is the leases' business).
+    fn check_forward_window(&self) {
+        let slack = self.cfg.interval * 2;
+        for (n, node) in self.nodes.iter().enumerate() {
+            if !node.powered || node.core.is_none() {
+                continue;
+            }
+            let window = self.node_cfg(n).forward_for;
+            for (a, since) in self.forward_since[n].iter().enumerate() {
+                if let (Gate::Forward(_), Some(since)) = (node.gates[a], since) {
+                    assert!(
+                        self.now <= *since + window + slack,
+                        "n{n} still forwards a{a} at {:?}, since {since:?}\n{}",
+                        self.now,
+                        self.tail()
+                    );
+                }
+            }
+        }
     }
 
     fn check_black_holes(&mut self) {
-        for a in 0..self.cfg.addresses.len() {
+        for a in 0..self.cfg.resources.len() {
             for f in 0..self.nodes.len() {
                 let Gate::Forward(n) = self.nodes[f].gates[a] else {
                     continue;
@@ -472,7 +523,7 @@ impl Sim {
     /// At most one powered node serves each address: its gate is open, or it receives what
     /// a powered node forwards to it (a handover under way).
     fn check_invariant_1(&self) {
-        for a in 0..self.cfg.addresses.len() {
+        for a in 0..self.cfg.resources.len() {
             let on = |n: NodeId| self.nodes[n].powered;
             let open: Vec<NodeId> = (0..self.nodes.len())
                 .filter(|&n| {
@@ -558,13 +609,9 @@ impl Sim {
                 self.send(d.to, d.from, d.path, answer, true);
             } else if self.nodes[d.to].core.is_some() {
                 if d.urgent {
-                    // A wake-up: what waited on the listen sockets is read too, first.
+                    // A wake-up: what waited on the listen sockets is read too.
+                    self.nodes[d.to].waiting.push((now, d.path, d.bytes));
                     self.feed_waiting(d.to);
-                    let node = &mut self.nodes[d.to];
-                    let c = node.core.as_mut().unwrap();
-                    node.fed = node.fed.max(now);
-                    let _ = c.handle_datagram(now, d.path, &d.bytes);
-                    c.heard(now);
                 } else {
                     self.nodes[d.to].waiting.push((now, d.path, d.bytes));
                 }
@@ -597,33 +644,39 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|c| c.poll_timeout() <= now);
             if due {
-                let read = !self.nodes[n].waiting.is_empty();
                 self.feed_waiting(n);
-                let node = &mut self.nodes[n];
-                node.fed = node.fed.max(now);
-                let c = node.core.as_mut().unwrap();
-                if read {
-                    c.heard(now);
-                }
+                let c = self.nodes[n].core.as_mut().unwrap();
                 c.handle_timeout(now);
                 self.drain(n);
             }
         }
     }
 
-    /// Hands node `n`'s agent the periodic heartbeats waiting for it, oldest first, each at
-    /// its arrival time (never before what the agent was last told), as the shell does.
+    /// Hands node `n`'s agent what waits on its sockets, as the shell does at a wake-up: the
+    /// core sorts it by arrival.
     fn feed_waiting(&mut self, n: NodeId) {
+        let now = self.now;
         let node = &mut self.nodes[n];
         let Some(c) = node.core.as_mut() else {
             node.waiting.clear();
             return;
         };
-        node.waiting.sort_by_key(|w| w.0);
-        for (at, path, bytes) in node.waiting.drain(..) {
-            node.fed = node.fed.max(at);
-            let _ = c.handle_datagram(node.fed, path, &bytes);
-        }
+        let mut buf = Vec::new();
+        let mut list: Vec<Arrival<()>> = node
+            .waiting
+            .drain(..)
+            .map(|(at, path, bytes)| {
+                let start = buf.len();
+                buf.extend_from_slice(&bytes);
+                Arrival {
+                    at,
+                    path,
+                    bytes: start..buf.len(),
+                    tag: (),
+                }
+            })
+            .collect();
+        c.handle_arrivals(now, &mut list, &buf, |_, _| {});
     }
 
     /// Which powered nodes have address `a` open.

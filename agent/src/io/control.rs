@@ -107,7 +107,7 @@ pub fn status(core: &Core, now: Duration, lan: &str, received: &Received) -> Val
     let cfg = core.config();
     let me = cfg.me;
     let addresses: Vec<Value> = cfg
-        .addresses
+        .resources
         .iter()
         .enumerate()
         .map(|(a, spec)| {
@@ -115,12 +115,7 @@ pub fn status(core: &Core, now: Duration, lan: &str, received: &Received) -> Val
                 "address": spec.ip.to_string(),
                 "owner": cfg.nodes[spec.preference[0]],
                 "preference": spec.preference.iter().map(|&n| cfg.nodes[n].clone()).collect::<Vec<_>>(),
-                "gate": match (core.is_open(a), core.forwarding(a), core.receiving(a)) {
-                    (true, _, _) => "open".to_string(),
-                    (false, Some(n), _) => format!("forward to {}", cfg.nodes[n]),
-                    (false, None, Some(n)) => format!("receive from {}", cfg.nodes[n]),
-                    (false, None, None) => "closed".to_string(),
-                },
+                "gate": core.gate(a).describe(cfg),
                 "served_by": core.server(a).map(|n| cfg.nodes[n].clone()),
                 "epoch": core.epoch(a),
             })

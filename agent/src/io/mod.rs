@@ -3,5 +3,6 @@ pub mod agent;
 pub mod announce;
 pub mod control;
 pub mod inbox;
+pub mod log;
 pub mod netlink;
 pub mod udp;

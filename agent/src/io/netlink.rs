@@ -32,9 +32,10 @@ pub fn connect() -> Result<Handle> {
     Ok(handle)
 }
 
-/// Adds `ip/prefix` to interface `ifindex` unless it is there; IPv6 without duplicate address
-/// detection (every node has the address; DAD would disable it on all but one).
-pub async fn ensure_address(handle: &Handle, ifindex: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+/// Adds `ip/prefix` to interface `ifindex` unless it is there (false: it was); IPv6 without
+/// duplicate address detection (every node has the address; DAD would disable it on all but
+/// one).
+pub async fn ensure_address(handle: &Handle, ifindex: u32, ip: IpAddr, prefix: u8) -> Result<bool> {
     let mut req = handle.address().add(ifindex, ip, prefix);
     if ip.is_ipv6() {
         let msg = req.message_mut();
@@ -43,12 +44,33 @@ pub async fn ensure_address(handle: &Handle, ifindex: u32, ip: IpAddr, prefix: u
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     match req.execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
         Err(e) => Err(anyhow!(
             "cannot add {ip}/{prefix} to interface {ifindex}: {e}"
         )),
     }
+}
+
+/// Removes `ip/prefix` from interface `ifindex` (undoing `ensure_address`).
+pub async fn remove_address(handle: &Handle, ifindex: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .set_address_filter(ip)
+        .execute();
+    while let Some(msg) = addrs.try_next().await? {
+        if msg.header.prefix_len == prefix {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .with_context(|| format!("cannot remove {ip}/{prefix} from interface {ifindex}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The interface that holds address `ip`, if any.

@@ -1,0 +1,122 @@
+//! What the core needs of the configuration, and the digest that peers compare.
+use std::{net::IpAddr, time::Duration};
+
+use sha2::{Digest as _, Sha256};
+
+use super::wire::{v2, v3::Digest};
+
+pub type NodeId = usize;
+/// A resource by its index in the configuration (the same on every node whose digest agrees).
+pub type ResId = usize;
+
+/// The core's configuration (see `config::Config`, which the shell translates).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Every node's name, sorted; `me` indexes it.
+    pub nodes: Vec<String>,
+    pub me: NodeId,
+    /// Paths to every peer: 0 is the dedicated line (if there are two), the last the LAN.
+    pub paths: usize,
+    pub resources: Vec<ResourceSpec>,
+    pub interval: Duration,
+    pub misses: u32,
+    /// While both paths carry heartbeats both ways, they take turns: the LAN carries one
+    /// periodic heartbeat in this many, the line the others (1: both carry every one). A
+    /// path that is dark or silent either way makes the other carry every one.
+    pub lan_every: u32,
+    pub preempt: Option<Duration>,
+    /// After a failed fence (or a failed durable write), try again this much later.
+    pub fence_retry: Duration,
+    /// How long a starting node waits to hear its peers before it treats the silent ones as
+    /// dead (and fences them). At least the dead time; longer in practice, since agents are
+    /// rarely started within milliseconds of each other.
+    pub startup_grace: Duration,
+    /// How long the peers wait for an agent that said it is restarting.
+    pub restart_grace: Duration,
+    /// While a peer's dedicated line is dark, probe its data plane on the LAN this often;
+    /// its kernel answers whatever its agent is doing.
+    pub probe_interval: Duration,
+    /// A peer whose kernel has not answered (nor its agent sent) for this long, from a moment
+    /// within the dead time of its line going dark, is dead: the LAN confirms what the dark
+    /// line suggested.
+    pub probe_confirm: Duration,
+    /// A peer whose kernel reports that its agent died unannounced is dead at once (true),
+    /// or is given `restart_grace` for a new agent, as for a planned restart (false).
+    pub exit_takes_over: bool,
+    /// After a handover to a live peer, forward what still arrives for this long, then close
+    /// (DESIGN.md invariant 6: a forwarding host claims nothing, and not for ever). The new
+    /// server repeats its announcements within it.
+    pub forward_for: Duration,
+    /// Digest of what every node must agree on ([`CoreConfig::digest_of`]).
+    pub digest: Digest,
+    /// Behave as a version-2 agent on the wire (write only version 2, read no version 3):
+    /// for the simulation's mixed clusters.
+    pub emulate_v2: bool,
+    pub key: Vec<u8>,
+}
+
+/// A resource: a logical address, or one service on it (the patent's components).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResourceSpec {
+    pub ip: IpAddr,
+    pub prefix: u8,
+    pub service: Option<ServiceSpec>,
+    /// Preferred owner first.
+    pub preference: Vec<NodeId>,
+}
+
+/// Protocol and ports of a service on an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceSpec {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
+impl CoreConfig {
+    pub(super) fn dead_after(&self, misses: u32) -> Duration {
+        self.interval * misses
+    }
+
+    /// The digest of the shared part of a configuration: the nodes, the resources with their
+    /// preferences, and the settings that decide liveness and failback. Two nodes whose
+    /// digests differ cannot read each other's summaries (resources and votes are indices).
+    pub fn digest_of(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"takeover config digest 1\n");
+        for n in &self.nodes {
+            h.update(format!("node {n}\n"));
+        }
+        for r in &self.resources {
+            h.update(format!(
+                "resource {}/{} {:?} {:?}\n",
+                r.ip, r.prefix, r.service, r.preference
+            ));
+        }
+        h.update(format!(
+            "paths {} interval {:?} misses {} lan_every {} preempt {:?} exit {} restart {:?} forward {:?}\n",
+            self.paths,
+            self.interval,
+            self.misses,
+            self.lan_every,
+            self.preempt,
+            self.exit_takes_over,
+            self.restart_grace,
+            self.forward_for,
+        ));
+        h.finalize()[..8].try_into().unwrap()
+    }
+
+    /// Whether this configuration can be spoken in version 2 (whole addresses only, few).
+    pub fn fits_v2(&self) -> bool {
+        self.resources.len() <= v2::MAX_SERVED && self.resources.iter().all(|r| r.service.is_none())
+    }
+
+    /// The resource a version-2 message means by `ip` (whole addresses only).
+    pub(super) fn resource_of(&self, ip: &IpAddr) -> Option<ResId> {
+        self.resources
+            .iter()
+            .position(|r| r.ip == *ip && r.service.is_none())
+    }
+}

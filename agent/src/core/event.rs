@@ -1,0 +1,339 @@
+//! What the core reports: typed events, one per thing that happened, for the log, the
+//! tests, and (next) metrics and notify hooks. `describe` gives the sentence a person reads;
+//! `kind` and `fields` the stable names scripts use.
+use std::time::Duration;
+
+use super::config::{CoreConfig, NodeId, ResId};
+
+/// A gate's state, as the core asks the data plane to hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Another host serves it, or nobody: nothing passes, nothing is claimed.
+    Closed,
+    /// This host serves it.
+    Open,
+    /// Handed over to this live peer: what still arrives goes on to it; nothing is claimed.
+    Forward(NodeId),
+    /// About to be handed over by this live peer: only what it forwards passes.
+    Receive(NodeId),
+}
+
+/// Why a peer was declared dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeathReason {
+    /// Every path was silent for the dead time.
+    Silent,
+    /// Its dedicated line went dark and neither its agent nor its kernel answered on the LAN.
+    LineDarkLanSilent,
+    /// Its kernel reported that its agent exited unannounced.
+    AgentExited,
+    /// It said it was restarting and no new agent came within the restart grace.
+    RestartTimedOut,
+}
+
+/// Why a peer's summaries cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Its configuration's digest differs from this node's.
+    Digest,
+    /// It names an address or a node this configuration does not have (version 2 carries no
+    /// digest).
+    Unknown,
+    /// It speaks only version 2, which cannot express this configuration (services, or more
+    /// addresses than version 2 carries).
+    Inexpressible,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    PeerAlive {
+        peer: NodeId,
+    },
+    PeerDead {
+        peer: NodeId,
+        reason: DeathReason,
+    },
+    /// Its kernel reports that its agent exited; this node waits for a new one.
+    AgentExitWaiting {
+        peer: NodeId,
+        grace: Duration,
+    },
+    PathLost {
+        peer: NodeId,
+        path: usize,
+    },
+    PathBack {
+        peer: NodeId,
+        path: usize,
+    },
+    LanLink {
+        up: bool,
+    },
+    LineCarrier {
+        peer: NodeId,
+        up: bool,
+    },
+    GateChanged {
+        res: ResId,
+        gate: Gate,
+    },
+    FenceStarted {
+        peer: NodeId,
+    },
+    Fenced {
+        peer: NodeId,
+    },
+    FenceFailed {
+        peer: NodeId,
+    },
+    /// This node opened the resource (a takeover, a failback, a first start).
+    Takeover {
+        res: ResId,
+        epoch: u64,
+    },
+    /// This node handed the resource over to a live peer.
+    Handover {
+        res: ResId,
+        to: NodeId,
+    },
+    /// The forwarding window after a handover ended: the gate is closed.
+    ForwardEnded {
+        res: ResId,
+        to: NodeId,
+    },
+    Switchover {
+        res: ResId,
+        to: NodeId,
+        order: u64,
+    },
+    /// The peer's summaries cannot be read: it is alive, never fenced for this, and nothing
+    /// moves while it lasts.
+    ConfigMismatch {
+        peer: NodeId,
+        why: Mismatch,
+    },
+    ConfigAgrees {
+        peer: NodeId,
+    },
+    /// The version this node writes to the peer changed.
+    WireVersion {
+        peer: NodeId,
+        version: u8,
+    },
+    /// A durable write of epochs failed: the resources it was for stay closed; retried.
+    PersistFailed {
+        resources: usize,
+    },
+}
+
+impl Gate {
+    pub fn describe(&self, cfg: &CoreConfig) -> String {
+        match self {
+            Gate::Closed => "closed".into(),
+            Gate::Open => "open".into(),
+            Gate::Forward(n) => format!("forward to {}", cfg.nodes[*n]),
+            Gate::Receive(n) => format!("receive from {}", cfg.nodes[*n]),
+        }
+    }
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Silent => "every path silent",
+            DeathReason::LineDarkLanSilent => {
+                "its dedicated line is dark and neither its agent nor its kernel answers on the LAN"
+            }
+            DeathReason::AgentExited => "its kernel reports that its agent exited",
+            DeathReason::RestartTimedOut => "its agent said it was restarting and did not return",
+        }
+    }
+}
+
+impl Mismatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mismatch::Digest => "its configuration digest differs from this node's",
+            Mismatch::Unknown => "it names an address or node this configuration lacks",
+            Mismatch::Inexpressible => {
+                "it speaks only wire version 2, which cannot express this configuration"
+            }
+        }
+    }
+}
+
+impl Event {
+    /// The event's stable name (the `event` field of a JSON log line).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::PeerAlive { .. } => "peer_alive",
+            Event::PeerDead { .. } => "peer_dead",
+            Event::AgentExitWaiting { .. } => "agent_exit_waiting",
+            Event::PathLost { .. } => "path_lost",
+            Event::PathBack { .. } => "path_back",
+            Event::LanLink { .. } => "lan_link",
+            Event::LineCarrier { .. } => "line_carrier",
+            Event::GateChanged { .. } => "gate_changed",
+            Event::FenceStarted { .. } => "fence_started",
+            Event::Fenced { .. } => "fenced",
+            Event::FenceFailed { .. } => "fence_failed",
+            Event::Takeover { .. } => "takeover",
+            Event::Handover { .. } => "handover",
+            Event::ForwardEnded { .. } => "forward_ended",
+            Event::Switchover { .. } => "switchover",
+            Event::ConfigMismatch { .. } => "config_mismatch",
+            Event::ConfigAgrees { .. } => "config_agrees",
+            Event::WireVersion { .. } => "wire_version",
+            Event::PersistFailed { .. } => "persist_failed",
+        }
+    }
+
+    /// Gate changes happen by the thousand in a whole-node takeover of many resources: they
+    /// are logged at debug level, the takeover itself at info.
+    pub fn is_detail(&self) -> bool {
+        matches!(self, Event::GateChanged { .. })
+    }
+
+    /// The event's fields by name, for structured logs.
+    pub fn fields(&self, cfg: &CoreConfig) -> Vec<(&'static str, String)> {
+        let node = |n: &NodeId| cfg.nodes[*n].clone();
+        let res = |r: &ResId| resource_name(cfg, *r);
+        let path = |p: &usize| path_name(cfg, *p).to_string();
+        match self {
+            Event::PeerAlive { peer } => vec![("peer", node(peer))],
+            Event::PeerDead { peer, reason } => {
+                vec![("peer", node(peer)), ("reason", reason.as_str().into())]
+            }
+            Event::AgentExitWaiting { peer, grace } => {
+                vec![
+                    ("peer", node(peer)),
+                    ("grace_ms", grace.as_millis().to_string()),
+                ]
+            }
+            Event::PathLost { peer, path: p } | Event::PathBack { peer, path: p } => {
+                vec![("peer", node(peer)), ("path", path(p))]
+            }
+            Event::LanLink { up } => vec![("up", up.to_string())],
+            Event::LineCarrier { peer, up } => vec![("peer", node(peer)), ("up", up.to_string())],
+            Event::GateChanged { res: r, gate } => {
+                vec![("resource", res(r)), ("gate", gate.describe(cfg))]
+            }
+            Event::FenceStarted { peer } | Event::Fenced { peer } | Event::FenceFailed { peer } => {
+                vec![("peer", node(peer))]
+            }
+            Event::Takeover { res: r, epoch } => {
+                vec![("resource", res(r)), ("epoch", epoch.to_string())]
+            }
+            Event::Handover { res: r, to } | Event::ForwardEnded { res: r, to } => {
+                vec![("resource", res(r)), ("to", node(to))]
+            }
+            Event::Switchover { res: r, to, order } => vec![
+                ("resource", res(r)),
+                ("to", node(to)),
+                ("order", order.to_string()),
+            ],
+            Event::ConfigMismatch { peer, why } => {
+                vec![("peer", node(peer)), ("why", why.as_str().into())]
+            }
+            Event::ConfigAgrees { peer } => vec![("peer", node(peer))],
+            Event::WireVersion { peer, version } => {
+                vec![("peer", node(peer)), ("version", version.to_string())]
+            }
+            Event::PersistFailed { resources } => vec![("resources", resources.to_string())],
+        }
+    }
+
+    /// The sentence a person reads in the log.
+    pub fn describe(&self, cfg: &CoreConfig) -> String {
+        let node = |n: &NodeId| &cfg.nodes[*n];
+        let res = |r: &ResId| resource_name(cfg, *r);
+        match self {
+            Event::PeerAlive { peer } => format!("peer {} is alive", node(peer)),
+            Event::PeerDead { peer, reason } => {
+                format!("peer {} is dead: {}", node(peer), reason.as_str())
+            }
+            Event::AgentExitWaiting { peer, grace } => format!(
+                "the agent of peer {} exited; waiting {grace:?} for it to be restarted",
+                node(peer)
+            ),
+            Event::PathLost { peer, path } => format!(
+                "path {} to peer {} lost (the other still works: nothing moves)",
+                path_name(cfg, *path),
+                node(peer)
+            ),
+            Event::PathBack { peer, path } => {
+                format!("path {} to peer {} works again", path_name(cfg, *path), node(peer))
+            }
+            Event::LanLink { up } => format!("LAN link {}", if *up { "up" } else { "down" }),
+            Event::LineCarrier { peer, up } => format!(
+                "dedicated line to {} carrier {}",
+                node(peer),
+                if *up { "up" } else { "down" }
+            ),
+            Event::GateChanged { res: r, gate } => format!("{} {}", res(r), gate.describe(cfg)),
+            Event::FenceStarted { peer } => format!("fencing peer {}", node(peer)),
+            Event::Fenced { peer } => format!("peer {} fenced", node(peer)),
+            Event::FenceFailed { peer } => format!(
+                "fencing peer {} failed: not taking over its resources (retried)",
+                node(peer)
+            ),
+            Event::Takeover { res: r, epoch } => format!("{} open (epoch {epoch})", res(r)),
+            Event::Handover { res: r, to } => format!(
+                "{} handed over to {}: forwarding what still arrives here",
+                res(r),
+                node(to)
+            ),
+            Event::ForwardEnded { res: r, to } => format!(
+                "{} no longer forwarded to {} (the window after the handover ended): closed",
+                res(r),
+                node(to)
+            ),
+            Event::Switchover { res: r, to, order } => {
+                format!("switchover of {} to {} (order {order})", res(r), node(to))
+            }
+            Event::ConfigMismatch { peer, why } => format!(
+                "CONFIGURATION MISMATCH with peer {}: {}; it is alive and will not be fenced for \
+                 this, but nothing moves until the configurations agree",
+                node(peer),
+                why.as_str()
+            ),
+            Event::ConfigAgrees { peer } => {
+                format!("peer {}'s configuration agrees with this node's", node(peer))
+            }
+            Event::WireVersion { peer, version } => {
+                format!("writing wire version {version} to peer {}", node(peer))
+            }
+            Event::PersistFailed { resources } => format!(
+                "could not record the epochs of {resources} resource(s) durably: they stay closed (retried)"
+            ),
+        }
+    }
+}
+
+/// `10.0.0.100`, or `10.0.0.100 tcp/80` for a service.
+pub fn resource_name(cfg: &CoreConfig, r: ResId) -> String {
+    let spec = &cfg.resources[r];
+    match spec.service {
+        None => spec.ip.to_string(),
+        Some(s) => {
+            let proto = match s.proto {
+                6 => "tcp".to_string(),
+                17 => "udp".to_string(),
+                p => format!("proto{p}"),
+            };
+            if s.first_port == s.last_port {
+                format!("{} {proto}/{}", spec.ip, s.first_port)
+            } else {
+                format!("{} {proto}/{}-{}", spec.ip, s.first_port, s.last_port)
+            }
+        }
+    }
+}
+
+pub fn path_name(cfg: &CoreConfig, path: usize) -> &'static str {
+    if cfg.paths > 1 && path == 0 {
+        "dedicated"
+    } else {
+        "lan"
+    }
+}

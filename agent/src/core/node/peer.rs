@@ -1,0 +1,116 @@
+//! What a node knows of one peer: liveness per path, and its summary per resource.
+use std::time::Duration;
+
+use super::{CoreConfig, FenceState, Mismatch, NodeId};
+use crate::core::wire::{ReplayGuard, TOKEN_LEN};
+
+#[derive(Clone, Debug)]
+pub(super) struct Peer {
+    pub last_heard: Vec<Option<Duration>>,
+    /// Per path, as last reported (lost after the dead time of silence on it).
+    pub path_up: Vec<bool>,
+    pub guard: ReplayGuard,
+    pub alive: bool,
+    /// Since when the peer has been eligible without a break (preempt hysteresis).
+    pub eligible_since: Option<Duration>,
+    pub fence: FenceState,
+    /// When `alive` last changed.
+    pub since: Option<Duration>,
+    /// The peer's agent said it is restarting: its silence counts only after this.
+    pub restart_until: Option<Duration>,
+    /// The peer's newest incarnation seen, addressed in what this node sends it.
+    pub heard_incarnation: u64,
+    pub rtt: Vec<Option<Duration>>,
+    /// Per path: the last `sent_at_us` heard and when, to echo it back.
+    pub echo: Vec<Option<(u64, Duration)>>,
+    /// The incarnation last heard and the hash of its exit token (kernel-assisted liveness).
+    pub exit_commit: Option<(u64, [u8; TOKEN_LEN])>,
+    /// When the peer's data plane last answered a probe, and the newest probe it answered.
+    pub probe_answered: Option<Duration>,
+    pub probe_answered_seq: u64,
+    /// Per path: the peer's last heartbeat there said it had heard this node's there lately.
+    pub hears_us: Vec<bool>,
+    /// Since when the dedicated line to it is dark; from when its silence on the LAN counts
+    /// towards the short confirmation (a late wake-up restarts it).
+    pub dark_since: Option<Duration>,
+    pub confirm_from: Duration,
+    /// The peer reads version 3 (it wrote it, or said so in version 2).
+    pub reads_v3: bool,
+    /// Header of the newest heartbeat: its LAN, whether it is ready, when it was written,
+    /// and the incarnation its summary is from.
+    pub lan_up: bool,
+    pub ready: bool,
+    pub header_sent_us: u64,
+    pub summary_incarnation: u64,
+    /// A summary was read (its configuration agrees); `mismatch` says why not, if not.
+    pub known: bool,
+    pub mismatch: Option<Mismatch>,
+    pub res: Vec<PeerRes>,
+}
+
+/// What a peer said of one resource, and when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct PeerRes {
+    pub serving: Option<u64>,
+    /// Whom it thinks should serve it (none before it is ready).
+    pub vote: Option<NodeId>,
+    /// `sent_at_us` of the heartbeat this came from: an older one arriving later (by another
+    /// path) must not replace it.
+    pub sent_us: u64,
+    /// The newest of this node's heartbeats the peer had heard when it wrote this: its vote
+    /// takes into account what this node said until then.
+    pub acked_us: u64,
+}
+
+impl Peer {
+    pub fn new(cfg: &CoreConfig, now: Duration) -> Self {
+        Peer {
+            last_heard: vec![None; cfg.paths],
+            path_up: vec![false; cfg.paths],
+            guard: ReplayGuard::default(),
+            alive: false,
+            eligible_since: None,
+            fence: FenceState::None,
+            since: None,
+            restart_until: None,
+            heard_incarnation: 0,
+            rtt: vec![None; cfg.paths],
+            echo: vec![None; cfg.paths],
+            exit_commit: None,
+            probe_answered: None,
+            probe_answered_seq: 0,
+            hears_us: vec![false; cfg.paths],
+            dark_since: None,
+            confirm_from: now,
+            reads_v3: false,
+            lan_up: false,
+            ready: false,
+            header_sent_us: 0,
+            summary_incarnation: 0,
+            known: false,
+            mismatch: None,
+            res: vec![PeerRes::default(); cfg.resources.len()],
+        }
+    }
+
+    /// Forgets its summary: what it serves and votes is unknown from now on.
+    pub fn forget_summary(&mut self) {
+        self.known = false;
+        self.res.iter_mut().for_each(|r| *r = PeerRes::default());
+    }
+
+    pub fn digest(&self) -> String {
+        format!(
+            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}{}",
+            self.alive,
+            self.last_heard,
+            self.known,
+            self.res,
+            self.fence,
+            self.guard,
+            self.exit_commit,
+            self.lan_up,
+            self.ready
+        )
+    }
+}

@@ -1,0 +1,313 @@
+//! `takeover run`: the shell around the core. Its main thread owns the sockets, the clock and
+//! the gate table, and runs the heartbeat loop; a tokio worker does netlink, the control
+//! socket, signals and the neighbour table, and reports through the inbox. The core decides.
+//!
+//! By job: `startup` (checks, then changes undone on failure), `arrivals` (what a wake-up
+//! read), `perform` (what the core decided), `fence`, `epochs` (durable), `translate` (the
+//! configuration as the core sees it), `audit` (the gate table against the core).
+mod arrivals;
+mod audit;
+mod epochs;
+mod fence;
+mod perform;
+mod startup;
+mod translate;
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub use fence::fence_argv;
+pub use translate::core_config;
+
+use self::{arrivals::Arrivals, epochs::Epochs, fence::Fencing};
+use super::{
+    announce, control,
+    inbox::{self, Inbox},
+    netlink,
+    udp::{self, RecvBufs},
+};
+use crate::{
+    config::Config,
+    core::{
+        node::{Action, Core, CoreConfig, NodeId},
+        wire::MAX_MESSAGE,
+    },
+    dataplane::{heard::HeardRing, liveness::Registration, Gates, Target},
+    sys::iface::Iface,
+};
+
+/// Real-time priority and locked memory for the one thread that runs the agent, so that a
+/// busy machine does not delay heartbeats. Failures are reported, not fatal. For the calling
+/// thread only (and threads it starts later).
+fn realtime() {
+    unsafe {
+        if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0 {
+            log::warn!("mlockall: {}", std::io::Error::last_os_error());
+        }
+    }
+    fifo();
+}
+
+/// SCHED_FIFO for the calling thread.
+fn fifo() {
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        log::warn!("SCHED_FIFO: {}", std::io::Error::last_os_error());
+    }
+}
+
+enum Input {
+    Link(netlink::LinkEvent),
+    LinksStopped,
+    Control(control::Request),
+    /// The peers' LAN MACs, read from the neighbour table.
+    PeerMacs(Vec<Option<[u8; 6]>>),
+    /// Time to compare the gate table with what the core holds.
+    Audit,
+    Stop,
+}
+
+/// Real-time priority of the agent's threads and of the heartbeat interfaces' NAPI threads.
+const RT_PRIORITY: i32 = 50;
+
+pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
+    // The heartbeats have this thread to themselves, in a loop of plain system calls
+    // (`io::udp`). What is slow or rare (netlink, the control socket, signals, the fence,
+    // announcements) runs on one runtime thread, at the same real-time priority.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(move || {
+            if realtime_priority {
+                fifo();
+            }
+        })
+        .enable_all()
+        .build()?;
+    let (mailbox, inbox) = inbox::inbox().context("creating an eventfd")?;
+    // Set-up (loading and verifying the data plane, netlink) at normal priority: at real-time
+    // priority it would hold up the host's services for tens of milliseconds.
+    let mut shell = rt.block_on(Shell::start(cfg, key, realtime_priority, mailbox.clone()))?;
+    rt.spawn(async move {
+        let mut every = tokio::time::interval(audit::EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if !mailbox.send(Input::Audit) {
+                return;
+            }
+        }
+    });
+    if realtime_priority {
+        realtime();
+    }
+    shell.run(&rt, inbox)
+}
+
+/// What the heartbeat loop owns.
+struct Shell {
+    cfg: Config,
+    core: Core,
+    core_cfg: CoreConfig,
+    peer_paths: Vec<Vec<SocketAddr>>,
+    /// The data plane's entry of each resource.
+    targets: Vec<Target>,
+    gates: Gates,
+    epochs: Epochs,
+    lan: Iface,
+    mac: [u8; 6],
+    /// The dedicated line's interface, and the peers it reaches: its carrier is a hint for
+    /// the core about each of them.
+    dedicated: Option<u32>,
+    line_peers: Vec<NodeId>,
+    /// Per path, the configured address: the peers' periodic heartbeats arrive here, read at
+    /// every wake-up (at least one per interval: this node's own tick), stamped on arrival.
+    /// While the gates take them into `heard`, only what they leave (a full ring, a path
+    /// without a gate) comes here, and the loop sleeps on these sockets too.
+    listen: Vec<UdpSocket>,
+    /// The peers' periodic heartbeats as the gates took them off the wire (kernel-assisted
+    /// liveness registered): read from shared memory at every wake-up.
+    heard: Option<HeardRing>,
+    /// Datagrams read from the ring and from sockets, for `status`.
+    received: control::Received,
+    /// Per path, the same address on a port of its own, which the loop sleeps on: what
+    /// must be acted on at once arrives here (the peers' urgent heartbeats, and what their
+    /// kernels answer to this node's heartbeats and probes, which leave from it).
+    wake: Vec<UdpSocket>,
+    /// Each peer's wake socket per path, learnt from the source of its heartbeats; until then
+    /// urgent messages go to its listening address.
+    peer_wake: Vec<Vec<Option<SocketAddr>>>,
+    /// Each peer's MAC on the LAN (for forwarding to it and receiving from it).
+    peer_macs: Vec<Option<[u8; 6]>>,
+    /// Fence commands running.
+    fencing: Vec<Fencing>,
+    registration: Option<Registration>,
+    announcer: Arc<announce::Sender>,
+    refused: arrivals::RefusedLog,
+    start: Instant,
+}
+
+impl Shell {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The heartbeat loop: perform what the core decided, send what it queued (one
+    /// `sendmmsg` per socket), sleep until a wake socket or the inbox is readable or the
+    /// core's deadline comes, feed the core what arrived and what happened.
+    fn run(&mut self, rt: &tokio::runtime::Runtime, inbox: Inbox<Input>) -> Result<()> {
+        let paths = self.listen.len();
+        // Epoll indices: the wake sockets, then the listen sockets if the gates take the
+        // periodic heartbeats (else they are read at every wake-up), then the inbox.
+        let mut fds: Vec<RawFd> = self.wake.iter().map(|s| s.as_raw_fd()).collect();
+        if self.heard.is_some() {
+            fds.extend(self.listen.iter().map(|s| s.as_raw_fd()));
+        }
+        let inbox_at = fds.len();
+        fds.push(inbox.fd());
+        let poller = udp::Poller::new(&fds).context("creating an epoll set")?;
+        let mut ready = Vec::with_capacity(fds.len());
+        let mut bufs = RecvBufs::new(MAX_MESSAGE + 1);
+        let mut arrived = Arrivals::default();
+        // Per socket, listen sockets first: what to send on it.
+        let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
+        loop {
+            self.perform(rt, &poller, &mut out)?;
+            let mut wake = self.start + self.core.poll_timeout();
+            for f in &self.fencing {
+                let check = if f.has_pidfd() {
+                    f.deadline
+                } else {
+                    Instant::now() + Duration::from_millis(1)
+                };
+                wake = wake.min(check);
+            }
+            let left = wake.saturating_duration_since(Instant::now());
+            poller
+                .wait(left, &mut ready)
+                .context("waiting for datagrams")?;
+            // Arrival stamps are on the wall clock (sockets) or the monotonic clock (the
+            // ring): this wake-up's time on each, against the core's.
+            let clocks = arrivals::Clocks::read(self.now());
+            arrived.clear();
+            self.drain_ring(&mut arrived, &clocks);
+            for path in 0..paths {
+                if self.heard.is_none() || ready[paths + path] {
+                    self.collect(&mut bufs, &mut arrived, path, false, &clocks);
+                }
+                if ready[path] {
+                    self.collect(&mut bufs, &mut arrived, path, true, &clocks);
+                }
+            }
+            self.feed(&mut arrived);
+            if !self.fencing.is_empty() {
+                self.reap_fences(&poller);
+            }
+            if ready[inbox_at] {
+                for input in inbox.drain() {
+                    if !self.handle(input, &mut out)? {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= wake {
+                self.core.handle_timeout(self.now());
+            }
+        }
+    }
+
+    /// One message from the runtime's thread; false when the agent must stop.
+    fn handle(&mut self, input: Input, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) -> Result<bool> {
+        let now = self.now();
+        match input {
+            Input::Link(ev) if ev.ifindex == self.lan.index => self.core.handle_lan(now, ev.up),
+            Input::Link(ev) if Some(ev.ifindex) == self.dedicated => {
+                for &p in &self.line_peers {
+                    self.core.handle_line_carrier(now, p, ev.up);
+                }
+            }
+            Input::Link(_) => {}
+            Input::LinksStopped => bail!("netlink link events stopped"),
+            Input::Control(req) => {
+                let answer = self.control(req.command, now);
+                let _ = req.reply.send(answer);
+            }
+            Input::PeerMacs(macs) => {
+                // Keep what was known when a read found nothing (an entry being refreshed).
+                for (known, new) in self.peer_macs.iter_mut().zip(macs) {
+                    if new.is_some() {
+                        *known = new;
+                    }
+                }
+            }
+            Input::Audit => self.audit()?,
+            Input::Stop => {
+                self.stop(now, out);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gates stay as they are (pinned): a restart must not drop a packet. The peers are told,
+    /// so they wait for the next agent instead of fencing this node.
+    fn stop(&mut self, now: Duration, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
+        if let Some(r) = self.registration.as_mut() {
+            if let Err(e) = r.stopping() {
+                log::warn!("{e:#}: the peers may take this restart for a crash");
+            }
+        }
+        self.core.shutdown(now);
+        while let Some(action) = self.core.poll_action() {
+            if let Action::Send {
+                peer,
+                path,
+                bytes,
+                urgent,
+            } = action
+            {
+                self.queue((peer, path, bytes, urgent), out);
+            }
+        }
+        self.send(out);
+        log::info!(
+            "stopping (SIGTERM/SIGINT); gates stay as they are, peers told to wait for a restart"
+        );
+    }
+
+    fn control(&mut self, command: control::Command, now: Duration) -> serde_json::Value {
+        match command {
+            control::Command::Status => {
+                control::status(&self.core, now, &self.lan.name, &self.received)
+            }
+            control::Command::Switchover { addr, to } => {
+                let a = addr.parse::<IpAddr>().ok().and_then(|ip| {
+                    self.core_cfg
+                        .resources
+                        .iter()
+                        .position(|r| r.ip == ip && r.service.is_none())
+                });
+                let n = self.core_cfg.nodes.iter().position(|x| *x == to);
+                match (a, n) {
+                    (Some(a), Some(n)) => {
+                        self.core.handle_switchover(now, a, n);
+                        serde_json::json!({"ok": true, "address": addr, "to": to})
+                    }
+                    (None, _) => {
+                        serde_json::json!({"error": format!("{addr} is not a logical address of this cluster")})
+                    }
+                    (_, None) => {
+                        serde_json::json!({"error": format!("{to} is not a node of this cluster ({})", self.core_cfg.nodes.join(", "))})
+                    }
+                }
+            }
+        }
+    }
+}

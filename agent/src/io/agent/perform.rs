@@ -1,0 +1,148 @@
+//! Performing what the core decided: gates, announcements, durable epochs, fences,
+//! datagrams; then the log. Datagrams are queued per socket and sent at the end, events
+//! logged after that (the log is not on a takeover's critical path).
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use takeover_common::{Action as GateAction, GateValue};
+
+use super::Shell;
+use crate::{
+    core::{
+        event::resource_name,
+        node::{Action, Gate, NodeId, ResId},
+    },
+    io::{announce, log as agent_log, udp},
+};
+
+impl Shell {
+    pub(super) fn perform(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        poller: &udp::Poller,
+        out: &mut [Vec<(SocketAddr, Vec<u8>)>],
+    ) -> Result<()> {
+        let mut events = Vec::new();
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::SetGate { res, gate } => self.set_gate(res, gate)?,
+                Action::Announce { res } => self.announce(rt, res),
+                Action::Persist { epochs } => {
+                    let named = epochs
+                        .iter()
+                        .map(|&(r, e)| (resource_name(&self.core_cfg, r), e));
+                    let ok = match self.epochs.record(named) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::error!("{e:#}");
+                            false
+                        }
+                    };
+                    self.core.handle_persisted(self.now(), ok);
+                }
+                Action::Fence { peer } => self.start_fence(poller, peer),
+                Action::Send {
+                    peer,
+                    path,
+                    bytes,
+                    urgent,
+                } => self.queue((peer, path, bytes, urgent), out),
+                Action::Event(e) => events.push(e),
+            }
+        }
+        self.send(out);
+        for e in &events {
+            agent_log::event(&self.core_cfg, e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn repair(&mut self, res: ResId, gate: Gate) -> Result<()> {
+        self.set_gate(res, gate)
+    }
+
+    fn set_gate(&mut self, res: ResId, gate: Gate) -> Result<()> {
+        let value = match gate {
+            Gate::Open => GateValue::new(GateAction::Open),
+            Gate::Closed => GateValue::new(GateAction::Closed),
+            // Without the peer's MAC nothing can be forwarded to it, nor told apart from what
+            // it forwards: closed is all that is safe.
+            Gate::Forward(to) => self
+                .peer_mac(to)
+                .map_or(GateValue::new(GateAction::Closed), |m| {
+                    GateValue::forward(0, m, self.mac)
+                }),
+            Gate::Receive(from) => self
+                .peer_mac(from)
+                .map_or(GateValue::new(GateAction::Closed), GateValue::receive),
+        };
+        self.gates.set(&self.targets[res], value)
+    }
+
+    /// Peer `p`'s MAC on the LAN, as the runtime thread last read it from the neighbour
+    /// table (never looked up here: netlink is no business of the heartbeat loop).
+    fn peer_mac(&self, p: NodeId) -> Option<[u8; 6]> {
+        let mac = self.peer_macs[p];
+        if mac.is_none() {
+            log::warn!(
+                "no MAC known for {} on the LAN: its gate stays closed instead",
+                self.core_cfg.nodes[p]
+            );
+        }
+        mac
+    }
+
+    fn announce(&self, rt: &tokio::runtime::Runtime, res: ResId) {
+        let (frames, sender, count, interval) = (
+            announce::frames(self.core_cfg.resources[res].ip, self.mac),
+            self.announcer.clone(),
+            self.cfg.announce.count,
+            self.cfg.announce.interval,
+        );
+        let send = move |frames: &[Vec<u8>]| {
+            for f in frames {
+                if let Err(e) = sender.send(f) {
+                    log::warn!("announcement failed: {e}");
+                }
+            }
+        };
+        // The first at once, from here: the clients come over as soon as they hear it. The
+        // rest from the runtime, at the interval.
+        send(&frames);
+        if count > 1 {
+            rt.spawn(async move {
+                for _ in 1..count {
+                    tokio::time::sleep(interval).await;
+                    send(&frames);
+                }
+            });
+        }
+    }
+
+    /// Queues a datagram for its socket: an urgent one leaves from the listen socket for the
+    /// peer's wake socket, which wakes it; a periodic one from the wake socket for the peer's
+    /// listen socket, which it reads at its next tick, so the peer's kernel's answers (an
+    /// exit notice, a probe's answer) come back to a socket that wakes this node.
+    pub(super) fn queue(
+        &self,
+        (peer, path, bytes, urgent): (NodeId, usize, Vec<u8>, bool),
+        out: &mut [Vec<(SocketAddr, Vec<u8>)>],
+    ) {
+        let listen = self.peer_paths[peer][path];
+        if urgent {
+            out[path].push((self.peer_wake[peer][path].unwrap_or(listen), bytes));
+        } else {
+            out[self.listen.len() + path].push((listen, bytes));
+        }
+    }
+
+    /// Sends what `queue` queued: one `sendmmsg` per socket.
+    pub(super) fn send(&self, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
+        for (sock, queued) in self.listen.iter().chain(&self.wake).zip(out.iter_mut()) {
+            if !queued.is_empty() {
+                udp::send_all(sock, queued);
+                queued.clear();
+            }
+        }
+    }
+}
