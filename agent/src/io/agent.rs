@@ -113,7 +113,7 @@ fn save_epochs(path: &PathBuf, epochs: &BTreeMap<IpAddr, u64>) {
     }
 }
 
-fn log(msg: impl AsRef<str>) {
+pub(super) fn log(msg: impl AsRef<str>) {
     let d = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

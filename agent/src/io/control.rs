@@ -3,16 +3,21 @@
 //! A Unix stream socket at `/run/takeover/<netns>/control.sock`, mode 0600 (root only). The
 //! client writes one line (`status`, or `switchover ADDR NODE`), the agent answers one JSON
 //! document and closes.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::UnixListener,
-    sync::oneshot,
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{oneshot, Semaphore},
 };
 
+use super::agent::log;
 use crate::{
     core::node::{Core, FenceState},
     sys::netns,
@@ -36,57 +41,188 @@ pub enum Command {
     Switchover { addr: String, to: String },
 }
 
+/// At most this many clients at once: each holds a descriptor and a task until it is answered
+/// (an idle one for up to `READ_TIMEOUT`). One more is told so at once rather than kept
+/// waiting: `takeover status` is for a person or a script, and an answer now is worth more
+/// than one after every idle client's timeout.
+pub const MAX_CLIENTS: usize = 32;
+/// A request is one short line (this many bytes with its newline); a longer one is refused,
+/// never buffered.
+pub const MAX_REQUEST: usize = 4096;
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that does not read its answer does not keep its slot either.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed accept: an error such as EMFILE lasts until something is freed, and
+/// retrying at once would spin the runtime's thread (at real-time priority).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Listens on the control socket; each request is handed to the agent's loop by `deliver`
 /// (false: the loop has gone).
 pub fn listen(deliver: impl Fn(Request) -> bool + Clone + Send + 'static) -> Result<()> {
+    listen_at(&socket_path()?, deliver)
+}
+
+/// `listen` on the socket at `path` (replaced if it exists).
+pub fn listen_at(
+    path: &Path,
+    deliver: impl Fn(Request) -> bool + Clone + Send + 'static,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let path = socket_path()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     // A socket file left by a previous agent (killed) is stale: replace it.
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let deliver = deliver.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut line = String::new();
-                let read = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    BufReader::new(r).read_line(&mut line),
-                )
-                .await;
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let command = match (read, words.as_slice()) {
-                    (Ok(Ok(_)), ["status"]) => Some(Command::Status),
-                    (Ok(Ok(_)), ["switchover", addr, to]) => Some(Command::Switchover {
-                        addr: addr.to_string(),
-                        to: to.to_string(),
-                    }),
-                    _ => None,
-                };
-                let answer = match command {
-                    Some(command) => {
-                        let (reply, rx) = oneshot::channel();
-                        if !deliver(Request { command, reply }) {
-                            return;
-                        }
-                        rx.await
-                            .unwrap_or_else(|_| json!({"error": "agent stopping"}))
-                    }
-                    None => {
-                        json!({"error": "unknown request; send `status` or `switchover ADDR NODE`"})
-                    }
-                };
-                let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
-            });
-        }
-    });
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(serve(listener, deliver));
     Ok(())
+}
+
+/// The accept loop: it never ends, whatever accept says (it backs off and tries again).
+async fn serve(listener: UnixListener, deliver: impl Fn(Request) -> bool + Clone + Send + 'static) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let (deliver, reports) = (deliver.clone(), reports.clone());
+                    tokio::spawn(async move {
+                        answer(stream, deliver, &reports).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    refuse_busy(stream);
+                    note(
+                        &reports,
+                        format!("{MAX_CLIENTS} clients at once: one more refused"),
+                    );
+                }
+            },
+            Err(e) => {
+                note(&reports, format!("accept failed: {e}; retrying"));
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Answers a client beyond `MAX_CLIENTS` without a task or a wait: one non-blocking write
+/// into its empty socket buffer, then close.
+fn refuse_busy(stream: UnixStream) {
+    use std::io::Write;
+    let answer = json!({"error": format!("busy: {MAX_CLIENTS} clients at once; try again")});
+    if let Ok(mut s) = stream.into_std() {
+        let _ = s.write(format!("{answer}\n").as_bytes());
+    }
+}
+
+/// Reads one client's request, has the agent's loop answer it, writes the answer.
+async fn answer(stream: UnixStream, deliver: impl Fn(Request) -> bool, reports: &Mutex<Reports>) {
+    let (r, mut w) = stream.into_split();
+    let answer = match tokio::time::timeout(READ_TIMEOUT, read_request(r)).await {
+        Ok(Ok(command)) => {
+            let (reply, rx) = oneshot::channel();
+            if !deliver(Request { command, reply }) {
+                return;
+            }
+            rx.await
+                .unwrap_or_else(|_| json!({"error": "agent stopping"}))
+        }
+        Ok(Err(refused)) => {
+            // A client that connects and closes (a probe) is not worth a line.
+            if !matches!(refused, Refused::Empty) {
+                note(reports, format!("refused a client: {refused}"));
+            }
+            json!({ "error": refused.to_string() })
+        }
+        Err(_) => {
+            note(reports, "a client sent no request line in time".into());
+            json!({"error": format!("no request line within {READ_TIMEOUT:?}")})
+        }
+    };
+    let _ =
+        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(format!("{answer}\n").as_bytes())).await;
+}
+
+/// Why a request line was not taken.
+enum Refused {
+    Empty,
+    TooLong,
+    Unknown,
+    Read(std::io::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Refused::Empty => write!(f, "empty request; send `status` or `switchover ADDR NODE`"),
+            Refused::TooLong => write!(f, "request longer than {MAX_REQUEST} bytes"),
+            Refused::Unknown => write!(
+                f,
+                "unknown request; send `status` or `switchover ADDR NODE`"
+            ),
+            Refused::Read(e) => write!(f, "reading the request: {e}"),
+        }
+    }
+}
+
+/// One request line, read up to `MAX_REQUEST` bytes and no further.
+async fn read_request(r: impl AsyncRead + Unpin) -> Result<Command, Refused> {
+    let mut line = Vec::new();
+    let limit = MAX_REQUEST as u64 + 1;
+    BufReader::with_capacity(512, r.take(limit))
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(Refused::Read)?;
+    if line.len() > MAX_REQUEST {
+        return Err(Refused::TooLong);
+    }
+    if line.trim_ascii().is_empty() {
+        return Err(Refused::Empty);
+    }
+    parse_request(&line).ok_or(Refused::Unknown)
+}
+
+/// `status` or `switchover ADDR NODE`.
+pub fn parse_request(line: &[u8]) -> Option<Command> {
+    let line = std::str::from_utf8(line).ok()?;
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["status"] => Some(Command::Status),
+        ["switchover", addr, to] => Some(Command::Switchover {
+            addr: addr.to_string(),
+            to: to.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// What went wrong on the control socket, logged at most once a second (a flood of clients
+/// or a lasting EMFILE must not flood the log too), with how much was left unsaid.
+#[derive(Default)]
+struct Reports {
+    last: Option<Instant>,
+    unsaid: u64,
+}
+
+fn note(reports: &Mutex<Reports>, what: String) {
+    let mut r = reports.lock().unwrap_or_else(|e| e.into_inner());
+    if r.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        r.unsaid += 1;
+        return;
+    }
+    let unsaid = std::mem::take(&mut r.unsaid);
+    r.last = Some(Instant::now());
+    drop(r);
+    let more = if unsaid > 0 {
+        format!(" ({unsaid} more report(s) since the last)")
+    } else {
+        String::new()
+    };
+    log(format!("control socket: {what}{more}"));
 }
 
 fn ms(d: Duration) -> f64 {
@@ -186,14 +322,22 @@ fn ask(request: &str) -> Result<Value> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
+    // An agent that refuses (busy) answers and closes without reading: its answer is still
+    // there to read after a failed write.
+    let sent = stream.write_all(format!("{request}\n").as_bytes());
     let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).context("the agent's answer is not JSON")?;
-    if let Some(e) = v.get("error") {
-        bail!("the agent says: {e}");
+    let read = std::io::BufReader::new(stream).read_line(&mut line);
+    if line.is_empty() {
+        sent.context("sending the request to the agent")?;
+        read.context("reading the agent's answer")?;
+        bail!("the agent closed the connection without an answer");
     }
-    Ok(v)
+    let v: Value = serde_json::from_str(&line).context("the agent's answer is not JSON")?;
+    match v.get("error") {
+        Some(Value::String(e)) => bail!("the agent says: {e}"),
+        Some(e) => bail!("the agent says: {e}"),
+        None => Ok(v),
+    }
 }
 
 /// A readable rendering of `status` for people.
@@ -259,4 +403,36 @@ pub fn render(v: &Value) -> String {
             .unwrap_or_else(|| "none".into())
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(bytes: &[u8]) -> Result<Command, Refused> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(read_request(bytes))
+    }
+
+    #[test]
+    fn a_request_line_is_bounded() {
+        assert!(matches!(read(b"status\n"), Ok(Command::Status)));
+        let mut long = vec![b' '; MAX_REQUEST - 7];
+        long.extend_from_slice(b"status\n");
+        assert!(
+            matches!(read(&long), Ok(Command::Status)),
+            "exactly the bound"
+        );
+        long.insert(0, b' ');
+        assert!(matches!(read(&long), Err(Refused::TooLong)));
+        assert!(matches!(read(&vec![b'x'; 1 << 20]), Err(Refused::TooLong)));
+        assert!(matches!(read(b""), Err(Refused::Empty)));
+        assert!(matches!(read(b"stat us\n"), Err(Refused::Unknown)));
+        assert!(matches!(
+            read(b"switchover 10.0.0.1 b\n"),
+            Ok(Command::Switchover { .. })
+        ));
+    }
 }
