@@ -103,6 +103,11 @@ fn crash_of_the_active_moves_its_address_to_the_standby() -> Result<()> {
         s.agents[0].log()
     );
     assert!(log.contains(&format!("{LOGICAL} open")), "{log}");
+    // Ordering the address back to the dead node is refused, with the reason.
+    let out = takeover().output(&s.lan.host("b").ns, &format!("switchover {LOGICAL} --to a"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("a is not alive"), "{stderr}");
     drop(s.cluster);
     Ok(())
 }
@@ -347,6 +352,13 @@ fn a_planned_switchover_moves_the_address_and_back_without_fencing() -> Result<(
     let s = setup()?;
     let t = takeover();
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    // Toward the node that serves it already: refused, nothing to do.
+    let out = t.output(&b.ns, &format!("switchover {LOGICAL} --to a"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("already served by a"),
+        "{stderr}"
+    );
     // Ordered on the node that serves it; then back, ordered on the other.
     let out = t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
     assert!(out.contains("switchover to b"), "{out}");

@@ -2,5 +2,5 @@
 //! be tested with virtual time. The shell around it performs what it decides.
 pub mod node;
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 pub mod wire;

@@ -1147,6 +1147,16 @@ impl Core {
         self.peers[p].alive
     }
 
+    /// Peer `p`'s LAN link as its latest authentic heartbeat said (None: never heard).
+    pub fn peer_lan_up(&self, p: NodeId) -> Option<bool> {
+        self.peers[p].summary.as_ref().map(|s| s.lan_up)
+    }
+
+    /// Whether peer `p` is ready as its latest authentic heartbeat said (None: never heard).
+    pub fn peer_ready(&self, p: NodeId) -> Option<bool> {
+        self.peers[p].summary.as_ref().map(|s| s.ready)
+    }
+
     pub fn fence_state(&self, p: NodeId) -> FenceState {
         self.peers[p].fence
     }

@@ -2,7 +2,8 @@
 //!
 //! A Unix stream socket at `/run/takeover/<netns>/control.sock`, mode 0600 (root only). The
 //! client writes one line (`status`, or `switchover ADDR NODE`), the agent answers one JSON
-//! document and closes.
+//! document and closes. Bounded: a line of at most `MAX_REQUEST` bytes, `MAX_CLIENTS` at
+//! once, 2 s to send it; a switchover that could not happen is refused with the reason.
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -19,7 +20,7 @@ use tokio::{
 
 use super::agent::log;
 use crate::{
-    core::node::{Core, FenceState},
+    core::node::{AddrId, Core, FenceState, NodeId},
     sys::netns,
 };
 
@@ -225,6 +226,45 @@ fn note(reports: &Mutex<Reports>, what: String) {
     log(format!("control socket: {what}{more}"));
 }
 
+/// Why address `a` cannot be moved to node `to` now, if it cannot. The core would take the
+/// order and move nothing until `to` is eligible (alive, LAN up, ready), and the operator
+/// would read "ordered"; a node outside the address's preference list is never meant to
+/// serve it.
+pub fn switchover_refusal(core: &Core, a: AddrId, to: NodeId) -> Option<String> {
+    let cfg = core.config();
+    let (ip, name) = (cfg.addresses[a].ip, &cfg.nodes[to]);
+    let preference = &cfg.addresses[a].preference;
+    if !preference.contains(&to) {
+        let list: Vec<&str> = preference.iter().map(|&n| cfg.nodes[n].as_str()).collect();
+        return Some(format!(
+            "{name} does not serve {ip}: it is not in its preference list ({})",
+            list.join(", ")
+        ));
+    }
+    if core.server(a) == Some(to) {
+        return Some(format!("{ip} is already served by {name}"));
+    }
+    let (alive, lan_up, ready) = if to == cfg.me {
+        (true, core.lan_up(), core.is_ready())
+    } else {
+        (
+            core.peer_alive(to),
+            core.peer_lan_up(to).unwrap_or(false),
+            core.peer_ready(to).unwrap_or(false),
+        )
+    };
+    if !alive {
+        return Some(format!("{name} is not alive (not heard on any path)"));
+    }
+    if !lan_up {
+        return Some(format!("{name}'s LAN link is down"));
+    }
+    if !ready {
+        return Some(format!("{name} is not ready yet (starting up)"));
+    }
+    None
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -408,6 +448,55 @@ pub fn render(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::sim::{self, Sim};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn after(s: &mut Sim, d: Duration) {
+        let t = s.now + d;
+        s.run_until(t);
+    }
+
+    /// Asked on node `on`: why address `a` cannot go to `to`.
+    fn refusal(s: &Sim, on: NodeId, a: AddrId, to: NodeId) -> String {
+        switchover_refusal(s.nodes[on].core.as_ref().unwrap(), a, to).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_switchover_is_refused_toward_a_node_that_cannot_take_it() {
+        let mut s = Sim::new(2, ms(1), Some(ms(100)), 1);
+        assert!(
+            refusal(&s, 0, 0, 0).contains("n0 is not ready"),
+            "just started"
+        );
+        after(&mut s, ms(50));
+        // Address 0 is n0's: n1 may take it, n0 has it.
+        assert_eq!(refusal(&s, 0, 0, 1), "");
+        assert_eq!(refusal(&s, 1, 0, 1), "");
+        assert!(refusal(&s, 1, 0, 0).contains("already served by n0"));
+        s.set_lan(1, false);
+        after(&mut s, ms(5));
+        assert!(refusal(&s, 0, 0, 1).contains("n1's LAN link is down"));
+        assert!(refusal(&s, 1, 0, 1).contains("n1's LAN link is down"));
+        s.set_lan(1, true);
+        after(&mut s, ms(200));
+        assert_eq!(refusal(&s, 0, 0, 1), "");
+        s.crash(1);
+        after(&mut s, ms(50));
+        assert!(refusal(&s, 0, 0, 1).contains("n1 is not alive"));
+    }
+
+    #[test]
+    fn a_switchover_is_refused_toward_a_node_outside_the_preference_list() {
+        let mut cfg = sim::config(3, 0, ms(1), None);
+        cfg.addresses[0].preference = vec![0, 1];
+        let mut s = Sim::with_config(cfg, 1);
+        after(&mut s, ms(50));
+        assert!(refusal(&s, 0, 0, 2).contains("not in its preference list (n0, n1)"));
+        assert_eq!(refusal(&s, 0, 0, 1), "");
+    }
 
     fn read(bytes: &[u8]) -> Result<Command, Refused> {
         let rt = tokio::runtime::Builder::new_current_thread()
