@@ -228,3 +228,32 @@ fn check_config_accepts_the_sample_and_lists_every_problem() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `takeover ARGS` with its stdout a pipe whose reader has gone (`| head -0`).
+fn into_closed_pipe(t: &Takeover, ns: &Netns, args: &[&str]) -> Result<std::process::Output> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    Ok(t.cmd(ns).args(args).stdout(writer).output()?)
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_no_panic() -> Result<()> {
+    let t = takeover();
+    let ns = setup(&t)?;
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/takeover.toml");
+    for args in [
+        &["map", "show", "--json"][..],
+        &["map", "show"],
+        &["gate", "close", "192.0.2.10", "--iface", "v0"],
+        &["attach", "--iface", "v0"],
+        &["check-config", sample],
+        &["--help"],
+        &["map", "show", "--help"],
+    ] {
+        let out = into_closed_pipe(&t, &ns, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+    Ok(())
+}
