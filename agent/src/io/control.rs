@@ -380,6 +380,25 @@ fn ask(request: &str) -> Result<Value> {
     }
 }
 
+/// Rows as aligned columns, each as wide as its widest cell (names and gate states have no
+/// fixed length), two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// A readable rendering of `status` for people.
 pub fn render(v: &Value) -> String {
     let mut out = format!(
@@ -389,29 +408,22 @@ pub fn render(v: &Value) -> String {
         v["lan"]["interface"].as_str().unwrap_or("?"),
         v["lan"]["state"].as_str().unwrap_or("?")
     );
-    out.push_str("\nADDRESS                 OWNER      GATE    SERVED BY  EPOCH\n");
+    let text = |x: &Value| x.as_str().unwrap_or("").to_string();
+    let mut addresses = vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];
     for a in v["addresses"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<23} {:<10} {:<7} {:<10} {}\n",
-            a["address"].as_str().unwrap_or(""),
-            a["owner"].as_str().unwrap_or(""),
-            a["gate"].as_str().unwrap_or(""),
-            a["served_by"].as_str().unwrap_or("-"),
-            a["epoch"]
-        ));
+        addresses.push([
+            text(&a["address"]),
+            text(&a["owner"]),
+            text(&a["gate"]),
+            a["served_by"].as_str().unwrap_or("-").to_string(),
+            a["epoch"].to_string(),
+        ]);
     }
-    out.push_str("\nPEER       STATE  FENCE    PATH       LAST HEARD  RTT\n");
+    let mut peers = vec![["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"].map(String::from)];
     for p in v["peers"].as_array().into_iter().flatten() {
         for (i, path) in p["paths"].as_array().into_iter().flatten().enumerate() {
-            let (name, state, fence) = if i == 0 {
-                (
-                    p["name"].as_str().unwrap_or(""),
-                    p["state"].as_str().unwrap_or(""),
-                    p["fence"].as_str().unwrap_or(""),
-                )
-            } else {
-                ("", "", "")
-            };
+            // The peer's own columns on its first path's row only.
+            let own = |k: &str| if i == 0 { text(&p[k]) } else { String::new() };
             let age = path["last_heard_ms_ago"]
                 .as_f64()
                 .map(|x| format!("{x:.1} ms"))
@@ -420,12 +432,20 @@ pub fn render(v: &Value) -> String {
                 .as_f64()
                 .map(|x| format!("{x:.3} ms"))
                 .unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "{name:<10} {state:<6} {fence:<8} {:<10} {age:<11} {rtt}\n",
-                path["path"].as_str().unwrap_or("")
-            ));
+            peers.push([
+                own("name"),
+                own("state"),
+                own("fence"),
+                text(&path["path"]),
+                age,
+                rtt,
+            ]);
         }
     }
+    out.push('\n');
+    out.push_str(&table(&addresses));
+    out.push('\n');
+    out.push_str(&table(&peers));
     let rejected = v["rejected"].as_object().map(|m| {
         m.iter()
             .map(|(k, n)| format!("{k} {n}"))
@@ -503,6 +523,83 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(read_request(bytes))
+    }
+
+    /// The rows of the table whose header starts with `first`, up to the blank line.
+    fn table_of<'a>(text: &'a str, first: &str) -> Vec<&'a str> {
+        text.lines()
+            .skip_while(|l| !l.starts_with(first))
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Every row has `cells[i]` where the header has `columns[i]`, after a space.
+    fn aligned(rows: &[&str], columns: &[&str], cells: &[&[&str]]) {
+        let at: Vec<usize> = columns.iter().map(|c| rows[0].find(c).unwrap()).collect();
+        for (row, want) in rows[1..].iter().zip(cells) {
+            for (&i, cell) in at.iter().zip(*want) {
+                assert!(
+                    row[i..].starts_with(cell) && (i == 0 || &row[i - 1..i] == " "),
+                    "{cell:?} not at column {i}:\n{}",
+                    rows.join("\n")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn status_columns_line_up_whatever_the_names() {
+        let v = json!({
+            "node": "a-rather-long-node-name", "ready": true,
+            "lan": {"interface": "lan", "state": "up"},
+            "addresses": [
+                {"address": "2001:db8:1234:5678:9abc:def0:1234:5678", "owner": "a-rather-long-node-name",
+                 "gate": "forward to another-long-node-name", "served_by": "another-long-node-name", "epoch": 35},
+                {"address": "10.0.0.1", "owner": "b", "gate": "receive from a-rather-long-node-name",
+                 "served_by": null, "epoch": 0},
+            ],
+            "peers": [{"name": "another-long-node-name", "state": "alive", "fence": "none", "paths": [
+                {"path": "dedicated", "last_heard_ms_ago": 12345.6, "rtt_ms": 0.021},
+                {"path": "lan", "last_heard_ms_ago": null, "rtt_ms": null},
+            ]}],
+            "received": {"gate": 1, "socket": 2}, "rejected": {},
+        });
+        let text = render(&v);
+        aligned(
+            &table_of(&text, "ADDRESS"),
+            &["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"],
+            &[
+                &[
+                    "2001:db8:1234:5678:9abc:def0:1234:5678",
+                    "a-rather-long-node-name",
+                    "forward to another-long-node-name",
+                    "another-long-node-name",
+                    "35",
+                ],
+                &[
+                    "10.0.0.1",
+                    "b",
+                    "receive from a-rather-long-node-name",
+                    "-",
+                    "0",
+                ],
+            ],
+        );
+        aligned(
+            &table_of(&text, "PEER"),
+            &["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"],
+            &[
+                &[
+                    "another-long-node-name",
+                    "alive",
+                    "none",
+                    "dedicated",
+                    "12345.6 ms",
+                    "0.021 ms",
+                ],
+                &["", "", "", "lan", "never", "-"],
+            ],
+        );
     }
 
     #[test]
