@@ -103,8 +103,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
     },
-    /// Detach the gate from an interface and remove its pins, gate table and counters.
+    /// Detach the gate from an interface and remove its pins, gate table and counters. With
+    /// the namespace's last gate go the agent's liveness registration, its heartbeat ring and
+    /// the exit tracepoint. Stop the agent first: it needs the gate.
+    #[command(after_help = "Example:\n  takeover detach --iface eth0")]
     Detach {
+        /// Interface whose gate to remove (as given to `attach` or `node.lan`).
         #[arg(long, value_name = "IF")]
         iface: String,
     },
@@ -159,8 +163,11 @@ enum Command {
     },
     /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
     /// a full counters table) until interrupted. Nothing is logged per packet.
-    #[command(after_help = "Example:\n  takeover log --iface eth0")]
+    #[command(
+        after_help = "Examples:\n  takeover log --iface eth0\n  takeover --netns blue log --iface lan"
+    )]
     Log {
+        /// Interface whose gate's events to follow (it must be attached).
         #[arg(long, value_name = "IF")]
         iface: String,
     },
@@ -213,6 +220,9 @@ enum GateCommand {
         via: Option<String>,
     },
     /// Forget the address: its traffic passes untouched again and its counters are dropped.
+    #[command(
+        after_help = "Examples:\n  takeover gate remove 192.0.2.10 --iface eth0\n  takeover gate remove 192.0.2.10 --iface eth0 --service tcp/80"
+    )]
     Remove(GateTarget),
 }
 
