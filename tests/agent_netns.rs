@@ -103,6 +103,11 @@ fn crash_of_the_active_moves_its_address_to_the_standby() -> Result<()> {
         s.agents[0].log()
     );
     assert!(log.contains(&format!("{LOGICAL} open")), "{log}");
+    // Ordering the address back to the dead node is refused, with the reason.
+    let out = takeover().output(&s.lan.host("b").ns, &format!("switchover {LOGICAL} --to a"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("a is not alive"), "{stderr}");
     drop(s.cluster);
     Ok(())
 }
@@ -347,6 +352,13 @@ fn a_planned_switchover_moves_the_address_and_back_without_fencing() -> Result<(
     let s = setup()?;
     let t = takeover();
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    // Toward the node that serves it already: refused, nothing to do.
+    let out = t.output(&b.ns, &format!("switchover {LOGICAL} --to a"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("already served by a"),
+        "{stderr}"
+    );
     // Ordered on the node that serves it; then back, ordered on the other.
     let out = t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
     assert!(out.contains("switchover to b"), "{out}");
@@ -385,5 +397,150 @@ fn a_planned_switchover_moves_the_address_and_back_without_fencing() -> Result<(
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody is not a node of this cluster"));
     let out = t.output(&a.ns, "switchover 10.9.9.9 --to b")?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a logical address"));
+    Ok(())
+}
+
+/// One request on an agent's control socket and its one-line answer (JSON).
+fn control(sock: &std::path::Path, request: &[u8]) -> Result<serde_json::Value> {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(sock)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    // The agent may answer and close before reading it all (an oversized line).
+    let _ = stream.write_all(request);
+    read_answer(stream)
+}
+
+fn read_answer(stream: std::os::unix::net::UnixStream) -> Result<serde_json::Value> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+fn proc_kib(pid: u32, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+/// Sets the soft RLIMIT_NOFILE of process `pid` (the hard one stays: raising it again takes
+/// CAP_SYS_RESOURCE); returns the previous soft limit.
+fn set_nofile(pid: u32, soft: u64) -> Result<u64> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let pid = pid as libc::pid_t;
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(old.rlim_cur)
+}
+
+/// Waits until the agent answers `status` on its control socket.
+fn wait_answered(sock: &std::path::Path, what: &str) -> Result<serde_json::Value> {
+    wait_for(what, WAIT, || {
+        Ok(control(sock, b"status\n")
+            .ok()
+            .filter(|v| v.get("node").is_some()))
+    })
+}
+
+#[test]
+fn an_oversized_control_request_is_refused_without_buffering_it() -> Result<()> {
+    let s = setup()?;
+    let sock = s.lan.host("a").ns.control_socket()?;
+    let pid = s.agents[0].child.id();
+    // The peak RSS restarts from the current one ("5" resets VmHWM).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    let before = proc_kib(pid, "VmHWM")?;
+    // 10 MiB and no newline, written while the answer is read.
+    let stream = std::os::unix::net::UnixStream::connect(&sock)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    let mut writer = stream.try_clone()?;
+    let flood = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writer.write_all(&vec![b'x'; 10 << 20]);
+    });
+    let answer = s.logged(read_answer(stream))?;
+    drop(flood.join());
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("longer than"), "{answer}");
+    let grew = proc_kib(pid, "VmHWM")?.saturating_sub(before);
+    assert!(grew < 4096, "the agent's peak RSS grew by {grew} KiB");
+    // And the next client is served.
+    assert_eq!(control(&sock, b"status\n")?["node"], "a");
+    Ok(())
+}
+
+#[test]
+fn the_control_socket_survives_running_out_of_descriptors() -> Result<()> {
+    let s = setup()?;
+    let sock = s.lan.host("a").ns.control_socket()?;
+    let pid = s.agents[0].child.id();
+    // A few descriptors more than the agent holds: some idle clients take them, the next
+    // accept fails with EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    let exhausted = std::time::Instant::now();
+    let old = set_nofile(pid, open + 4)?;
+    let idle: Vec<_> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock))
+        .collect::<std::io::Result<_>>()?;
+    let said = s.logged(wait_for("the agent to log EMFILE", WAIT, || {
+        let log = s.agents[0].log();
+        Ok(log.contains("Too many open files").then_some(log))
+    }));
+    set_nofile(pid, old)?;
+    let said = said?;
+    assert!(said.contains("control socket"), "{said}");
+    drop(idle);
+    // Every client after the exhaustion is answered.
+    s.logged(wait_answered(&sock, "a status answer after EMFILE"))?;
+    // Logged at most once a second, not once per failed accept.
+    let lines = s.agents[0].log().matches("Too many open files").count() as u64;
+    let seconds = exhausted.elapsed().as_secs();
+    assert!(
+        lines <= seconds + 1,
+        "{lines} lines in {seconds} s:\n{}",
+        s.agents[0].log()
+    );
+    Ok(())
+}
+
+#[test]
+fn control_clients_beyond_the_cap_are_told_so_at_once() -> Result<()> {
+    let s = setup()?;
+    let sock = s.lan.host("a").ns.control_socket()?;
+    // 32 idle clients hold every slot (each until the 2 s read timeout); the next are
+    // refused with an answer instead of waiting.
+    let idle: Vec<_> = (0..32)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock))
+        .collect::<std::io::Result<_>>()?;
+    for _ in 0..8 {
+        let answer = control(&sock, b"status\n")?;
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains("busy"), "{answer}");
+    }
+    // The command line says so too, whether or not its request was read.
+    let out = takeover().output(&s.lan.host("a").ns, "status")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("busy"), "{stderr}");
+    // Slots come back as clients go.
+    drop(idle);
+    s.logged(wait_answered(
+        &sock,
+        "a status answer once the idle clients left",
+    ))?;
     Ok(())
 }

@@ -228,3 +228,113 @@ fn check_config_accepts_the_sample_and_lists_every_problem() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `takeover ARGS` with its stdout a pipe whose reader has gone (`| head -0`).
+fn into_closed_pipe(t: &Takeover, ns: &Netns, args: &[&str]) -> Result<std::process::Output> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    Ok(t.cmd(ns).args(args).stdout(writer).output()?)
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_no_panic() -> Result<()> {
+    let t = takeover();
+    let ns = setup(&t)?;
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/takeover.toml");
+    for args in [
+        &["map", "show", "--json"][..],
+        &["map", "show"],
+        &["gate", "close", "192.0.2.10", "--iface", "v0"],
+        &["attach", "--iface", "v0"],
+        &["check-config", sample],
+        &["--help"],
+        &["map", "show", "--help"],
+    ] {
+        let out = into_closed_pipe(&t, &ns, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+    Ok(())
+}
+
+/// `takeover ARGS --help`.
+fn help(t: &Takeover, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(&t.bin)
+        .args(args)
+        .arg("--help")
+        .output()?;
+    assert!(out.status.success(), "{args:?} --help failed");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The lines of a help section ("Options:") up to the next blank line.
+fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+/// Every option and argument of a help text, with what it says of itself (on its line,
+/// or on the next, more indented, as clap puts long help).
+fn described(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for title in ["Arguments:", "Options:"] {
+        let lines = section(text, title);
+        for (i, line) in lines.iter().enumerate() {
+            let item = line.trim_start();
+            if !(item.starts_with('-') || item.starts_with('<')) {
+                continue;
+            }
+            let (name, rest) = item.split_once("  ").unwrap_or((item, ""));
+            let indent = line.len() - item.len();
+            let next = lines.get(i + 1).filter(|n| {
+                let t = n.trim_start();
+                n.len() - t.len() > indent && !t.starts_with('-') && !t.starts_with('<')
+            });
+            let says = match rest.trim() {
+                "" => next.map_or("", |n| n.trim()),
+                s => s,
+            };
+            out.push((name.to_string(), says.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_subcommand_describes_each_of_its_options_and_has_examples() -> Result<()> {
+    let t = takeover();
+    let mut todo = vec![Vec::<String>::new()];
+    let mut leaves = 0;
+    while let Some(path) = todo.pop() {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let text = help(&t, &args)?;
+        for (name, says) in described(&text) {
+            assert!(
+                !says.is_empty(),
+                "`takeover {args:?} --help`: {name} is not described:\n{text}"
+            );
+        }
+        let subcommands: Vec<String> = section(&text, "Commands:")
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(String::from)
+            .collect();
+        if subcommands.is_empty() {
+            leaves += 1;
+            assert!(
+                text.contains("Example"),
+                "{args:?} --help has no examples:\n{text}"
+            );
+        }
+        for c in subcommands {
+            todo.push(path.iter().cloned().chain([c]).collect());
+        }
+    }
+    assert!(leaves >= 12, "only {leaves} commands found");
+    Ok(())
+}

@@ -21,7 +21,7 @@ pub fn check(path: &Path) -> Result<()> {
         .iter()
         .filter(|a| a.preference[1..].contains(me))
         .count();
-    println!(
+    outln!(
         "{}: valid. Node {me} on {}; {} peer(s); {} address(es): owns {owns}, stands by for {stands_by}; \
          heartbeat every {:?}, a peer is dead after {:?} of silence on every path",
         path.display(),
@@ -30,9 +30,9 @@ pub fn check(path: &Path) -> Result<()> {
         config.addresses.len(),
         config.heartbeat.interval,
         config.heartbeat.dead_after(),
-    );
+    )?;
     for w in &warnings {
-        println!("{}: warning: {w}", path.display());
+        outln!("{}: warning: {w}", path.display())?;
     }
     Ok(())
 }

@@ -2,7 +2,12 @@
 //!
 //! The programs log only what an operator must hear about (a forward to an interface that is
 //! gone, a full counters table), at most once a second per CPU; never per packet.
-use std::{io::Write as _, os::fd::AsRawFd, time::SystemTime};
+use std::{
+    io::Write as _,
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicBool, Ordering},
+    time::SystemTime,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -12,6 +17,9 @@ use takeover::dataplane::PinDir;
 /// Prints each record as one line: UTC time, level, message.
 struct Printer;
 
+/// Set by the printer when stdout's reader has gone: `follow` stops.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
 impl log::Log for Printer {
     fn enabled(&self, _: &log::Metadata) -> bool {
         true
@@ -19,8 +27,11 @@ impl log::Log for Printer {
 
     fn log(&self, record: &log::Record) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{} {:<5} {}", utc_now(), record.level(), record.args());
-        let _ = out.flush();
+        let written = writeln!(out, "{} {:<5} {}", utc_now(), record.level(), record.args())
+            .and_then(|()| out.flush());
+        if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
     }
 
     fn flush(&self) {}
@@ -63,5 +74,8 @@ pub fn follow(iface: &str) -> Result<()> {
             }
         }
         logger.flush();
+        if STDOUT_CLOSED.load(Ordering::Relaxed) {
+            return Err(super::StdoutClosed.into());
+        }
     }
 }

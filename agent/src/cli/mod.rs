@@ -1,4 +1,15 @@
 //! Command-line definitions (clap) and their dispatch.
+
+/// `print!` that returns an error instead of panicking when stdout's reader has gone.
+macro_rules! out {
+    ($($arg:tt)*) => { crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` likewise.
+macro_rules! outln {
+    ($($arg:tt)*) => { crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod check;
 mod events;
 mod show;
@@ -16,6 +27,29 @@ use takeover::{
     sys::{self, iface::Iface},
 };
 use takeover_common::{Action, GateValue};
+
+/// Stdout has no reader any more (`takeover map show | head -1`): the command stops there,
+/// and it is not a failure (main exits 0, silently).
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to stdout and flushes; a closed pipe is [`StdoutClosed`].
+pub fn write_stdout(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other?),
+    }
+}
 
 const ABOUT: &str = "XDP-accelerated active/standby takeover of logical addresses.
 
@@ -69,8 +103,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
     },
-    /// Detach the gate from an interface and remove its pins, gate table and counters.
+    /// Detach the gate from an interface and remove its pins, gate table and counters. With
+    /// the namespace's last gate go the agent's liveness registration, its heartbeat ring and
+    /// the exit tracepoint. Stop the agent first: it needs the gate.
+    #[command(after_help = "Example:\n  takeover detach --iface eth0")]
     Detach {
+        /// Interface whose gate to remove (as given to `attach` or `node.lan`).
         #[arg(long, value_name = "IF")]
         iface: String,
     },
@@ -134,8 +172,11 @@ enum Command {
     },
     /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
     /// a full counters table) until interrupted. Nothing is logged per packet.
-    #[command(after_help = "Example:\n  takeover log --iface eth0")]
+    #[command(
+        after_help = "Examples:\n  takeover log --iface eth0\n  takeover --netns blue log --iface lan"
+    )]
     Log {
+        /// Interface whose gate's events to follow (it must be attached).
         #[arg(long, value_name = "IF")]
         iface: String,
     },
@@ -188,6 +229,9 @@ enum GateCommand {
         via: Option<String>,
     },
     /// Forget the address: its traffic passes untouched again and its counters are dropped.
+    #[command(
+        after_help = "Examples:\n  takeover gate remove 192.0.2.10 --iface eth0\n  takeover gate remove 192.0.2.10 --iface eth0 --service tcp/80"
+    )]
     Remove(GateTarget),
 }
 
@@ -226,18 +270,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 Mode::Generic => AttachMode::Generic,
             };
             let a = dataplane::attach(&iface, mode)?;
-            println!(
+            outln!(
                 "attached to {}: ingress XDP {}, egress {}; pinned in {}",
                 a.iface,
                 a.xdp,
                 a.egress,
                 a.pins.display()
-            );
+            )?;
             Ok(())
         }
         Command::Detach { iface } => {
             dataplane::detach(&iface)?;
-            println!("detached from {iface}");
+            outln!("detached from {iface}")?;
             Ok(())
         }
         Command::Gate(cmd) => gate(cmd),
@@ -245,15 +289,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Log { iface } => events::follow(&iface),
         Command::Switchover { addr, to } => {
             takeover::io::control::switchover(&addr, &to)?;
-            println!("{addr}: switchover to {to} ordered");
+            outln!("{addr}: switchover to {to} ordered")?;
             Ok(())
         }
         Command::Status { json } => {
             let v = takeover::io::control::query()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                print!("{}", takeover::io::control::render(&v));
+                out!("{}", takeover::io::control::render(&v))?;
             }
             Ok(())
         }
@@ -347,19 +391,19 @@ fn gate(cmd: GateCommand) -> Result<()> {
     match value {
         Some(v) => {
             r.gates.set(&r.target, v)?;
-            println!(
+            outln!(
                 "{} on {}: {}{} ({was})",
                 r.target,
                 r.iface.name,
                 state_word(Action::from_u8(v.action)),
                 extra
-            );
+            )?;
         }
         None => {
             if !r.gates.remove(&r.target)? {
                 bail!("{} has no gate on {}", r.target, r.iface.name);
             }
-            println!("{} on {}: removed ({was})", r.target, r.iface.name);
+            outln!("{} on {}: removed ({was})", r.target, r.iface.name)?;
         }
     }
     Ok(())

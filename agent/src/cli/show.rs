@@ -132,10 +132,10 @@ fn collect(only: Option<&str>) -> Result<Report> {
 pub fn show(only: Option<&str>, json: bool) -> Result<()> {
     let report = collect(only)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
-    print!("{}", render(&report));
+    out!("{}", render(&report))?;
     Ok(())
 }
 

@@ -4,5 +4,5 @@ pub mod config;
 pub mod event;
 pub mod node;
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 pub mod wire;

@@ -547,6 +547,16 @@ impl Core {
         self.peers[p].alive
     }
 
+    /// Peer `p`'s LAN link as its latest authentic heartbeat said (None: never heard).
+    pub fn peer_lan_up(&self, p: NodeId) -> Option<bool> {
+        (self.peers[p].header_sent_us != 0).then_some(self.peers[p].lan_up)
+    }
+
+    /// Whether peer `p` is ready as its latest authentic heartbeat said (None: never heard).
+    pub fn peer_ready(&self, p: NodeId) -> Option<bool> {
+        (self.peers[p].header_sent_us != 0).then_some(self.peers[p].ready)
+    }
+
     /// Could `p` serve resources now (alive, readable, ready, its LAN up)?
     pub fn peer_eligible(&self, p: NodeId) -> bool {
         self.eligible(p)

@@ -2,19 +2,24 @@
 //!
 //! A Unix stream socket at `/run/takeover/<netns>/control.sock`, mode 0600 (root only). The
 //! client writes one line (`status`, or `switchover ADDR NODE`), the agent answers one JSON
-//! document and closes.
-use std::{path::PathBuf, time::Duration};
+//! document and closes. Bounded: a line of at most `MAX_REQUEST` bytes, `MAX_CLIENTS` at
+//! once, 2 s to send it; a switchover that could not happen is refused with the reason.
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::UnixListener,
-    sync::oneshot,
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{oneshot, Semaphore},
 };
 
 use crate::{
-    core::node::{Core, FenceState},
+    core::node::{Core, FenceState, NodeId, ResId},
     sys::netns,
 };
 
@@ -36,57 +41,227 @@ pub enum Command {
     Switchover { addr: String, to: String },
 }
 
+/// At most this many clients at once: each holds a descriptor and a task until it is answered
+/// (an idle one for up to `READ_TIMEOUT`). One more is told so at once rather than kept
+/// waiting: `takeover status` is for a person or a script, and an answer now is worth more
+/// than one after every idle client's timeout.
+pub const MAX_CLIENTS: usize = 32;
+/// A request is one short line (this many bytes with its newline); a longer one is refused,
+/// never buffered.
+pub const MAX_REQUEST: usize = 4096;
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that does not read its answer does not keep its slot either.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed accept: an error such as EMFILE lasts until something is freed, and
+/// retrying at once would spin the runtime's thread (at real-time priority).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Listens on the control socket; each request is handed to the agent's loop by `deliver`
 /// (false: the loop has gone).
 pub fn listen(deliver: impl Fn(Request) -> bool + Clone + Send + 'static) -> Result<()> {
+    listen_at(&socket_path()?, deliver)
+}
+
+/// `listen` on the socket at `path` (replaced if it exists).
+pub fn listen_at(
+    path: &Path,
+    deliver: impl Fn(Request) -> bool + Clone + Send + 'static,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let path = socket_path()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     // A socket file left by a previous agent (killed) is stale: replace it.
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let deliver = deliver.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut line = String::new();
-                let read = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    BufReader::new(r).read_line(&mut line),
-                )
-                .await;
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let command = match (read, words.as_slice()) {
-                    (Ok(Ok(_)), ["status"]) => Some(Command::Status),
-                    (Ok(Ok(_)), ["switchover", addr, to]) => Some(Command::Switchover {
-                        addr: addr.to_string(),
-                        to: to.to_string(),
-                    }),
-                    _ => None,
-                };
-                let answer = match command {
-                    Some(command) => {
-                        let (reply, rx) = oneshot::channel();
-                        if !deliver(Request { command, reply }) {
-                            return;
-                        }
-                        rx.await
-                            .unwrap_or_else(|_| json!({"error": "agent stopping"}))
-                    }
-                    None => {
-                        json!({"error": "unknown request; send `status` or `switchover ADDR NODE`"})
-                    }
-                };
-                let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
-            });
-        }
-    });
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(serve(listener, deliver));
     Ok(())
+}
+
+/// The accept loop: it never ends, whatever accept says (it backs off and tries again).
+async fn serve(listener: UnixListener, deliver: impl Fn(Request) -> bool + Clone + Send + 'static) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let (deliver, reports) = (deliver.clone(), reports.clone());
+                    tokio::spawn(async move {
+                        answer(stream, deliver, &reports).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    refuse_busy(stream);
+                    note(
+                        &reports,
+                        format!("{MAX_CLIENTS} clients at once: one more refused"),
+                    );
+                }
+            },
+            Err(e) => {
+                note(&reports, format!("accept failed: {e}; retrying"));
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Answers a client beyond `MAX_CLIENTS` without a task or a wait: one non-blocking write
+/// into its empty socket buffer, then close.
+fn refuse_busy(stream: UnixStream) {
+    use std::io::Write;
+    let answer = json!({"error": format!("busy: {MAX_CLIENTS} clients at once; try again")});
+    if let Ok(mut s) = stream.into_std() {
+        let _ = s.write(format!("{answer}\n").as_bytes());
+    }
+}
+
+/// Reads one client's request, has the agent's loop answer it, writes the answer.
+async fn answer(stream: UnixStream, deliver: impl Fn(Request) -> bool, reports: &Mutex<Reports>) {
+    let (r, mut w) = stream.into_split();
+    let answer = match tokio::time::timeout(READ_TIMEOUT, read_request(r)).await {
+        Ok(Ok(command)) => {
+            let (reply, rx) = oneshot::channel();
+            if !deliver(Request { command, reply }) {
+                return;
+            }
+            rx.await
+                .unwrap_or_else(|_| json!({"error": "agent stopping"}))
+        }
+        Ok(Err(refused)) => {
+            // A client that connects and closes (a probe) is not worth a line.
+            if !matches!(refused, Refused::Empty) {
+                note(reports, format!("refused a client: {refused}"));
+            }
+            json!({ "error": refused.to_string() })
+        }
+        Err(_) => {
+            note(reports, "a client sent no request line in time".into());
+            json!({"error": format!("no request line within {READ_TIMEOUT:?}")})
+        }
+    };
+    let _ =
+        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(format!("{answer}\n").as_bytes())).await;
+}
+
+/// Why a request line was not taken.
+enum Refused {
+    Empty,
+    TooLong,
+    Unknown,
+    Read(std::io::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Refused::Empty => write!(f, "empty request; send `status` or `switchover ADDR NODE`"),
+            Refused::TooLong => write!(f, "request longer than {MAX_REQUEST} bytes"),
+            Refused::Unknown => write!(
+                f,
+                "unknown request; send `status` or `switchover ADDR NODE`"
+            ),
+            Refused::Read(e) => write!(f, "reading the request: {e}"),
+        }
+    }
+}
+
+/// One request line, read up to `MAX_REQUEST` bytes and no further.
+async fn read_request(r: impl AsyncRead + Unpin) -> Result<Command, Refused> {
+    let mut line = Vec::new();
+    let limit = MAX_REQUEST as u64 + 1;
+    BufReader::with_capacity(512, r.take(limit))
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(Refused::Read)?;
+    if line.len() > MAX_REQUEST {
+        return Err(Refused::TooLong);
+    }
+    if line.trim_ascii().is_empty() {
+        return Err(Refused::Empty);
+    }
+    parse_request(&line).ok_or(Refused::Unknown)
+}
+
+/// `status` or `switchover ADDR NODE`.
+pub fn parse_request(line: &[u8]) -> Option<Command> {
+    let line = std::str::from_utf8(line).ok()?;
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["status"] => Some(Command::Status),
+        ["switchover", addr, to] => Some(Command::Switchover {
+            addr: addr.to_string(),
+            to: to.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// What went wrong on the control socket, logged at most once a second (a flood of clients
+/// or a lasting EMFILE must not flood the log too), with how much was left unsaid.
+#[derive(Default)]
+struct Reports {
+    last: Option<Instant>,
+    unsaid: u64,
+}
+
+fn note(reports: &Mutex<Reports>, what: String) {
+    let mut r = reports.lock().unwrap_or_else(|e| e.into_inner());
+    if r.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        r.unsaid += 1;
+        return;
+    }
+    let unsaid = std::mem::take(&mut r.unsaid);
+    r.last = Some(Instant::now());
+    drop(r);
+    let more = if unsaid > 0 {
+        format!(" ({unsaid} more report(s) since the last)")
+    } else {
+        String::new()
+    };
+    log::warn!("control socket: {what}{more}");
+}
+
+/// Why address `a` cannot be moved to node `to` now, if it cannot. The core would take the
+/// order and move nothing until `to` is eligible (alive, LAN up, ready), and the operator
+/// would read "ordered"; a node outside the address's preference list is never meant to
+/// serve it.
+pub fn switchover_refusal(core: &Core, a: ResId, to: NodeId) -> Option<String> {
+    let cfg = core.config();
+    let (ip, name) = (cfg.resources[a].ip, &cfg.nodes[to]);
+    let preference = &cfg.resources[a].preference;
+    if !preference.contains(&to) {
+        let list: Vec<&str> = preference.iter().map(|&n| cfg.nodes[n].as_str()).collect();
+        return Some(format!(
+            "{name} does not serve {ip}: it is not in its preference list ({})",
+            list.join(", ")
+        ));
+    }
+    if core.server(a) == Some(to) {
+        return Some(format!("{ip} is already served by {name}"));
+    }
+    let (alive, lan_up, ready) = if to == cfg.me {
+        (true, core.lan_up(), core.is_ready())
+    } else {
+        (
+            core.peer_alive(to),
+            core.peer_lan_up(to).unwrap_or(false),
+            core.peer_ready(to).unwrap_or(false),
+        )
+    };
+    if !alive {
+        return Some(format!("{name} is not alive (not heard on any path)"));
+    }
+    if !lan_up {
+        return Some(format!("{name}'s LAN link is down"));
+    }
+    if !ready {
+        return Some(format!("{name} is not ready yet (starting up)"));
+    }
+    None
 }
 
 fn ms(d: Duration) -> f64 {
@@ -181,14 +356,41 @@ fn ask(request: &str) -> Result<Value> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
+    // An agent that refuses (busy) answers and closes without reading: its answer is still
+    // there to read after a failed write.
+    let sent = stream.write_all(format!("{request}\n").as_bytes());
     let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).context("the agent's answer is not JSON")?;
-    if let Some(e) = v.get("error") {
-        bail!("the agent says: {e}");
+    let read = std::io::BufReader::new(stream).read_line(&mut line);
+    if line.is_empty() {
+        sent.context("sending the request to the agent")?;
+        read.context("reading the agent's answer")?;
+        bail!("the agent closed the connection without an answer");
     }
-    Ok(v)
+    let v: Value = serde_json::from_str(&line).context("the agent's answer is not JSON")?;
+    match v.get("error") {
+        Some(Value::String(e)) => bail!("the agent says: {e}"),
+        Some(e) => bail!("the agent says: {e}"),
+        None => Ok(v),
+    }
+}
+
+/// Rows as aligned columns, each as wide as its widest cell (names and gate states have no
+/// fixed length), two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// A readable rendering of `status` for people.
@@ -200,29 +402,22 @@ pub fn render(v: &Value) -> String {
         v["lan"]["interface"].as_str().unwrap_or("?"),
         v["lan"]["state"].as_str().unwrap_or("?")
     );
-    out.push_str("\nADDRESS                 OWNER      GATE    SERVED BY  EPOCH\n");
+    let text = |x: &Value| x.as_str().unwrap_or("").to_string();
+    let mut addresses = vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];
     for a in v["addresses"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<23} {:<10} {:<7} {:<10} {}\n",
-            a["address"].as_str().unwrap_or(""),
-            a["owner"].as_str().unwrap_or(""),
-            a["gate"].as_str().unwrap_or(""),
-            a["served_by"].as_str().unwrap_or("-"),
-            a["epoch"]
-        ));
+        addresses.push([
+            text(&a["address"]),
+            text(&a["owner"]),
+            text(&a["gate"]),
+            a["served_by"].as_str().unwrap_or("-").to_string(),
+            a["epoch"].to_string(),
+        ]);
     }
-    out.push_str("\nPEER       STATE  FENCE    PATH       LAST HEARD  RTT\n");
+    let mut peers = vec![["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"].map(String::from)];
     for p in v["peers"].as_array().into_iter().flatten() {
         for (i, path) in p["paths"].as_array().into_iter().flatten().enumerate() {
-            let (name, state, fence) = if i == 0 {
-                (
-                    p["name"].as_str().unwrap_or(""),
-                    p["state"].as_str().unwrap_or(""),
-                    p["fence"].as_str().unwrap_or(""),
-                )
-            } else {
-                ("", "", "")
-            };
+            // The peer's own columns on its first path's row only.
+            let own = |k: &str| if i == 0 { text(&p[k]) } else { String::new() };
             let age = path["last_heard_ms_ago"]
                 .as_f64()
                 .map(|x| format!("{x:.1} ms"))
@@ -231,12 +426,20 @@ pub fn render(v: &Value) -> String {
                 .as_f64()
                 .map(|x| format!("{x:.3} ms"))
                 .unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "{name:<10} {state:<6} {fence:<8} {:<10} {age:<11} {rtt}\n",
-                path["path"].as_str().unwrap_or("")
-            ));
+            peers.push([
+                own("name"),
+                own("state"),
+                own("fence"),
+                text(&path["path"]),
+                age,
+                rtt,
+            ]);
         }
     }
+    out.push('\n');
+    out.push_str(&table(&addresses));
+    out.push('\n');
+    out.push_str(&table(&peers));
     let rejected = v["rejected"].as_object().map(|m| {
         m.iter()
             .map(|(k, n)| format!("{k} {n}"))
@@ -254,4 +457,163 @@ pub fn render(v: &Value) -> String {
             .unwrap_or_else(|| "none".into())
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::sim::{self, Sim};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn after(s: &mut Sim, d: Duration) {
+        let t = s.now + d;
+        s.run_until(t);
+    }
+
+    /// Asked on node `on`: why address `a` cannot go to `to`.
+    fn refusal(s: &Sim, on: NodeId, a: ResId, to: NodeId) -> String {
+        switchover_refusal(s.nodes[on].core.as_ref().unwrap(), a, to).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_switchover_is_refused_toward_a_node_that_cannot_take_it() {
+        let mut s = Sim::new(2, ms(1), Some(ms(100)), 1);
+        assert!(
+            refusal(&s, 0, 0, 0).contains("n0 is not ready"),
+            "just started"
+        );
+        after(&mut s, ms(50));
+        // Address 0 is n0's: n1 may take it, n0 has it.
+        assert_eq!(refusal(&s, 0, 0, 1), "");
+        assert_eq!(refusal(&s, 1, 0, 1), "");
+        assert!(refusal(&s, 1, 0, 0).contains("already served by n0"));
+        s.set_lan(1, false);
+        after(&mut s, ms(5));
+        assert!(refusal(&s, 0, 0, 1).contains("n1's LAN link is down"));
+        assert!(refusal(&s, 1, 0, 1).contains("n1's LAN link is down"));
+        s.set_lan(1, true);
+        after(&mut s, ms(200));
+        assert_eq!(refusal(&s, 0, 0, 1), "");
+        s.crash(1);
+        after(&mut s, ms(50));
+        assert!(refusal(&s, 0, 0, 1).contains("n1 is not alive"));
+    }
+
+    #[test]
+    fn a_switchover_is_refused_toward_a_node_outside_the_preference_list() {
+        let mut cfg = sim::config(3, 0, ms(1), None);
+        cfg.resources[0].preference = vec![0, 1];
+        cfg.digest = cfg.digest_of();
+        let mut s = Sim::with_config(cfg, 1);
+        after(&mut s, ms(50));
+        assert!(refusal(&s, 0, 0, 2).contains("not in its preference list (n0, n1)"));
+        assert_eq!(refusal(&s, 0, 0, 1), "");
+    }
+
+    fn read(bytes: &[u8]) -> Result<Command, Refused> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(read_request(bytes))
+    }
+
+    /// The rows of the table whose header starts with `first`, up to the blank line.
+    fn table_of<'a>(text: &'a str, first: &str) -> Vec<&'a str> {
+        text.lines()
+            .skip_while(|l| !l.starts_with(first))
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Every row has `cells[i]` where the header has `columns[i]`, after a space.
+    fn aligned(rows: &[&str], columns: &[&str], cells: &[&[&str]]) {
+        let at: Vec<usize> = columns.iter().map(|c| rows[0].find(c).unwrap()).collect();
+        for (row, want) in rows[1..].iter().zip(cells) {
+            for (&i, cell) in at.iter().zip(*want) {
+                assert!(
+                    row[i..].starts_with(cell) && (i == 0 || &row[i - 1..i] == " "),
+                    "{cell:?} not at column {i}:\n{}",
+                    rows.join("\n")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn status_columns_line_up_whatever_the_names() {
+        let v = json!({
+            "node": "a-rather-long-node-name", "ready": true,
+            "lan": {"interface": "lan", "state": "up"},
+            "addresses": [
+                {"address": "2001:db8:1234:5678:9abc:def0:1234:5678", "owner": "a-rather-long-node-name",
+                 "gate": "forward to another-long-node-name", "served_by": "another-long-node-name", "epoch": 35},
+                {"address": "10.0.0.1", "owner": "b", "gate": "receive from a-rather-long-node-name",
+                 "served_by": null, "epoch": 0},
+            ],
+            "peers": [{"name": "another-long-node-name", "state": "alive", "fence": "none", "paths": [
+                {"path": "dedicated", "last_heard_ms_ago": 12345.6, "rtt_ms": 0.021},
+                {"path": "lan", "last_heard_ms_ago": null, "rtt_ms": null},
+            ]}],
+            "received": {"gate": 1, "socket": 2}, "rejected": {},
+        });
+        let text = render(&v);
+        aligned(
+            &table_of(&text, "ADDRESS"),
+            &["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"],
+            &[
+                &[
+                    "2001:db8:1234:5678:9abc:def0:1234:5678",
+                    "a-rather-long-node-name",
+                    "forward to another-long-node-name",
+                    "another-long-node-name",
+                    "35",
+                ],
+                &[
+                    "10.0.0.1",
+                    "b",
+                    "receive from a-rather-long-node-name",
+                    "-",
+                    "0",
+                ],
+            ],
+        );
+        aligned(
+            &table_of(&text, "PEER"),
+            &["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"],
+            &[
+                &[
+                    "another-long-node-name",
+                    "alive",
+                    "none",
+                    "dedicated",
+                    "12345.6 ms",
+                    "0.021 ms",
+                ],
+                &["", "", "", "lan", "never", "-"],
+            ],
+        );
+    }
+
+    #[test]
+    fn a_request_line_is_bounded() {
+        assert!(matches!(read(b"status\n"), Ok(Command::Status)));
+        let mut long = vec![b' '; MAX_REQUEST - 7];
+        long.extend_from_slice(b"status\n");
+        assert!(
+            matches!(read(&long), Ok(Command::Status)),
+            "exactly the bound"
+        );
+        long.insert(0, b' ');
+        assert!(matches!(read(&long), Err(Refused::TooLong)));
+        assert!(matches!(read(&vec![b'x'; 1 << 20]), Err(Refused::TooLong)));
+        assert!(matches!(read(b""), Err(Refused::Empty)));
+        assert!(matches!(read(b"stat us\n"), Err(Refused::Unknown)));
+        assert!(matches!(
+            read(b"switchover 10.0.0.1 b\n"),
+            Ok(Command::Switchover { .. })
+        ));
+    }
 }

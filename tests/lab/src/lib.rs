@@ -96,6 +96,13 @@ impl Netns {
         Path::new("/run/netns").join(&self.name)
     }
 
+    /// The control socket of the agent running in this namespace (beside its epochs).
+    pub fn control_socket(&self) -> Result<PathBuf> {
+        let dir = self.pin_dir()?;
+        let id = dir.file_name().context("a pin directory has a name")?;
+        Ok(Path::new("/run/takeover").join(id).join("control.sock"))
+    }
+
     /// Runs `f` on a thread inside this namespace (only the network namespace changes).
     pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         let file = File::open(self.path())

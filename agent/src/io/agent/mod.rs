@@ -297,6 +297,9 @@ impl Shell {
                 let n = self.core_cfg.nodes.iter().position(|x| *x == to);
                 match (a, n) {
                     (Some(a), Some(n)) => {
+                        if let Some(why) = control::switchover_refusal(&self.core, a, n) {
+                            return serde_json::json!({ "error": why });
+                        }
                         self.core.handle_switchover(now, a, n);
                         serde_json::json!({"ok": true, "address": addr, "to": to})
                     }
