@@ -173,7 +173,7 @@ fn losing_the_dedicated_line_alone_moves_nothing() -> Result<()> {
         !la.contains("fencing") && !lb.contains("fencing"),
         "{la}\n{lb}"
     );
-    assert!(la.contains("dedicated line carrier down"), "{la}");
+    assert!(la.contains("dedicated line to b carrier down"), "{la}");
     Ok(())
 }
 
