@@ -595,6 +595,31 @@ impl Core {
         &self.rejected
     }
 
+    /// What a failing simulation prints of this node.
+    #[cfg(test)]
+    pub fn explain(&self, a: ResId) -> String {
+        let peers: Vec<String> = self
+            .others()
+            .map(|p| {
+                let q = &self.peers[p];
+                format!(
+                    "n{p}: alive {} known {} mismatch {:?} lan {} ready {} fence {:?} res {:?}",
+                    q.alive, q.known, q.mismatch, q.lan_up, q.ready, q.fence, q.res[a]
+                )
+            })
+            .collect();
+        format!(
+            "ready {} lan {} persisting {} failed {:?} vote {:?} res {:?}\n{}",
+            self.ready,
+            self.lan_up,
+            self.persisting,
+            self.persist_failed,
+            self.votes[a],
+            self.res[a],
+            peers.join("\n")
+        )
+    }
+
     /// Everything that decides behaviour, for checking that a refused datagram changed nothing.
     pub fn digest(&self) -> String {
         format!(

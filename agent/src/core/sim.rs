@@ -117,6 +117,8 @@ pub struct Sim {
     pub fences_requested: u64,
     pub gate_changes: u64,
     pub trace: Vec<String>,
+    /// Announcements made: when, by whom, for which resource.
+    pub announced: Vec<(Duration, NodeId, usize)>,
     /// Every event the cores reported, with when and by whom.
     pub events: Vec<(Duration, NodeId, Event)>,
     /// Per node, a configuration of its own (used at its agent's next start).
@@ -196,6 +198,7 @@ impl Sim {
             gate_changes: 0,
             trace: Vec::new(),
             events: Vec::new(),
+            announced: Vec::new(),
             node_configs: vec![None; nodes],
             persist_works: true,
             forward_since: vec![vec![None; addrs]; nodes],
@@ -372,7 +375,7 @@ impl Sim {
         while let Some(action) = self.nodes[n].core.as_mut().and_then(|c| c.poll_action()) {
             match action {
                 Action::SetGate { res, gate } => self.set_gate(n, res, gate),
-                Action::Announce { .. } => {}
+                Action::Announce { res } => self.announced.push((self.now, n, res)),
                 Action::Persist { epochs } => {
                     // Durable at once (or not at all): the record the next agent finds.
                     let ok = self.persist_works;
@@ -547,7 +550,12 @@ impl Sim {
         self.trace
             .iter()
             .rev()
-            .take(40)
+            .take(
+                std::env::var("TAKEOVER_SIM_TAIL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(40),
+            )
             .rev()
             .cloned()
             .collect::<Vec<_>>()
@@ -677,6 +685,14 @@ impl Sim {
             })
             .collect();
         c.handle_arrivals(now, &mut list, &buf, |_, _| {});
+    }
+
+    /// The events node `n` reported that match `f`.
+    pub fn events_of(&self, n: NodeId, f: impl Fn(&Event) -> bool) -> usize {
+        self.events
+            .iter()
+            .filter(|(_, m, e)| *m == n && f(e))
+            .count()
     }
 
     /// Which powered nodes have address `a` open.

@@ -14,11 +14,13 @@ struct Readable {
 }
 
 impl Core {
-    /// The version this node writes to `p`: version 3 once `p` is known to read it, or when
-    /// this configuration cannot be written in version 2; version 2 until then, with the flag
-    /// that says this node reads version 3 (a version-2 agent ignores it).
+    /// The version this node writes to `p`: version 3 once `p` is known to read it; version
+    /// 2 until then, with the flag that says this node reads version 3 (a version-2 agent
+    /// ignores it). A configuration version 2 cannot express goes to a version-2 peer as
+    /// proof of life only (an empty summary): it must not take this node for dead, and
+    /// could read no more.
     pub(super) fn writes_to(&self, p: NodeId) -> u8 {
-        if self.cfg.emulate_v2 || (!self.peers[p].reads_v3 && self.cfg.fits_v2()) {
+        if self.cfg.emulate_v2 || !self.peers[p].reads_v3 {
             wire::PREVIOUS
         } else {
             wire::VERSION
@@ -104,9 +106,22 @@ impl Core {
         // incarnation of the peer to address (the newest wins, so a replay cannot hold it back).
         let peer = &mut self.peers[p];
         if h.incarnation > peer.heard_incarnation {
-            // A new incarnation of the peer: what it echoes is about its new life only.
+            // A new incarnation of the peer: what it echoes is about its new life only, and
+            // it may be another version (an upgrade or a downgrade): what it reads is what
+            // it says now, before it can address this node.
             peer.heard_incarnation = h.incarnation;
             peer.echo = vec![None; self.cfg.paths];
+            let writes = self.writes_to(p);
+            self.peers[p].reads_v3 = h.reads_v3;
+            if self.writes_to(p) != writes {
+                let version = self.writes_to(p);
+                self.event(Event::WireVersion { peer: p, version });
+            }
+        }
+        let peer = &mut self.peers[p];
+        if h.incarnation < peer.heard_incarnation {
+            // From a life of the peer that has ended: late, or replayed.
+            return Err(Rejected::Replayed);
         }
         if h.peer_incarnation != self.incarnation {
             return Err(Rejected::Unaddressed);
@@ -152,6 +167,14 @@ impl Core {
             changed |= (peer.lan_up, peer.ready) != (h.lan_up, h.ready);
             peer.lan_up = h.lan_up;
             peer.ready = h.ready;
+        }
+        if matches!(hb.body, Body::V2(_)) && h.reads_v3 && !self.cfg.emulate_v2 {
+            // An agent that reads version 3 writing version 2 until it knows this node does:
+            // proof of life only (its summary carries no digest, and version 3 follows).
+            if changed {
+                self.decide(now);
+            }
+            return Ok(());
         }
         match self.readable(&hb.body) {
             Err(why) => {
@@ -308,8 +331,12 @@ impl Core {
             .collect()
     }
 
-    /// This node's summary by address, for version 2 (only if the configuration fits it).
+    /// This node's summary by address, for version 2 (empty if the configuration does not
+    /// fit it).
     fn summary_v2(&self) -> v2::Summary {
+        if !self.cfg.fits_v2() {
+            return v2::Summary::default();
+        }
         let ip = |a: usize| self.cfg.resources[a].ip;
         v2::Summary {
             serving: (0..self.res.len())

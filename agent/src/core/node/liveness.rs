@@ -76,7 +76,7 @@ impl Core {
         }
         (0..self.cfg.paths)
             .filter(|&i| peer.path_up[i])
-            .filter_map(|i| peer.last_heard[i])
+            .filter_map(|i| peer.last_heard[i].max(peer.since))
             .map(|t| t + self.path_loss_after())
             .min()
     }
@@ -94,7 +94,10 @@ impl Core {
             }
             for path in 0..self.cfg.paths {
                 let peer = &mut self.peers[p];
-                let silent = peer.last_heard[path].is_none_or(|t| now >= t + dead);
+                // Counted from when it came alive for a path not heard since.
+                let silent = peer.last_heard[path]
+                    .max(peer.since)
+                    .is_none_or(|t| now >= t + dead);
                 if peer.path_up[path] && silent {
                     peer.path_up[path] = false;
                     self.event(Event::PathLost { peer: p, path });

@@ -481,6 +481,16 @@ fn random_schedule(seed: u64) {
     let mut cfg = sim::config(nodes, 0, MS, preempt);
     cfg.exit_takes_over = rng.chance(0.7);
     let mut s = Sim::with_config(cfg, seed);
+    // A rolling upgrade: one node of the previous wire version, for good.
+    if rng.chance(0.25) {
+        let n = rng.below(nodes as u64) as usize;
+        let mut old = s.cfg.clone();
+        old.emulate_v2 = true;
+        s.node_configs[n] = Some(old);
+        s.stop_agent(n);
+        s.start_agent(n);
+    }
+    let upgraded = s.node_configs.clone();
     s.loss = [0.0, 0.01, 0.05, 0.2][rng.below(4) as usize];
     s.duplicate = [0.0, 0.05][rng.below(2) as usize];
     s.jitter = Duration::from_micros(rng.below(400));
@@ -513,6 +523,18 @@ fn random_schedule(seed: u64) {
                 s.switchover(n, a, m)
             }
             6 => s.nodes[n].mute = !s.nodes[n].mute,
+            7 if rng.chance(0.2) => {
+                // A configuration change rolled out to one node only (for now).
+                let mut other = s.cfg.clone();
+                other.misses += 1;
+                other.digest = other.digest_of();
+                s.node_configs[n] = Some(other);
+                if s.nodes[n].powered {
+                    s.stop_agent(n);
+                    s.start_agent(n);
+                }
+            }
+            7 if rng.chance(0.2) => s.persist_works = !s.persist_works,
             7 => {
                 s.cut[n][m][LAN] = !s.cut[n][m][LAN];
             }
@@ -541,7 +563,20 @@ fn random_schedule(seed: u64) {
         }
         after(&mut s, Duration::from_micros(200 + rng.below(40_000)));
     }
-    // Heal everything and let it settle.
+    // Heal everything and let it settle (the configuration rolled out everywhere, or back).
+    s.persist_works = true;
+    for n in 0..nodes {
+        if s.node_configs[n]
+            .as_ref()
+            .is_some_and(|c| c.digest != s.cfg.digest)
+        {
+            s.node_configs[n] = upgraded[n].clone();
+            if s.nodes[n].core.is_some() {
+                s.stop_agent(n);
+                s.start_agent(n);
+            }
+        }
+    }
     s.loss = 0.0;
     s.duplicate = 0.0;
     s.fence_works = true;
@@ -580,8 +615,16 @@ fn random_schedule(seed: u64) {
         assert_eq!(
             servers.len(),
             1,
-            "seed {seed}: a{a} served by {servers:?} after healing\n{}",
-            s.tail()
+            "seed {seed}: a{a} served by {servers:?} after healing\n{}\n{}",
+            s.tail(),
+            (0..nodes)
+                .map(|n| s.nodes[n]
+                    .core
+                    .as_ref()
+                    .map(|c| c.explain(a))
+                    .unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n--\n")
         );
         if preempt.is_some() && !moved {
             assert_eq!(
@@ -703,4 +746,268 @@ fn random_single_path_losses_never_cause_a_takeover() {
             s.tail()
         );
     }
+}
+
+// ---- resources, configuration mismatches, wire versions, persistence, invariant 6 ----
+
+/// A pair whose node 1 runs with a configuration of its own (restarted with it).
+fn restart_with(s: &mut Sim, n: usize, cfg: Option<CoreConfig>) {
+    s.node_configs[n] = cfg;
+    s.stop_agent(n);
+    s.start_agent(n);
+}
+
+fn other_config(s: &Sim) -> CoreConfig {
+    // Another dead time: the same resources, but the nodes would judge liveness apart.
+    let mut cfg = s.cfg.clone();
+    cfg.misses += 1;
+    cfg.digest = cfg.digest_of();
+    cfg
+}
+
+#[test]
+fn a_peer_with_another_configuration_is_reported_never_fenced_and_nothing_moves() {
+    let mut s = pair(Some(ms(100)));
+    let changes = s.gate_changes;
+    let other = other_config(&s);
+    restart_with(&mut s, 1, Some(other));
+    after(&mut s, ms(500));
+    let mismatch = |e: &Event| {
+        matches!(
+            e,
+            Event::ConfigMismatch {
+                why: Mismatch::Digest,
+                ..
+            }
+        )
+    };
+    assert_eq!(s.events_of(0, mismatch), 1, "{}", s.tail());
+    assert_eq!(s.events_of(1, mismatch), 1, "{}", s.tail());
+    assert_eq!(
+        (s.fences_requested, s.gate_changes),
+        (0, changes),
+        "{}",
+        s.tail()
+    );
+    let c0 = s.nodes[0].core.as_ref().unwrap();
+    assert!(c0.peer_alive(1) && c0.peer_mismatch(1) == Some(Mismatch::Digest));
+    // What would move an address moves nothing while the configurations differ.
+    s.set_lan(0, false);
+    after(&mut s, ms(300));
+    assert_eq!(
+        (s.servers(0), s.servers(1)),
+        (vec![0], vec![1]),
+        "{}",
+        s.tail()
+    );
+    assert_eq!(s.fences_requested, 0);
+    // The same configuration again: reported, and the move happens.
+    restart_with(&mut s, 1, None);
+    time_until(&mut s, ms(300), |s| s.servers(0) == vec![1]);
+    assert_eq!(
+        s.events_of(0, |e| matches!(e, Event::ConfigAgrees { .. })),
+        1
+    );
+    assert_eq!(s.fences_requested, 0);
+}
+
+#[test]
+fn a_peer_with_another_configuration_that_dies_is_fenced_and_taken_over() {
+    let mut s = pair(None);
+    let other = other_config(&s);
+    restart_with(&mut s, 1, Some(other));
+    after(&mut s, ms(100));
+    s.crash(1);
+    time_until(&mut s, ms(200), |s| s.servers(1) == vec![0]);
+    assert_eq!(s.fences_requested, 1);
+}
+
+#[test]
+fn a_version_2_peer_and_this_version_fail_over_both_ways() {
+    let mut s = pair(Some(ms(100)));
+    let mut old = s.cfg.clone();
+    old.emulate_v2 = true;
+    restart_with(&mut s, 1, Some(old.clone()));
+    after(&mut s, ms(50));
+    let c0 = s.nodes[0].core.as_ref().unwrap();
+    assert_eq!(c0.peer_wire_version(1), wire::PREVIOUS, "{}", s.tail());
+    assert!(c0.peer_alive(1) && c0.peer_mismatch(1).is_none());
+    assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
+    // The new node crashes: the old one takes over; it comes back: failback.
+    s.crash(0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    s.boot(0);
+    time_until(&mut s, ms(400), |s| s.servers(0) == vec![0]);
+    // The old node crashes: the new one takes over; back again.
+    s.crash(1);
+    time_until(&mut s, ms(100), |s| s.servers(1) == vec![0]);
+    s.boot(1);
+    time_until(&mut s, ms(400), |s| s.servers(1) == vec![1]);
+    assert!(!s.black_hole, "{}", s.tail());
+    // A planned move between them, both ways.
+    s.switchover(0, 0, 1);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    s.switchover(1, 0, 0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![0]);
+    assert!(!s.black_hole, "{}", s.tail());
+    // Upgraded: version 3 between them again.
+    restart_with(&mut s, 1, None);
+    after(&mut s, ms(50));
+    assert_eq!(
+        s.nodes[0].core.as_ref().unwrap().peer_wire_version(1),
+        wire::VERSION
+    );
+}
+
+#[test]
+fn a_configuration_version_2_cannot_express_is_a_mismatch_with_a_version_2_peer() {
+    // 30 resources: more than version 2 carries.
+    let mut cfg = sim::config(2, 0, MS, None);
+    cfg.resources = (0..30)
+        .map(|i| ResourceSpec {
+            ip: format!("10.77.1.{i}").parse().unwrap(),
+            prefix: 32,
+            service: None,
+            preference: vec![i % 2, 1 - i % 2],
+        })
+        .collect();
+    cfg.digest = cfg.digest_of();
+    let mut s = Sim::with_config(cfg.clone(), 3);
+    let old = CoreConfig {
+        emulate_v2: true,
+        resources: cfg.resources[..18].to_vec(),
+        ..cfg
+    };
+    // The old node has the first 18 only: it hears nothing it can read and neither does the
+    // new one; both live, nothing is fenced.
+    s.node_configs[1] = Some(old);
+    s.stop_agent(1);
+    s.start_agent(1);
+    after(&mut s, ms(300));
+    assert_eq!(s.fences_requested, 0, "{}", s.tail());
+    let c0 = s.nodes[0].core.as_ref().unwrap();
+    assert!(c0.peer_alive(1));
+    assert_eq!(c0.peer_mismatch(1), Some(Mismatch::Inexpressible));
+}
+
+#[test]
+fn a_thousand_resources_in_parts_fail_over_together() {
+    let mut cfg = sim::config(2, 0, MS, Some(ms(50)));
+    // Owners alternate: every resource unlike its neighbour, the longest summary.
+    cfg.resources = (0..1000)
+        .map(|i| ResourceSpec {
+            ip: std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16)),
+            prefix: 128,
+            service: None,
+            preference: vec![i % 2, 1 - i % 2],
+        })
+        .collect();
+    cfg.digest = cfg.digest_of();
+    let mut s = Sim::with_config(cfg, 7);
+    after(&mut s, ms(50));
+    for a in 0..1000 {
+        assert_eq!(s.servers(a), vec![a % 2], "a{a}");
+    }
+    let sent = |s: &Sim| s.sent.get(&(0, 1, LAN)).copied().unwrap_or(0);
+    let before = sent(&s);
+    after(&mut s, ms(10));
+    // Several parts per round (the LAN carries every other round).
+    assert!(sent(&s) - before >= 5 * 2, "{}", sent(&s) - before);
+    s.crash(0);
+    time_until(&mut s, ms(100), |s| {
+        (0..1000).all(|a| s.servers(a) == vec![1])
+    });
+    s.boot(0);
+    time_until(&mut s, ms(500), |s| {
+        (0..1000).all(|a| s.servers(a) == vec![a % 2])
+    });
+    assert!(!s.black_hole, "{}", s.tail());
+}
+
+#[test]
+fn a_dark_line_between_two_nodes_does_not_make_a_third_probe_or_confirm() {
+    let mut s = Sim::new(3, MS, None, 5);
+    after(&mut s, ms(50));
+    let probes = |s: &Sim, from: usize, to: usize| {
+        s.events.len();
+        s.sent.get(&(from, to, LAN)).copied().unwrap_or(0)
+    };
+    let lan_before: Vec<u64> = (0..3).map(|n| probes(&s, 2, n)).collect();
+    s.set_dedicated(0, 1, false, true);
+    after(&mut s, ms(20));
+    // n2's line to both is up: it goes on taking turns, one LAN heartbeat in two, no probes.
+    for n in [0, 1] {
+        let sent = probes(&s, 2, n) - lan_before[n];
+        assert!(sent <= 11, "n2 sent {sent} on the LAN to n{n} in 20 ms");
+    }
+    let c2 = s.nodes[2].core.as_ref().unwrap();
+    assert!(!c2.line_dark(0) && !c2.line_dark(1));
+    let c0 = s.nodes[0].core.as_ref().unwrap();
+    assert!(c0.line_dark(1) && !c0.line_dark(2));
+    // n1 crashes: n0 confirms it by the short path; n2 by the dead time, as it saw no carrier
+    // drop.
+    s.crash(1);
+    after(&mut s, ms(20));
+    let short = |e: &Event| {
+        matches!(
+            e,
+            Event::PeerDead {
+                peer: 1,
+                reason: DeathReason::LineDarkLanSilent
+            }
+        )
+    };
+    let silent = |e: &Event| {
+        matches!(
+            e,
+            Event::PeerDead {
+                peer: 1,
+                reason: DeathReason::Silent
+            }
+        )
+    };
+    assert_eq!(s.events_of(2, short), 0, "{}", s.tail());
+    assert_eq!(s.events_of(2, silent), 1, "{}", s.tail());
+}
+
+#[test]
+fn a_failed_durable_write_keeps_the_gate_closed_and_is_retried() {
+    let mut s = pair(None);
+    s.persist_works = false;
+    s.crash(0);
+    after(&mut s, ms(100));
+    assert!(s.servers(0).is_empty(), "{}", s.tail());
+    assert!(s.events_of(1, |e| matches!(e, Event::PersistFailed { .. })) >= 1);
+    s.persist_works = true;
+    time_until(&mut s, ms(1500), |s| s.servers(0) == vec![1]);
+    assert_eq!(
+        s.nodes[1].epochs[0],
+        s.nodes[1].core.as_ref().unwrap().epoch(0)
+    );
+}
+
+#[test]
+fn after_a_handover_the_old_server_forwards_for_its_window_then_closes_and_the_new_one_repeats_its_announcements(
+) {
+    let mut s = pair(None);
+    s.switchover(0, 0, 1);
+    time_until(&mut s, ms(50), |s| s.servers(0) == vec![1]);
+    let opened = s.now;
+    assert!(matches!(s.nodes[0].gates[0], Gate::Forward(1)));
+    let window = s.cfg.forward_for;
+    after(&mut s, window + ms(5));
+    assert_eq!(s.nodes[0].gates[0], Gate::Closed, "{}", s.tail());
+    assert_eq!(
+        s.events_of(0, |e| matches!(e, Event::ForwardEnded { .. })),
+        1
+    );
+    // Announced at the open and three times more within the window.
+    let times: Vec<Duration> = s
+        .announced
+        .iter()
+        .filter(|(t, n, a)| *n == 1 && *a == 0 && *t + ms(5) >= opened)
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert_eq!(times.len(), 4, "{times:?}");
+    assert!(times.iter().all(|t| *t < opened + s.cfg.forward_for));
 }
