@@ -182,11 +182,11 @@ fn every_error_names_its_key_and_line() {
     assert_error(
         &errors_with(
             "[fence]\ncommand = [\"/bin/true\"]\n",
-            "[heartbeat]\ninterval = \"1h\"\nmisses = 1\n",
+            "[heartbeat]\ninterval = \"1x\"\nmisses = 1\n",
         ),
         17,
         "heartbeat.interval",
-        "not a duration",
+        "unit \"x\" is not one of us, ms, s, m or h",
     );
     // The LAN must still be heard within the dead time, with two intervals to spare.
     assert_error(
@@ -231,4 +231,28 @@ fn syntax_errors_and_unknown_keys_point_at_the_line() {
     );
     let shown = errors[0].to_string();
     assert!(shown.starts_with("line 5, column 1: "), "{shown}");
+}
+
+/// MINIMAL with a [heartbeat]/[preempt] section holding `lines`, inserted before [fence].
+fn with_section(section: &str, lines: &str) -> String {
+    MINIMAL.replacen("[fence]", &format!("[{section}]\n{lines}\n\n[fence]"), 1)
+}
+
+#[test]
+fn duration_errors_say_which_units_work() {
+    let errors = parse(&with_section("heartbeat", "interval = \"1ns\"")).unwrap_err();
+    assert_error(&errors, 17, "heartbeat.interval", "nanoseconds");
+    assert_error(&errors, 17, "heartbeat.interval", "us, ms, s, m or h");
+    let errors = parse(&with_section("preempt", "delay = \"5\"")).unwrap_err();
+    assert_error(&errors, 17, "preempt.delay", "has no unit: write 5s");
+    // Hours are accepted where the range allows them, refused by the range elsewhere.
+    let c = parse(&with_section("preempt", "delay = \"1h\"")).unwrap();
+    assert_eq!(c.preempt.delay, Duration::from_secs(3600));
+    let errors = parse(&with_section("preempt", "delay = \"2h\"")).unwrap_err();
+    assert_error(
+        &errors,
+        17,
+        "preempt.delay",
+        "must be between 0ns and 3600s",
+    );
 }
