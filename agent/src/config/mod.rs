@@ -330,7 +330,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Ok(r) => r,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            c.error(span, "", e.message().trim().to_string());
+            let message = match e.message().trim() {
+                "duplicate key" => format!(
+                    "duplicate key {}: give each key once",
+                    duplicate_key_name(text, span.clone())
+                ),
+                other => other.to_string(),
+            };
+            c.error(span, "", message);
             return Err(c.errors);
         }
     };
@@ -631,6 +638,57 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         announce,
         key_file,
     })
+}
+
+/// The dotted name of the duplicate key at `span` (toml says only "duplicate key"):
+/// `node.name`, `peer[1].paths`, or a table header's own name.
+fn duplicate_key_name(text: &str, span: Range<usize>) -> String {
+    let (start, end) = (span.start.min(text.len()), span.end.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = text[line_start..start].trim_start();
+    let key = text[start..end].trim_matches('"');
+    if before.starts_with('[') {
+        // A table defined twice: the header names it.
+        return text[line_start..end]
+            .trim_start_matches(['[', ' '])
+            .replace('"', "");
+    }
+    // Within an inline table only the key itself is known for sure.
+    let dotted = if before.contains(['=', '{']) {
+        key.to_string()
+    } else {
+        format!("{}{key}", before.replace(['"', ' '], ""))
+    };
+    match table_at(&text[..line_start]) {
+        Some(table) => format!("{table}.{dotted}"),
+        None => dotted,
+    }
+}
+
+/// The table the end of `text` is in: `node`, `peer[1]` (counting `[[peer]]` headers).
+fn table_at(text: &str) -> Option<String> {
+    let header = |l: &str| {
+        let l = l.trim_start();
+        let array = l.starts_with("[[");
+        let name = l
+            .trim_start_matches('[')
+            .split(']')
+            .next()?
+            .trim()
+            .to_string();
+        l.starts_with('[').then_some((array, name))
+    };
+    let (array, name) = text.lines().rev().find_map(header)?;
+    if !array {
+        return Some(name);
+    }
+    let index = text
+        .lines()
+        .filter_map(header)
+        .filter(|h| *h == (true, name.clone()))
+        .count()
+        - 1;
+    Some(format!("{name}[{index}]"))
 }
 
 /// `10.0.0.100`, `10.0.0.100/24`, `fd00::100/64` (default prefix: /32 or /128).

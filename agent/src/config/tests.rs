@@ -256,3 +256,23 @@ fn duration_errors_say_which_units_work() {
         "must be between 0ns and 3600s",
     );
 }
+
+#[test]
+fn a_duplicate_key_is_named() {
+    let errors = errors_with(r#"lan = "eth0""#, "lan = \"eth0\"\nname = \"b\"");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!((errors[0].line, errors[0].column), (5, 1));
+    assert!(
+        errors[0].message.contains("duplicate key node.name"),
+        "{errors:#?}"
+    );
+    let errors = errors_with(
+        r#"paths = ["10.0.0.2:7400"]"#,
+        "paths = [\"10.0.0.2:7400\"]\n\n[[peer]]\nname = \"c\"\n\"paths\" = []\npaths = []",
+    );
+    assert_error(&errors, 14, "", "duplicate key peer[1].paths");
+    let errors = errors_with("[auth]", "[node]\n\n[auth]");
+    assert_error(&errors, 19, "", "duplicate key node: give each key once");
+    let errors = errors_with(r#"lan = "eth0""#, "lan = \"eth0\"\nx.y = 1\nx.y = 2");
+    assert_error(&errors, 6, "", "duplicate key node.x.y");
+}
