@@ -3,6 +3,7 @@
 //! Parsing is pure (`parse` takes the text); every error names its key and line, and all of
 //! them are reported at once, so `takeover check-config` fixes a file in one pass.
 mod duration;
+mod logical;
 
 use std::{
     collections::BTreeSet, fmt, net::IpAddr, net::SocketAddr, ops::Range, path::PathBuf,
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use duration::parse_duration;
+pub use logical::{check_logical, NotLogical};
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -303,6 +305,76 @@ impl Check<'_> {
         }
     }
 
+    /// A peer's path `j` is another host, reached from node.listen[j] in the same family.
+    fn path_against_listen(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        j: usize,
+        path: SocketAddr,
+        listen_at: &[Option<SocketAddr>],
+    ) {
+        let key = format!("{key}.paths");
+        if let Some(i) = listen_at
+            .iter()
+            .position(|l| l.is_some_and(|l| l.ip() == path.ip()))
+        {
+            self.error(
+                span,
+                key,
+                format!(
+                    "{} is this node's own address (node.listen[{i}]): a peer is another host",
+                    path.ip()
+                ),
+            );
+            return;
+        }
+        if let Some(Some(local)) = listen_at.get(j) {
+            if local.is_ipv4() != path.is_ipv4() {
+                let family = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+                self.error(
+                    span,
+                    key,
+                    format!(
+                        "{path} is {} but node.listen[{j}] ({local}) is {}: both ends of a path need the same family",
+                        family(&path),
+                        family(local)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A logical address moves between nodes; a path address must stay put (and a closed
+    /// gate would drop the heartbeats sent to it).
+    fn not_a_path_address(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        ip: IpAddr,
+        listen: &[SocketAddr],
+        peers: &[Peer],
+    ) {
+        let owner = listen
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.ip() == ip)
+            .map(|(i, _)| format!("node.listen[{i}]"))
+            .or_else(|| {
+                peers.iter().enumerate().find_map(|(p, peer)| {
+                    let j = peer.paths.iter().position(|a| a.ip() == ip)?;
+                    Some(format!("peer[{p}].paths[{j}]"))
+                })
+            });
+        if let Some(owner) = owner {
+            self.error(
+                span,
+                key,
+                format!("{ip} is also {owner}: a logical address moves between nodes, a path address must not; give the logical address an IP of its own"),
+            );
+        }
+    }
+
     fn name(&mut self, v: &Spanned<String>, key: &str) -> String {
         let n = v.get_ref();
         let ok = !n.is_empty()
@@ -370,12 +442,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             XdpMode::Auto
         }
     };
-    let listen: Vec<SocketAddr> = node
+    // By position, unparsable ones as None, for the checks against the peers' paths.
+    let listen_at: Vec<Option<SocketAddr>> = node
         .listen
         .get_ref()
         .iter()
-        .filter_map(|l| c.socket(l, "node.listen"))
+        .map(|l| c.socket(l, "node.listen"))
         .collect();
+    let listen: Vec<SocketAddr> = listen_at.iter().flatten().copied().collect();
     let npaths = node.listen.get_ref().len();
     if !(1..=2).contains(&npaths) {
         c.error(
@@ -406,12 +480,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 format!("{pname:?} is already a node (names must be unique, this node's too)"),
             );
         }
-        let paths: Vec<SocketAddr> = p
-            .paths
-            .get_ref()
-            .iter()
-            .filter_map(|a| c.socket(a, &format!("{key}.paths")))
-            .collect();
+        let mut paths = Vec::new();
+        for (j, a) in p.paths.get_ref().iter().enumerate() {
+            let Some(path) = c.socket(a, &format!("{key}.paths")) else {
+                continue;
+            };
+            c.path_against_listen(a.span(), &key, j, path, &listen_at);
+            paths.push(path);
+        }
         if p.paths.get_ref().len() != npaths {
             c.error(p.paths.span(), format!("{key}.paths"), format!("has {} paths but node.listen has {npaths}: one address per path, in the same order", p.paths.get_ref().len()));
         }
@@ -431,6 +507,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
         };
+        c.not_a_path_address(a.ip.span(), &format!("{key}.ip"), ip, &listen, &peers);
         if !seen.insert(ip) {
             c.error(
                 a.ip.span(),
@@ -700,10 +777,8 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address (with an optional /prefix)"))?;
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-        return Err(format!(
-            "{ip} cannot be a logical address (unspecified, loopback or multicast)"
-        ));
+    if let Err(why) = check_logical(ip) {
+        return Err(format!("{ip} cannot be a logical address: it is {why}"));
     }
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
@@ -714,6 +789,13 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
             .filter(|p| (1..=max).contains(p))
             .ok_or_else(|| format!("prefix /{p} must be 1-{max}"))?,
     };
+    if let IpAddr::V4(v4) = ip {
+        if logical::subnet_broadcast(v4, prefix) == Some(v4) {
+            return Err(format!(
+                "{ip} cannot be a logical address: it is the broadcast address of its /{prefix}"
+            ));
+        }
+    }
     Ok((ip, prefix))
 }
 
