@@ -1,8 +1,10 @@
 //! The agent's configuration: a TOML file, the same on every node but for `[node]`.
 //!
 //! Parsing is pure (`parse` takes the text); every error names its key and line, and all of
-//! them are reported at once, so `takeover check-config` fixes a file in one pass.
+//! them are reported at once, so `takeover check-config` fixes a file in one pass. What the
+//! file names on the machine (the fence program, the key file) is checked apart, in `files`.
 mod duration;
+pub mod files;
 mod logical;
 
 use std::{
