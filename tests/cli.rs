@@ -54,6 +54,10 @@ fn bad_input_is_refused_with_one_clear_line_and_changes_nothing() -> Result<()> 
             "must be a unicast, non-loopback address",
         ),
         (
+            "gate close 169.254.0.1 --iface v0",
+            "not link-local (169.254.0.0/16, fe80::/10",
+        ),
+        (
             "gate open 192.0.2.10 --iface nope0",
             "no interface \"nope0\"",
         ),
@@ -189,22 +193,82 @@ fn map_show_renders_a_table_and_stable_json() -> Result<()> {
     Ok(())
 }
 
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/takeover.toml");
+
+/// A directory for one test's files, removed when dropped (also on failure).
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Result<Self> {
+        let d = std::env::temp_dir().join(format!("takeover-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d)?;
+        Ok(Self(d))
+    }
+
+    /// The sample with its `from` strings replaced, as a file in this directory.
+    fn sample(&self, name: &str, edits: &[(&str, &str)]) -> Result<std::path::PathBuf> {
+        let mut text = std::fs::read_to_string(SAMPLE)?;
+        for (from, to) in edits {
+            assert!(text.contains(from), "the sample has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let p = self.0.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The sample's fence program does not exist here; one that does.
+const FENCE: (&str, &str) = ("/usr/local/sbin/fence-node", "/bin/true");
+
+/// `takeover ARGS`, killed (and the test failed) if it takes more than 20 s: a read that
+/// blocks must fail the test, not hang it.
+fn bounded(cmd: &mut std::process::Command) -> Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            anyhow::bail!("{cmd:?} still ran after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+fn check_config(t: &Takeover, file: &std::path::Path) -> Result<std::process::Output> {
+    bounded(
+        std::process::Command::new(&t.bin)
+            .arg("check-config")
+            .arg(file),
+    )
+}
+
 #[test]
 fn check_config_accepts_the_sample_and_lists_every_problem() -> Result<()> {
     let t = takeover();
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/takeover.toml");
-    let out = std::process::Command::new(&t.bin)
-        .args(["check-config", sample])
-        .output()?;
+    let dir = Scratch::new("check-sample")?;
+    let sample = dir.sample("takeover.toml", &[FENCE])?;
+    let out = check_config(&t, &sample)?;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("valid"), "{stdout}");
 
     let bad = std::env::temp_dir().join(format!("takeover-bad-{}.toml", std::process::id()));
-    let good = std::fs::read_to_string(sample)?;
+    let good = std::fs::read_to_string(SAMPLE)?;
     assert!(good.contains("owner = \"a\"") && good.contains("misses = 8"));
     let text = good
         .replace("owner = \"a\"", "owner = \"nobody\"")
@@ -240,7 +304,9 @@ fn into_closed_pipe(t: &Takeover, ns: &Netns, args: &[&str]) -> Result<std::proc
 fn output_into_a_closed_pipe_is_no_panic() -> Result<()> {
     let t = takeover();
     let ns = setup(&t)?;
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/takeover.toml");
+    let dir = Scratch::new("closed-pipe")?;
+    let sample = dir.sample("takeover.toml", &[FENCE])?;
+    let sample = sample.to_str().unwrap();
     for args in [
         &["map", "show", "--json"][..],
         &["map", "show"],
@@ -336,5 +402,148 @@ fn every_subcommand_describes_each_of_its_options_and_has_examples() -> Result<(
         }
     }
     assert!(leaves >= 12, "only {leaves} commands found");
+    Ok(())
+}
+
+/// One line on stderr, exit status 1, and it says `says`.
+fn refused_with(out: &std::process::Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(says), "said {stderr:?}, expected {says:?}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+}
+
+#[test]
+fn check_config_reads_only_a_regular_file_of_bounded_size() -> Result<()> {
+    let t = takeover();
+    let dir = Scratch::new("check-kinds")?;
+    // A FIFO with no writer: the read must neither block nor wait for one.
+    let fifo = dir.0.join("fifo.toml");
+    takeover_lab::run(std::process::Command::new("mkfifo").arg(&fifo))?;
+    refused_with(
+        &check_config(&t, &fifo)?,
+        "it is a named pipe (FIFO), not a regular file",
+    );
+    refused_with(
+        &check_config(&t, "/dev/zero".as_ref())?,
+        "cannot read /dev/zero: it is a character device, not a regular file",
+    );
+    refused_with(
+        &check_config(&t, &dir.0)?,
+        "it is a directory, not a regular file",
+    );
+    // Over the bound: refused however valid its start (the sample, then comments).
+    let big = dir.sample("big.toml", &[FENCE])?;
+    let mut text = std::fs::read_to_string(&big)?;
+    text.push_str(&"# padding\n".repeat(120_000));
+    std::fs::write(&big, text)?;
+    refused_with(&check_config(&t, &big)?, "larger than the limit of 1 MiB");
+    Ok(())
+}
+
+#[test]
+fn check_config_refuses_a_missing_fence_program_and_a_directory_key_file() -> Result<()> {
+    let t = takeover();
+    let dir = Scratch::new("check-files")?;
+    let key_dir = dir.0.join("key.d");
+    std::fs::create_dir(&key_dir)?;
+    let missing = dir.0.join("no-such-fence");
+    let both = dir.sample(
+        "both.toml",
+        &[
+            ("/usr/local/sbin/fence-node", missing.to_str().unwrap()),
+            ("/etc/takeover/key", key_dir.to_str().unwrap()),
+        ],
+    )?;
+    let out = check_config(&t, &both)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "fence.command: {} does not exist",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "auth.key_file {} is a directory, not a regular file",
+            key_dir.display()
+        )),
+        "{stderr}"
+    );
+
+    // A bare name is looked up in PATH, as the agent will run it.
+    let bare = dir.sample("bare.toml", &[("/usr/local/sbin/fence-node", "true")])?;
+    let found = bounded(
+        std::process::Command::new(&t.bin)
+            .env("PATH", "/usr/bin:/bin")
+            .arg("check-config")
+            .arg(&bare),
+    )?;
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let lost = bounded(
+        std::process::Command::new(&t.bin)
+            .env("PATH", &dir.0)
+            .arg("check-config")
+            .arg(&bare),
+    )?;
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert_eq!(lost.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fence.command: \"true\" is not in PATH"),
+        "{stderr}"
+    );
+
+    // A missing key file is only a warning here: it may live only on the nodes.
+    let out = check_config(&t, &dir.sample("nokey.toml", &[FENCE])?)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("warning: auth.key_file"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn run_refuses_a_directory_key_file_and_a_missing_fence_program() -> Result<()> {
+    let t = takeover();
+    let ns = Netns::new("cli-run")?;
+    let dir = Scratch::new("run-files")?;
+    let key_dir = dir.0.join("key.d");
+    std::fs::create_dir(&key_dir)?;
+    let key_is_dir = dir.sample(
+        "key.toml",
+        &[FENCE, ("/etc/takeover/key", key_dir.to_str().unwrap())],
+    )?;
+    let no_fence = dir.sample(
+        "fence.toml",
+        &[("/usr/local/sbin/fence-node", "/nonexistent/fence-node")],
+    )?;
+    for (config, says) in [
+        (&key_is_dir, "is a directory, not a regular file"),
+        (
+            &no_fence,
+            "fence.command: /nonexistent/fence-node does not exist",
+        ),
+    ] {
+        let out = bounded(
+            t.cmd(&ns)
+                .args(["run", "--no-realtime", "--config"])
+                .arg(config),
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    // It stopped before touching anything: no gate attached.
+    assert!(!ns.pin_dir()?.exists());
     Ok(())
 }

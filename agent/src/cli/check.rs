@@ -1,15 +1,16 @@
 //! `takeover check-config FILE`: validate a configuration and explain every problem.
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use takeover::config::{self, Config};
-
-/// Keys shorter than this are refused: HMAC-SHA256 wants at least 128 bits of secret.
-const MIN_KEY_BYTES: u64 = 16;
+use anyhow::{anyhow, bail, Context, Result};
+use takeover::config::{
+    self,
+    files::{self, KeyProblem},
+    Config,
+};
 
 pub fn check(path: &Path) -> Result<()> {
     let config = load(path)?;
-    let warnings = key_file_problems(&config);
+    let warning = key_file_problem(&config);
     let me = &config.node.name;
     let owns = config
         .addresses
@@ -31,66 +32,66 @@ pub fn check(path: &Path) -> Result<()> {
         config.heartbeat.interval,
         config.heartbeat.dead_after(),
     )?;
-    for w in &warnings {
+    if let Some(w) = warning {
         outln!("{}: warning: {w}", path.display())?;
     }
     Ok(())
 }
 
-/// Reads and validates `path`; the error lists every problem, one per line.
+/// Reads and validates `path`, and what it names on this machine (the fence program, the
+/// key file unless it is only missing); the error lists every problem, one per line.
 pub fn load(path: &Path) -> Result<Config> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match config::parse(&text) {
-        Ok(c) => Ok(c),
-        Err(errors) => {
-            let lines: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{}: {e}", path.display()))
-                .collect();
-            bail!(
-                "{} problem(s) in {}:\n{}",
-                errors.len(),
-                path.display(),
-                lines.join("\n")
-            )
-        }
+        files::read_config(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let config = config::parse(&text)
+        .map_err(|errors| problems(path, errors.iter().map(|e| e.to_string()).collect()))?;
+    let mut found = fence_problem(&config).into_iter().collect::<Vec<_>>();
+    found.extend(
+        key_file_problem(&config)
+            .filter(KeyProblem::wrong_anywhere)
+            .map(|p| p.to_string()),
+    );
+    if !found.is_empty() {
+        return Err(problems(path, found));
     }
+    Ok(config)
 }
 
-/// The shared key, refused if it is missing, short or readable by others.
+fn problems(path: &Path, found: Vec<String>) -> anyhow::Error {
+    let lines: Vec<String> = found
+        .iter()
+        .map(|e| format!("{}: {e}", path.display()))
+        .collect();
+    anyhow!(
+        "{} problem(s) in {}:\n{}",
+        found.len(),
+        path.display(),
+        lines.join("\n")
+    )
+}
+
+/// The fence program must run where the agent runs: found now, not at the first takeover.
+/// A name without a slash is looked up in this process's PATH, as the agent will.
+fn fence_problem(config: &Config) -> Option<String> {
+    let program = config.fence.command.first()?;
+    let e = files::find_program(program, std::env::var_os("PATH").as_deref()).err()?;
+    Some(format!(
+        "fence.command: {e} (takeover run cannot fence without it, and refuses to start)"
+    ))
+}
+
+/// The shared key, refused if it is missing, not a regular file, short or readable by
+/// others.
 pub fn read_key(config: &Config) -> Result<Vec<u8>> {
-    if let Some(problem) = key_file_problems(config).into_iter().next() {
+    if let Some(problem) = key_file_problem(config) {
         bail!("{problem}");
     }
-    std::fs::read(&config.key_file)
-        .with_context(|| format!("cannot read {}", config.key_file.display()))
+    files::read_regular(&config.key_file)
+        .with_context(|| format!("cannot read auth.key_file {}", config.key_file.display()))
 }
 
-/// Problems with the key file that do not stop `check-config` (the file may live only on
-/// the nodes) but that `run` refuses.
-fn key_file_problems(config: &Config) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = &config.key_file;
-    match std::fs::metadata(path) {
-        Err(e) => vec![format!(
-            "auth.key_file {}: {e} (takeover run needs it)",
-            path.display()
-        )],
-        Ok(m) if m.len() < MIN_KEY_BYTES => {
-            vec![format!(
-                "auth.key_file {} holds {} bytes; use at least {MIN_KEY_BYTES} random bytes",
-                path.display(),
-                m.len()
-            )]
-        }
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-            vec![format!(
-                "auth.key_file {} is readable by others (mode {:o}); chmod 600 it",
-                path.display(),
-                m.permissions().mode() & 0o777
-            )]
-        }
-        Ok(_) => vec![],
-    }
+/// The key file's problem: `check-config` only warns of those that may not apply on the
+/// nodes (the file may live only there), and refuses the rest; `run` refuses all.
+fn key_file_problem(config: &Config) -> Option<KeyProblem> {
+    files::check_key_file(&config.key_file).err()
 }

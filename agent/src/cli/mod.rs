@@ -162,6 +162,12 @@ enum Command {
         to: String,
     },
     /// Validate a configuration file and explain every problem (key and line). Needs no root.
+    ///
+    /// Then checks what it names on this machine, as `run` does: the fence program must exist
+    /// and be executable (a bare name is looked up in PATH), the key file must not be a
+    /// directory or other non-regular file (errors). A missing, short or group-readable key
+    /// file is only a warning here (it may live only on the nodes); `run` refuses it. The
+    /// file itself must be a regular file of at most 1 MiB.
     #[command(
         name = "check-config",
         after_help = "Example:\n  takeover check-config /etc/takeover/takeover.toml"

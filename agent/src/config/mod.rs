@@ -1,8 +1,11 @@
 //! The agent's configuration: a TOML file, the same on every node but for `[node]`.
 //!
 //! Parsing is pure (`parse` takes the text); every error names its key and line, and all of
-//! them are reported at once, so `takeover check-config` fixes a file in one pass.
+//! them are reported at once, so `takeover check-config` fixes a file in one pass. What the
+//! file names on the machine (the fence program, the key file) is checked apart, in `files`.
 mod duration;
+pub mod files;
+mod logical;
 
 use std::{
     collections::BTreeSet, fmt, net::IpAddr, net::SocketAddr, ops::Range, path::PathBuf,
@@ -13,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use duration::parse_duration;
+pub use logical::{check_logical, NotLogical};
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,6 +318,76 @@ impl Check<'_> {
         }
     }
 
+    /// A peer's path `j` is another host, reached from node.listen[j] in the same family.
+    fn path_against_listen(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        j: usize,
+        path: SocketAddr,
+        listen_at: &[Option<SocketAddr>],
+    ) {
+        let key = format!("{key}.paths");
+        if let Some(i) = listen_at
+            .iter()
+            .position(|l| l.is_some_and(|l| l.ip() == path.ip()))
+        {
+            self.error(
+                span,
+                key,
+                format!(
+                    "{} is this node's own address (node.listen[{i}]): a peer is another host",
+                    path.ip()
+                ),
+            );
+            return;
+        }
+        if let Some(Some(local)) = listen_at.get(j) {
+            if local.is_ipv4() != path.is_ipv4() {
+                let family = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+                self.error(
+                    span,
+                    key,
+                    format!(
+                        "{path} is {} but node.listen[{j}] ({local}) is {}: both ends of a path need the same family",
+                        family(&path),
+                        family(local)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A logical address moves between nodes; a path address must stay put (and a closed
+    /// gate would drop the heartbeats sent to it).
+    fn not_a_path_address(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        ip: IpAddr,
+        listen: &[SocketAddr],
+        peers: &[Peer],
+    ) {
+        let owner = listen
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.ip() == ip)
+            .map(|(i, _)| format!("node.listen[{i}]"))
+            .or_else(|| {
+                peers.iter().enumerate().find_map(|(p, peer)| {
+                    let j = peer.paths.iter().position(|a| a.ip() == ip)?;
+                    Some(format!("peer[{p}].paths[{j}]"))
+                })
+            });
+        if let Some(owner) = owner {
+            self.error(
+                span,
+                key,
+                format!("{ip} is also {owner}: a logical address moves between nodes, a path address must not; give the logical address an IP of its own"),
+            );
+        }
+    }
+
     fn name(&mut self, v: &Spanned<String>, key: &str) -> String {
         let n = v.get_ref();
         let ok = !n.is_empty()
@@ -341,7 +415,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Ok(r) => r,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            c.error(span, "", e.message().trim().to_string());
+            let message = match e.message().trim() {
+                "duplicate key" => format!(
+                    "duplicate key {}: give each key once",
+                    duplicate_key_name(text, span.clone())
+                ),
+                other => other.to_string(),
+            };
+            c.error(span, "", message);
             return Err(c.errors);
         }
     };
@@ -374,12 +455,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             XdpMode::Auto
         }
     };
-    let listen: Vec<SocketAddr> = node
+    // By position, unparsable ones as None, for the checks against the peers' paths.
+    let listen_at: Vec<Option<SocketAddr>> = node
         .listen
         .get_ref()
         .iter()
-        .filter_map(|l| c.socket(l, "node.listen"))
+        .map(|l| c.socket(l, "node.listen"))
         .collect();
+    let listen: Vec<SocketAddr> = listen_at.iter().flatten().copied().collect();
     let npaths = node.listen.get_ref().len();
     if !(1..=2).contains(&npaths) {
         c.error(
@@ -410,12 +493,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 format!("{pname:?} is already a node (names must be unique, this node's too)"),
             );
         }
-        let paths: Vec<SocketAddr> = p
-            .paths
-            .get_ref()
-            .iter()
-            .filter_map(|a| c.socket(a, &format!("{key}.paths")))
-            .collect();
+        let mut paths = Vec::new();
+        for (j, a) in p.paths.get_ref().iter().enumerate() {
+            let Some(path) = c.socket(a, &format!("{key}.paths")) else {
+                continue;
+            };
+            c.path_against_listen(a.span(), &key, j, path, &listen_at);
+            paths.push(path);
+        }
         if p.paths.get_ref().len() != npaths {
             c.error(p.paths.span(), format!("{key}.paths"), format!("has {} paths but node.listen has {npaths}: one address per path, in the same order", p.paths.get_ref().len()));
         }
@@ -435,6 +520,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
         };
+        c.not_a_path_address(a.ip.span(), &format!("{key}.ip"), ip, &listen, &peers);
         if !seen.insert(ip) {
             c.error(
                 a.ip.span(),
@@ -647,6 +733,57 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     })
 }
 
+/// The dotted name of the duplicate key at `span` (toml says only "duplicate key"):
+/// `node.name`, `peer[1].paths`, or a table header's own name.
+fn duplicate_key_name(text: &str, span: Range<usize>) -> String {
+    let (start, end) = (span.start.min(text.len()), span.end.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = text[line_start..start].trim_start();
+    let key = text[start..end].trim_matches('"');
+    if before.starts_with('[') {
+        // A table defined twice: the header names it.
+        return text[line_start..end]
+            .trim_start_matches(['[', ' '])
+            .replace('"', "");
+    }
+    // Within an inline table only the key itself is known for sure.
+    let dotted = if before.contains(['=', '{']) {
+        key.to_string()
+    } else {
+        format!("{}{key}", before.replace(['"', ' '], ""))
+    };
+    match table_at(&text[..line_start]) {
+        Some(table) => format!("{table}.{dotted}"),
+        None => dotted,
+    }
+}
+
+/// The table the end of `text` is in: `node`, `peer[1]` (counting `[[peer]]` headers).
+fn table_at(text: &str) -> Option<String> {
+    let header = |l: &str| {
+        let l = l.trim_start();
+        let array = l.starts_with("[[");
+        let name = l
+            .trim_start_matches('[')
+            .split(']')
+            .next()?
+            .trim()
+            .to_string();
+        l.starts_with('[').then_some((array, name))
+    };
+    let (array, name) = text.lines().rev().find_map(header)?;
+    if !array {
+        return Some(name);
+    }
+    let index = text
+        .lines()
+        .filter_map(header)
+        .filter(|h| *h == (true, name.clone()))
+        .count()
+        - 1;
+    Some(format!("{name}[{index}]"))
+}
+
 /// `10.0.0.100`, `10.0.0.100/24`, `fd00::100/64` (default prefix: /32 or /128).
 fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let (ip, prefix) = match s.split_once('/') {
@@ -656,10 +793,8 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address (with an optional /prefix)"))?;
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-        return Err(format!(
-            "{ip} cannot be a logical address (unspecified, loopback or multicast)"
-        ));
+    if let Err(why) = check_logical(ip) {
+        return Err(format!("{ip} cannot be a logical address: it is {why}"));
     }
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
@@ -670,6 +805,13 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
             .filter(|p| (1..=max).contains(p))
             .ok_or_else(|| format!("prefix /{p} must be 1-{max}"))?,
     };
+    if let IpAddr::V4(v4) = ip {
+        if logical::subnet_broadcast(v4, prefix) == Some(v4) {
+            return Err(format!(
+                "{ip} cannot be a logical address: it is the broadcast address of its /{prefix}"
+            ));
+        }
+    }
     Ok((ip, prefix))
 }
 

@@ -77,15 +77,11 @@ impl Target {
         let addr: IpAddr = s
             .parse()
             .with_context(|| format!("invalid address {s:?}: expected an IPv4 or IPv6 address"))?;
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        // The config's predicate: what `run` gates, the CLI can name (and remove).
+        if let Err(why) = crate::config::check_logical(addr) {
             bail!(
-                "invalid address {s:?}: a logical address must be a unicast, non-loopback address"
+                "invalid address {s:?}: a logical address must be a unicast, non-loopback address, not {why}"
             );
-        }
-        if let IpAddr::V4(v4) = addr {
-            if v4.is_broadcast() {
-                bail!("invalid address {s:?}: a logical address must be a unicast address");
-            }
         }
         Ok(addr)
     }
@@ -226,6 +222,8 @@ mod tests {
             "224.0.0.1",
             "ff02::1",
             "255.255.255.255",
+            "169.254.0.1",
+            "fe80::1",
             "1.2.3",
             "x",
         ] {

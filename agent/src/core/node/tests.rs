@@ -565,12 +565,12 @@ fn random_schedule(seed: u64) {
     }
     // Heal everything and let it settle (the configuration rolled out everywhere, or back).
     s.persist_works = true;
-    for n in 0..nodes {
+    for (n, upgraded) in upgraded.into_iter().enumerate() {
         if s.node_configs[n]
             .as_ref()
             .is_some_and(|c| c.digest != s.cfg.digest)
         {
-            s.node_configs[n] = upgraded[n].clone();
+            s.node_configs[n] = upgraded;
             if s.nodes[n].core.is_some() {
                 s.stop_agent(n);
                 s.start_agent(n);
