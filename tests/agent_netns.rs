@@ -544,3 +544,66 @@ fn control_clients_beyond_the_cap_are_told_so_at_once() -> Result<()> {
     ))?;
     Ok(())
 }
+
+/// The MACs that answer the client's ARP requests for the logical address (three requests).
+fn arp_answerers(cli: &Host) -> Result<std::collections::BTreeSet<String>> {
+    let out = cli
+        .ns
+        .cmd("arping")
+        .args(["-c", "3", "-w", "2", "-i", "lan", LOGICAL])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("bytes from ")?.1.split_whitespace().next())
+        .map(str::to_lowercase)
+        .collect())
+}
+
+/// Waits until every ARP answer comes from `who` (announcements may still be on their way),
+/// then checks that it stays so: exactly one host answers.
+fn only_answerer(s: &Setup, who: &Host, when: &str) -> Result<()> {
+    let cli = s.lan.host("cli");
+    let want: std::collections::BTreeSet<String> = [who.mac()].into();
+    s.logged(wait_for(when, WAIT, || {
+        Ok((arp_answerers(cli)? == want).then_some(()))
+    }))?;
+    let again = arp_answerers(cli)?;
+    assert_eq!(again, want, "{when}: answered by {again:?}");
+    Ok(())
+}
+
+#[test]
+fn exactly_one_host_answers_arp_for_the_address_through_every_handover() -> Result<()> {
+    let mut s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    only_answerer(&s, a, "a serves")?;
+    // A switchover: a forwards for a while (clients with an old entry), and claims nothing.
+    t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
+    s.logged(wait_served_by(&s.client, "b", "the switchover to b"))?;
+    assert!(t.ok(&a.ns, "status")?.contains("forward to b"));
+    only_answerer(&s, b, "a forwards to b")?;
+    // The window ends: a closes.
+    s.logged(wait_for("a to stop forwarding", WAIT, || {
+        Ok((!t.ok(&a.ns, "status")?.contains("forward to b")).then_some(()))
+    }))?;
+    assert!(s.agents[0].log().contains("no longer forwarded to b"));
+    only_answerer(&s, b, "after a's window")?;
+    // And back: now b forwards and claims nothing.
+    t.ok(&b.ns, &format!("switchover {LOGICAL} --to a"))?;
+    s.logged(wait_served_by(&s.client, "a", "the switchover back to a"))?;
+    assert!(t.ok(&b.ns, "status")?.contains("forward to a"));
+    only_answerer(&s, a, "b forwards to a")?;
+    // A crash of a and its failback once it is back (preempt): b forwards, a answers.
+    s.agents[0].kill();
+    a.ns.ip("link set lan down")?;
+    a.ns.ip("link set ded down")?;
+    s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
+    only_answerer(&s, b, "b took over from a crashed a")?;
+    a.ns.ip("link set lan up")?;
+    a.ns.ip("link set ded up")?;
+    s.agents[0] = s.cluster.start(&t, a, b)?;
+    s.logged(wait_served_by(&s.client, "a", "the failback to a"))?;
+    only_answerer(&s, a, "b forwards to a after the failback")?;
+    Ok(())
+}

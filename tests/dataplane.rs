@@ -459,8 +459,29 @@ fn forward_rewrites_the_macs_and_transmits() {
         (c.rx_forward_packets, c.rx_forward_bytes),
         (1, frame.len() as u64)
     );
-    // ARP for a forwarded address is answered here: the clients keep sending to this host.
-    assert_eq!(g.ingress(&arp(1, CLIENT4, LOGICAL4)).0, XDP_PASS);
+    // A forwarding host claims nothing (invariant 6): ARP and neighbour discovery for the
+    // address never reach its stack, so a client resolving it afresh finds only the server.
+    assert_eq!(
+        g.ingress(&arp(1, CLIENT4, LOGICAL4)).0,
+        XDP_DROP,
+        "ARP request"
+    );
+    assert_eq!(
+        g.ingress(&arp(2, CLIENT4, LOGICAL4)).0,
+        XDP_DROP,
+        "ARP reply"
+    );
+    g.set(
+        v6(LOGICAL6),
+        None,
+        GateValue::forward(0, PEER_MAC, SERVER_MAC),
+    );
+    assert_eq!(
+        g.ingress(&nd(135, CLIENT6, SOLICITED_NODE, LOGICAL6)).0,
+        XDP_DROP,
+        "neighbour solicitation"
+    );
+    assert_eq!(g.ingress(&udp6(CLIENT6, LOGICAL6, 1000, 53)).0, XDP_TX);
 }
 
 /// A frame as the handing-over host forwards it: to this host, from that host's MAC.
@@ -639,13 +660,27 @@ fn egress_passes_what_an_open_address_sends_and_counts_it() {
     assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_PASS);
     let c = g.counters(v4(LOGICAL4), None);
     assert_eq!((c.tx_pass_packets, c.tx_drop_packets), (2, 0));
-    // Forward also counts as serving it on the LAN (this host answers ARP for it).
-    g.set(
-        v4(LOGICAL4),
-        None,
-        GateValue::forward(0, PEER_MAC, SERVER_MAC),
-    );
-    assert_eq!(g.egress(&arp(2, LOGICAL4, CLIENT4)), TC_PASS);
+}
+
+#[test]
+fn a_forwarding_host_sends_its_replies_but_claims_nothing() {
+    let mut g = Gate::load();
+    for a in [v4(LOGICAL4), v6(LOGICAL6)] {
+        g.set(a, None, GateValue::forward(0, PEER_MAC, SERVER_MAC));
+    }
+    // Replies to what it received before it let go still leave.
+    assert_eq!(g.egress(&udp4(LOGICAL4, CLIENT4, 53, 1000)), TC_PASS);
+    assert_eq!(g.egress(&udp6(LOGICAL6, CLIENT6, 53, 1000)), TC_PASS);
+    // Nothing that would put its MAC in a client's cache for the address.
+    for (frame, what) in [
+        (arp(2, LOGICAL4, CLIENT4), "ARP reply"),
+        (arp(1, LOGICAL4, CLIENT4), "ARP request with it as sender"),
+        (arp(1, LOGICAL4, LOGICAL4), "gratuitous ARP"),
+        (nd(136, LINK_LOCAL6, CLIENT6, LOGICAL6), "NA for it"),
+        (nd(135, LOGICAL6, SOLICITED_NODE, CLIENT6), "NS from it"),
+    ] {
+        assert_eq!(g.egress(&frame), TC_SHOT, "{what}");
+    }
 }
 
 #[test]

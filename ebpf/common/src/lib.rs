@@ -120,7 +120,8 @@ pub enum Action {
     /// Another host serves it: drop it both ways, ARP and neighbour discovery included.
     Closed = 2,
     /// Another host serves it but the clients still send here: rewrite the Ethernet addresses
-    /// and send the frame on (ingress); egress passes as for `Open`.
+    /// and send the frame on (ingress). It claims nothing: ARP and neighbour discovery for
+    /// the address are dropped both ways; IP from it leaves (replies to what came before).
     Forward = 3,
     /// Another host serves it and is about to hand it to this one: pass only the IP frames
     /// that host forwards (their source MAC is `src_mac`), and this host's IP replies to them

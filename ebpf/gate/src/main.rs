@@ -152,9 +152,17 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
             }
             xdp_action::XDP_DROP
         }
-        // ARP and neighbour discovery for a forwarded address are answered here: the clients
-        // keep sending to this host, which passes the requests on.
-        Some(Action::Forward) if !pkt.is_neighbour() => {
+        // A forwarding host claims nothing (invariant 6): ARP and neighbour discovery for the
+        // address are dropped, so a client that resolves it afresh finds only its server;
+        // what still arrives from clients with an old entry is sent on.
+        Some(Action::Forward) if pkt.is_neighbour() => {
+            if let Some(c) = c {
+                c.rx_drop_packets += 1;
+                c.rx_drop_bytes += bytes;
+            }
+            xdp_action::XDP_DROP
+        }
+        Some(Action::Forward) => {
             let verdict = forward(&ctx, &gate);
             if let Some(c) = c {
                 if verdict == xdp_action::XDP_DROP {
@@ -448,8 +456,11 @@ pub fn gate_egress(ctx: TcContext) -> i32 {
     // Receiving: the replies to what is forwarded leave, and the neighbour requests they
     // need (the clients' MACs); nothing that claims the address (ARP replies, gratuitous
     // ARP, NA).
+    // Forwarding: the host's replies to what it received before it let go leave; nothing
+    // that claims the address (any ARP with it as sender, NS from it, NA for it).
     let shut = gate.action == Action::Closed as u8
-        || (gate.action == Action::Receive as u8 && !passes_receiving);
+        || (gate.action == Action::Receive as u8 && !passes_receiving)
+        || (gate.action == Action::Forward as u8 && !matches!(pkt, Packet::Ip { .. }));
     if shut {
         if let Some(c) = c {
             c.tx_drop_packets += 1;
@@ -478,7 +489,9 @@ fn egress_gate(pkt: &Packet) -> Option<(GateKey, GateValue)> {
         } => {
             if *advert {
                 if let Some(hit) = lookup(*target, None) {
-                    if hit.1.action == Action::Closed as u8 || hit.1.action == Action::Receive as u8
+                    if hit.1.action == Action::Closed as u8
+                        || hit.1.action == Action::Receive as u8
+                        || hit.1.action == Action::Forward as u8
                     {
                         return Some(hit);
                     }
