@@ -607,3 +607,104 @@ fn exactly_one_host_answers_arp_for_the_address_through_every_handover() -> Resu
     only_answerer(&s, a, "b forwards to a after the failback")?;
     Ok(())
 }
+
+/// `takeover run` of `me`'s configuration (edited by `edit`), expected to fail: its stderr.
+fn failed_run(
+    cluster: &Cluster,
+    me: &Host,
+    peer: &Host,
+    edit: impl Fn(String) -> String,
+) -> Result<String> {
+    let path = cluster.config(me, peer)?;
+    let text = edit(std::fs::read_to_string(&path)?);
+    let edited = path.with_extension("edited.toml");
+    std::fs::write(&edited, text)?;
+    let out = takeover()
+        .cmd(&me.ns)
+        .args(["run", "--no-realtime", "--config"])
+        .arg(&edited)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "run succeeded:\n{stderr}");
+    Ok(stderr)
+}
+
+/// What a failed start may not leave: a gate, the logical address, a control socket.
+fn nothing_left(host: &Host) -> Result<()> {
+    assert!(!host.ns.pin_dir()?.exists(), "pins left on {}", host.name);
+    assert!(
+        !host.ns.ip("-o addr show dev lan")?.contains(LOGICAL),
+        "{LOGICAL} left on {}",
+        host.name
+    );
+    assert!(!host.ns.control_socket()?.exists(), "control socket left");
+    Ok(())
+}
+
+#[test]
+fn a_run_that_cannot_start_changes_nothing() -> Result<()> {
+    let t = takeover();
+    let lan = Lan::new(&t, &["cli", "a", "b"])?;
+    lan.dedicated_line("a", "b")?;
+    let cluster = Cluster::new(&lan, Timing::default())?;
+    let (a, b) = (lan.host("a"), lan.host("b"));
+    // A listen address this host does not have: refused before anything changed.
+    let stderr = failed_run(&cluster, a, b, |c| c.replacen(&a.ded_addr4(), "10.99.0.1", 1))?;
+    assert!(
+        stderr.contains("no interface of this host holds 10.99.0.1"),
+        "{stderr}"
+    );
+    nothing_left(a)?;
+    // Its port taken by another program.
+    let busy = a.ns.udp(&format!("{}:7400", a.addr4()))?;
+    let stderr = failed_run(&cluster, a, b, |c| c)?;
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+    nothing_left(a)?;
+    drop(busy);
+    // A failure after the gates were attached and the address added (the control socket's
+    // directory is taken by a file): all of it undone.
+    let control = a.ns.control_socket()?;
+    let dir = control.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(dir.parent().unwrap())?;
+    std::fs::write(&dir, "in the way")?;
+    let stderr = failed_run(&cluster, a, b, |c| c);
+    std::fs::remove_file(&dir)?;
+    let stderr = stderr?;
+    assert!(stderr.contains("undoing what it changed"), "{stderr}");
+    nothing_left(a)?;
+    Ok(())
+}
+
+#[test]
+fn a_second_run_beside_a_running_agent_is_refused_and_changes_no_gate() -> Result<()> {
+    let s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
+    s.logged(wait_served_by(&s.client, "b", "the switchover to b"))?;
+    let before = t.map(&a.ns)?;
+    assert!(format!("{before}").contains("forward"), "{before}");
+    let stderr = failed_run(&s.cluster, a, b, |c| c)?;
+    let pid = s.agents[0].child.id();
+    assert!(
+        stderr.contains(&format!(
+            "an agent is already running in this network namespace (pid {pid}"
+        )),
+        "{stderr}"
+    );
+    let states = |v: &serde_json::Value| {
+        v["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["entries"].as_array().cloned().unwrap_or_default())
+            .map(|e| (e["address"].clone(), e["state"].clone(), e["forward"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        states(&before),
+        states(&t.map(&a.ns)?),
+        "the second run changed the gates"
+    );
+    Ok(())
+}
