@@ -649,7 +649,9 @@ fn a_run_that_cannot_start_changes_nothing() -> Result<()> {
     let cluster = Cluster::new(&lan, Timing::default())?;
     let (a, b) = (lan.host("a"), lan.host("b"));
     // A listen address this host does not have: refused before anything changed.
-    let stderr = failed_run(&cluster, a, b, |c| c.replacen(&a.ded_addr4(), "10.99.0.1", 1))?;
+    let stderr = failed_run(&cluster, a, b, |c| {
+        c.replacen(&a.ded_addr4(), "10.99.0.1", 1)
+    })?;
     assert!(
         stderr.contains("no interface of this host holds 10.99.0.1"),
         "{stderr}"
@@ -698,7 +700,13 @@ fn a_second_run_beside_a_running_agent_is_refused_and_changes_no_gate() -> Resul
             .into_iter()
             .flatten()
             .flat_map(|i| i["entries"].as_array().cloned().unwrap_or_default())
-            .map(|e| (e["address"].clone(), e["state"].clone(), e["forward"].clone()))
+            .map(|e| {
+                (
+                    e["address"].clone(),
+                    e["state"].clone(),
+                    e["forward"].clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(

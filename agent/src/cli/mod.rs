@@ -303,7 +303,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                out!("{}", takeover::io::control::render(&v))?;
+                out!("{}", v.render())?;
             }
             Ok(())
         }

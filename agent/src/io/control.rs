@@ -19,7 +19,8 @@ use tokio::{
 };
 
 use crate::{
-    core::node::{Core, FenceState, NodeId, ResId},
+    core::node::{Core, NodeId, ResId},
+    io::status::Status,
     sys::netns,
 };
 
@@ -264,81 +265,10 @@ pub fn switchover_refusal(core: &Core, a: ResId, to: NodeId) -> Option<String> {
     None
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// The state table as JSON (field names are a stable interface for scripts).
-/// Datagrams the agent has read from the peers, by where it found them: the gates' ring
-/// (periodic heartbeats, taken off the wire by XDP) or its sockets (urgent heartbeats, the
-/// peers' kernels' answers, and whatever the ring did not take).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct Received {
-    pub gate: u64,
-    pub socket: u64,
-}
-
-pub fn status(core: &Core, now: Duration, lan: &str, received: &Received) -> Value {
-    let cfg = core.config();
-    let me = cfg.me;
-    let addresses: Vec<Value> = cfg
-        .resources
-        .iter()
-        .enumerate()
-        .map(|(a, spec)| {
-            json!({
-                "address": spec.ip.to_string(),
-                "owner": cfg.nodes[spec.preference[0]],
-                "preference": spec.preference.iter().map(|&n| cfg.nodes[n].clone()).collect::<Vec<_>>(),
-                "gate": core.gate(a).describe(cfg),
-                "served_by": core.server(a).map(|n| cfg.nodes[n].clone()),
-                "epoch": core.epoch(a),
-            })
-        })
-        .collect();
-    let peers: Vec<Value> = (0..cfg.nodes.len())
-        .filter(|&p| p != me)
-        .map(|p| {
-            let paths: Vec<Value> = core
-                .path_status(p)
-                .iter()
-                .enumerate()
-                .map(|(i, (heard, rtt))| {
-                    json!({
-                        "path": if cfg.paths > 1 && i == 0 { "dedicated" } else { "lan" },
-                        "last_heard_ms_ago": heard.map(|h| ms(now.saturating_sub(h))),
-                        "rtt_ms": rtt.map(ms),
-                    })
-                })
-                .collect();
-            json!({
-                "name": cfg.nodes[p],
-                "state": if core.peer_alive(p) { "alive" } else { "dead" },
-                "since_ms_ago": core.peer_since(p).map(|s| ms(now.saturating_sub(s))),
-                "fence": match core.fence_state(p) {
-                    FenceState::None => "none",
-                    FenceState::Pending => "pending",
-                    FenceState::Fenced => "fenced",
-                    FenceState::Failed(_) => "failed",
-                },
-                "paths": paths,
-            })
-        })
-        .collect();
-    json!({
-        "node": cfg.nodes[me],
-        "ready": core.is_ready(),
-        "lan": { "interface": lan, "state": if core.lan_up() { "up" } else { "down" } },
-        "addresses": addresses,
-        "peers": peers,
-        "received": received,
-        "rejected": core.rejected().0,
-    })
-}
-
 /// Asks the agent of the current network namespace for its status.
-pub fn query() -> Result<Value> {
-    ask("status")
+pub fn query() -> Result<Status> {
+    serde_json::from_value(ask("status")?)
+        .context("the agent's status is not what this version reads")
 }
 
 /// Asks the agent of the current network namespace to move `addr` to node `to`.
@@ -372,91 +302,6 @@ fn ask(request: &str) -> Result<Value> {
         Some(e) => bail!("the agent says: {e}"),
         None => Ok(v),
     }
-}
-
-/// Rows as aligned columns, each as wide as its widest cell (names and gate states have no
-/// fixed length), two spaces apart.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// A readable rendering of `status` for people.
-pub fn render(v: &Value) -> String {
-    let mut out = format!(
-        "node {}  ready {}  LAN {} {}\n",
-        v["node"].as_str().unwrap_or("?"),
-        v["ready"],
-        v["lan"]["interface"].as_str().unwrap_or("?"),
-        v["lan"]["state"].as_str().unwrap_or("?")
-    );
-    let text = |x: &Value| x.as_str().unwrap_or("").to_string();
-    let mut addresses = vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];
-    for a in v["addresses"].as_array().into_iter().flatten() {
-        addresses.push([
-            text(&a["address"]),
-            text(&a["owner"]),
-            text(&a["gate"]),
-            a["served_by"].as_str().unwrap_or("-").to_string(),
-            a["epoch"].to_string(),
-        ]);
-    }
-    let mut peers = vec![["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"].map(String::from)];
-    for p in v["peers"].as_array().into_iter().flatten() {
-        for (i, path) in p["paths"].as_array().into_iter().flatten().enumerate() {
-            // The peer's own columns on its first path's row only.
-            let own = |k: &str| if i == 0 { text(&p[k]) } else { String::new() };
-            let age = path["last_heard_ms_ago"]
-                .as_f64()
-                .map(|x| format!("{x:.1} ms"))
-                .unwrap_or_else(|| "never".into());
-            let rtt = path["rtt_ms"]
-                .as_f64()
-                .map(|x| format!("{x:.3} ms"))
-                .unwrap_or_else(|| "-".into());
-            peers.push([
-                own("name"),
-                own("state"),
-                own("fence"),
-                text(&path["path"]),
-                age,
-                rtt,
-            ]);
-        }
-    }
-    out.push('\n');
-    out.push_str(&table(&addresses));
-    out.push('\n');
-    out.push_str(&table(&peers));
-    let rejected = v["rejected"].as_object().map(|m| {
-        m.iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
-    out.push_str(&format!(
-        "\ndatagrams read: {} from the gates' ring, {} from sockets\n",
-        v["received"]["gate"], v["received"]["socket"]
-    ));
-    out.push_str(&format!(
-        "rejected datagrams: {}\n",
-        rejected
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "none".into())
-    ));
-    out
 }
 
 #[cfg(test)]
@@ -521,82 +366,6 @@ mod tests {
     }
 
     /// The rows of the table whose header starts with `first`, up to the blank line.
-    fn table_of<'a>(text: &'a str, first: &str) -> Vec<&'a str> {
-        text.lines()
-            .skip_while(|l| !l.starts_with(first))
-            .take_while(|l| !l.is_empty())
-            .collect()
-    }
-
-    /// Every row has `cells[i]` where the header has `columns[i]`, after a space.
-    fn aligned(rows: &[&str], columns: &[&str], cells: &[&[&str]]) {
-        let at: Vec<usize> = columns.iter().map(|c| rows[0].find(c).unwrap()).collect();
-        for (row, want) in rows[1..].iter().zip(cells) {
-            for (&i, cell) in at.iter().zip(*want) {
-                assert!(
-                    row[i..].starts_with(cell) && (i == 0 || &row[i - 1..i] == " "),
-                    "{cell:?} not at column {i}:\n{}",
-                    rows.join("\n")
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn status_columns_line_up_whatever_the_names() {
-        let v = json!({
-            "node": "a-rather-long-node-name", "ready": true,
-            "lan": {"interface": "lan", "state": "up"},
-            "addresses": [
-                {"address": "2001:db8:1234:5678:9abc:def0:1234:5678", "owner": "a-rather-long-node-name",
-                 "gate": "forward to another-long-node-name", "served_by": "another-long-node-name", "epoch": 35},
-                {"address": "10.0.0.1", "owner": "b", "gate": "receive from a-rather-long-node-name",
-                 "served_by": null, "epoch": 0},
-            ],
-            "peers": [{"name": "another-long-node-name", "state": "alive", "fence": "none", "paths": [
-                {"path": "dedicated", "last_heard_ms_ago": 12345.6, "rtt_ms": 0.021},
-                {"path": "lan", "last_heard_ms_ago": null, "rtt_ms": null},
-            ]}],
-            "received": {"gate": 1, "socket": 2}, "rejected": {},
-        });
-        let text = render(&v);
-        aligned(
-            &table_of(&text, "ADDRESS"),
-            &["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"],
-            &[
-                &[
-                    "2001:db8:1234:5678:9abc:def0:1234:5678",
-                    "a-rather-long-node-name",
-                    "forward to another-long-node-name",
-                    "another-long-node-name",
-                    "35",
-                ],
-                &[
-                    "10.0.0.1",
-                    "b",
-                    "receive from a-rather-long-node-name",
-                    "-",
-                    "0",
-                ],
-            ],
-        );
-        aligned(
-            &table_of(&text, "PEER"),
-            &["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"],
-            &[
-                &[
-                    "another-long-node-name",
-                    "alive",
-                    "none",
-                    "dedicated",
-                    "12345.6 ms",
-                    "0.021 ms",
-                ],
-                &["", "", "", "lan", "never", "-"],
-            ],
-        );
-    }
-
     #[test]
     fn a_request_line_is_bounded() {
         assert!(matches!(read(b"status\n"), Ok(Command::Status)));

@@ -5,4 +5,5 @@ pub mod control;
 pub mod inbox;
 pub mod log;
 pub mod netlink;
+pub mod status;
 pub mod udp;

@@ -136,7 +136,7 @@ struct Shell {
     /// liveness registered): read from shared memory at every wake-up.
     heard: Option<HeardRing>,
     /// Datagrams read from the ring and from sockets, for `status`.
-    received: control::Received,
+    received: super::status::Received,
     /// Per path, the same address on a port of its own, which the loop sleeps on: what
     /// must be acted on at once arrives here (the peers' urgent heartbeats, and what their
     /// kernels answer to this node's heartbeats and probes, which leave from it).
@@ -284,9 +284,13 @@ impl Shell {
 
     fn control(&mut self, command: control::Command, now: Duration) -> serde_json::Value {
         match command {
-            control::Command::Status => {
-                control::status(&self.core, now, &self.lan.name, &self.received)
-            }
+            control::Command::Status => serde_json::to_value(super::status::Status::of(
+                &self.core,
+                now,
+                &self.lan.name,
+                &self.received,
+            ))
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
             control::Command::Switchover { addr, to } => {
                 let a = addr.parse::<IpAddr>().ok().and_then(|ip| {
                     self.core_cfg

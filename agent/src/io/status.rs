@@ -1,0 +1,348 @@
+//! `takeover status`: the agent's state table as one serde type, behind both the JSON
+//! (`--json`, field names a stable interface for scripts) and the table people read.
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{
+    event::{path_name, resource_name},
+    node::{Core, FenceState},
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub ready: bool,
+    pub lan: Lan,
+    /// The digest of the configuration's shared part: the same on every node of a cluster.
+    #[serde(default)]
+    pub config_digest: String,
+    /// One per resource (a logical address, or a service on it).
+    pub addresses: Vec<Resource>,
+    pub peers: Vec<Peer>,
+    pub received: Received,
+    /// Datagrams refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lan {
+    pub interface: String,
+    /// `up` or `down`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub address: String,
+    /// `tcp/80`, `udp/53`, ... for a service; absent for a whole address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub owner: String,
+    pub preference: Vec<String>,
+    /// `open`, `closed`, `forward to NODE`, `receive from NODE`.
+    pub gate: String,
+    pub served_by: Option<String>,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    /// `alive` or `dead`.
+    pub state: String,
+    pub since_ms_ago: Option<f64>,
+    /// `none`, `pending`, `fenced`, `failed`.
+    pub fence: String,
+    /// `agrees`, or why its summaries cannot be read (nothing moves while it lasts).
+    #[serde(default)]
+    pub config: String,
+    /// The wire version this node writes to it.
+    #[serde(default)]
+    pub wire_version: u8,
+    pub paths: Vec<PathStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathStatus {
+    /// `dedicated` or `lan`.
+    pub path: String,
+    pub last_heard_ms_ago: Option<f64>,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Datagrams the agent has read from the peers, by where it found them: the gates' ring
+/// (periodic heartbeats, taken off the wire by XDP) or its sockets (urgent heartbeats, the
+/// peers' kernels' answers, and whatever the ring did not take).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    pub gate: u64,
+    pub socket: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Status {
+    pub fn of(core: &Core, now: Duration, lan: &str, received: &Received) -> Self {
+        let cfg = core.config();
+        let name = |n: usize| cfg.nodes[n].clone();
+        let addresses = cfg
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(a, spec)| Resource {
+                address: spec.ip.to_string(),
+                service: spec.service.map(|_| {
+                    let full = resource_name(cfg, a);
+                    full.split_once(' ')
+                        .map_or(full.clone(), |(_, s)| s.to_string())
+                }),
+                owner: name(spec.preference[0]),
+                preference: spec.preference.iter().map(|&n| name(n)).collect(),
+                gate: core.gate(a).describe(cfg),
+                served_by: core.server(a).map(name),
+                epoch: core.epoch(a),
+            })
+            .collect();
+        let peers = (0..cfg.nodes.len())
+            .filter(|&p| p != cfg.me)
+            .map(|p| Peer {
+                name: name(p),
+                state: if core.peer_alive(p) { "alive" } else { "dead" }.into(),
+                since_ms_ago: core.peer_since(p).map(|s| ms(now.saturating_sub(s))),
+                fence: match core.fence_state(p) {
+                    FenceState::None => "none",
+                    FenceState::Pending => "pending",
+                    FenceState::Fenced => "fenced",
+                    FenceState::Failed(_) => "failed",
+                }
+                .into(),
+                config: core
+                    .peer_mismatch(p)
+                    .map_or("agrees".into(), |m| format!("MISMATCH: {}", m.as_str())),
+                wire_version: core.peer_wire_version(p),
+                paths: core
+                    .path_status(p)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (heard, rtt))| PathStatus {
+                        path: path_name(cfg, i).into(),
+                        last_heard_ms_ago: heard.map(|h| ms(now.saturating_sub(h))),
+                        rtt_ms: rtt.map(ms),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            node: name(cfg.me),
+            ready: core.is_ready(),
+            lan: Lan {
+                interface: lan.into(),
+                state: if core.lan_up() { "up" } else { "down" }.into(),
+            },
+            config_digest: cfg.digest.iter().map(|b| format!("{b:02x}")).collect(),
+            addresses,
+            peers,
+            received: *received,
+            rejected: core
+                .rejected()
+                .0
+                .iter()
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect(),
+        }
+    }
+
+    /// The table people read.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "node {}  ready {}  LAN {} {}  configuration {}\n",
+            self.node, self.ready, self.lan.interface, self.lan.state, self.config_digest
+        );
+        let mut addresses =
+            vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];
+        for a in &self.addresses {
+            let address = match &a.service {
+                Some(s) => format!("{} {s}", a.address),
+                None => a.address.clone(),
+            };
+            addresses.push([
+                address,
+                a.owner.clone(),
+                a.gate.clone(),
+                a.served_by.clone().unwrap_or_else(|| "-".into()),
+                a.epoch.to_string(),
+            ]);
+        }
+        let mut peers =
+            vec![["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"].map(String::from)];
+        for p in &self.peers {
+            for (i, path) in p.paths.iter().enumerate() {
+                // The peer's own columns on its first path's row only.
+                let own = |s: &str| if i == 0 { s.to_string() } else { String::new() };
+                peers.push([
+                    own(&p.name),
+                    own(&p.state),
+                    own(&p.fence),
+                    path.path.clone(),
+                    path.last_heard_ms_ago
+                        .map_or("never".into(), |x| format!("{x:.1} ms")),
+                    path.rtt_ms.map_or("-".into(), |x| format!("{x:.3} ms")),
+                ]);
+            }
+        }
+        out.push('\n');
+        out.push_str(&table(&addresses));
+        out.push('\n');
+        out.push_str(&table(&peers));
+        for p in &self.peers {
+            if p.config != "agrees" && !p.config.is_empty() {
+                out.push_str(&format!("\npeer {}: configuration {}\n", p.name, p.config));
+            }
+            if p.wire_version != 0 && p.wire_version != crate::core::wire::VERSION {
+                out.push_str(&format!(
+                    "peer {}: spoken to in wire version {} (it reads nothing newer)\n",
+                    p.name, p.wire_version
+                ));
+            }
+        }
+        let rejected: Vec<String> = self
+            .rejected
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!(
+            "\ndatagrams read: {} from the gates' ring, {} from sockets\n",
+            self.received.gate, self.received.socket
+        ));
+        out.push_str(&format!(
+            "rejected datagrams: {}\n",
+            if rejected.is_empty() {
+                "none".into()
+            } else {
+                rejected.join(", ")
+            }
+        ));
+        out
+    }
+}
+
+/// Rows as aligned columns, each as wide as its widest cell (names and gate states have no
+/// fixed length), two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn table_of<'a>(text: &'a str, first: &str) -> Vec<&'a str> {
+        text.lines()
+            .skip_while(|l| !l.starts_with(first))
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Every row has `cells[i]` where the header has `columns[i]`, after a space.
+    fn aligned(rows: &[&str], columns: &[&str], cells: &[&[&str]]) {
+        let at: Vec<usize> = columns.iter().map(|c| rows[0].find(c).unwrap()).collect();
+        for (row, want) in rows[1..].iter().zip(cells) {
+            for (&i, cell) in at.iter().zip(*want) {
+                assert!(
+                    row[i..].starts_with(cell) && (i == 0 || &row[i - 1..i] == " "),
+                    "{cell:?} not at column {i}:\n{}",
+                    rows.join("\n")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn status_columns_line_up_whatever_the_names() {
+        let v = json!({
+            "node": "a-rather-long-node-name", "ready": true,
+            "lan": {"interface": "lan", "state": "up"},
+            "addresses": [
+                {"address": "2001:db8:1234:5678:9abc:def0:1234:5678", "owner": "a-rather-long-node-name", "preference": [],
+                 "gate": "forward to another-long-node-name", "served_by": "another-long-node-name", "epoch": 35},
+                {"address": "10.0.0.1", "owner": "b", "preference": [], "gate": "receive from a-rather-long-node-name",
+                 "served_by": null, "epoch": 0},
+            ],
+            "peers": [{"name": "another-long-node-name", "state": "alive", "since_ms_ago": 1.0, "fence": "none", "paths": [
+                {"path": "dedicated", "last_heard_ms_ago": 12345.6, "rtt_ms": 0.021},
+                {"path": "lan", "last_heard_ms_ago": null, "rtt_ms": null},
+            ]}],
+            "received": {"gate": 1, "socket": 2}, "rejected": {},
+        });
+        let text = serde_json::from_value::<Status>(v).unwrap().render();
+        aligned(
+            &table_of(&text, "ADDRESS"),
+            &["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"],
+            &[
+                &[
+                    "2001:db8:1234:5678:9abc:def0:1234:5678",
+                    "a-rather-long-node-name",
+                    "forward to another-long-node-name",
+                    "another-long-node-name",
+                    "35",
+                ],
+                &[
+                    "10.0.0.1",
+                    "b",
+                    "receive from a-rather-long-node-name",
+                    "-",
+                    "0",
+                ],
+            ],
+        );
+        aligned(
+            &table_of(&text, "PEER"),
+            &["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"],
+            &[
+                &[
+                    "another-long-node-name",
+                    "alive",
+                    "none",
+                    "dedicated",
+                    "12345.6 ms",
+                    "0.021 ms",
+                ],
+                &["", "", "", "lan", "never", "-"],
+            ],
+        );
+    }
+
+    #[test]
+    fn the_json_and_the_table_are_one_status() {
+        use crate::core::sim::Sim;
+        let mut s = Sim::new(2, Duration::from_millis(1), None, 1);
+        let t = s.now + Duration::from_millis(50);
+        s.run_until(t);
+        let core = s.nodes[0].core.as_ref().unwrap();
+        let st = Status::of(core, s.now, "lan", &Received { gate: 3, socket: 4 });
+        let json = serde_json::to_string(&st).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), st);
+        assert_eq!(st.peers[0].config, "agrees");
+        assert_eq!(st.addresses[0].gate, "open");
+        let text = st.render();
+        assert!(text.contains("10.77.0.100") && text.contains(&st.config_digest));
+    }
+}
