@@ -716,3 +716,58 @@ fn a_second_run_beside_a_running_agent_is_refused_and_changes_no_gate() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_peer_configured_one_address_short_is_reported_never_fenced_and_nothing_moves() -> Result<()> {
+    let mut s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    // b restarts with an address a does not have.
+    s.agents[1].stop();
+    let extra = "[[address]]\nip = \"10.77.0.200/24\"\nowner = \"b\"\n\n[heartbeat]";
+    s.agents[1] = s
+        .cluster
+        .start_with(&t, b, a, |c| c.replacen("[heartbeat]", extra, 1))?;
+    s.logged(wait_for("both to report the mismatch", WAIT, || {
+        Ok((s.agents[0]
+            .log()
+            .contains("CONFIGURATION MISMATCH with peer b")
+            && s.agents[1]
+                .log()
+                .contains("CONFIGURATION MISMATCH with peer a"))
+        .then_some(()))
+    }))?;
+    let status: serde_json::Value = serde_json::from_str(&t.ok(&a.ns, "status --json")?)?;
+    let peer = &status["peers"][0];
+    assert_eq!(peer["state"], "alive", "{status}");
+    assert!(
+        peer["config"].as_str().unwrap().starts_with("MISMATCH"),
+        "{status}"
+    );
+    // What would move the address (a's LAN link down) moves nothing while they differ.
+    a.ns.ip("link set lan down")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let status: serde_json::Value = serde_json::from_str(&t.ok(&b.ns, "status --json")?)?;
+    assert_eq!(status["addresses"][0]["gate"], "closed", "{status}");
+    let (la, lb) = (s.agents[0].log(), s.agents[1].log());
+    assert!(
+        !la.contains("fencing") && !lb.contains("fencing"),
+        "a live peer was fenced:\n{la}\n{lb}"
+    );
+    // The same configuration again on b: they agree, and the address moves (without a
+    // fence: a is alive and closed it itself).
+    s.agents[1].stop();
+    s.agents[1] = s.cluster.start(&t, b, a)?;
+    s.logged(wait_served_by(
+        &s.client,
+        "b",
+        "b to take over once they agree",
+    ))?;
+    assert!(s.agents[0].log().contains("configuration agrees"));
+    assert!(
+        !s.agents[1].log().contains("fencing"),
+        "{}",
+        s.agents[1].log()
+    );
+    Ok(())
+}

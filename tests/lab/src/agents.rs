@@ -54,6 +54,12 @@ impl Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// A planned stop (SIGTERM), waited for: the gates stay, the peers wait for a restart.
+    pub fn stop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Agent {
@@ -173,7 +179,20 @@ key_file = "{key}"
     }
 
     pub fn start(&self, t: &Takeover, me: &Host, peer: &Host) -> Result<Agent> {
+        self.start_with(t, me, peer, |c| c)
+    }
+
+    /// Starts `me`'s agent with its configuration edited by `edit` (a node configured
+    /// differently from the others).
+    pub fn start_with(
+        &self,
+        t: &Takeover,
+        me: &Host,
+        peer: &Host,
+        edit: impl Fn(String) -> String,
+    ) -> Result<Agent> {
         let config = self.config(me, peer)?;
+        std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
         // One log per start: a replaced agent removes its own log when dropped.
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
