@@ -217,6 +217,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Mode::Generic => AttachMode::Generic,
             };
             let a = dataplane::attach(&iface, mode)?;
+            for n in &a.notes {
+                println!("{n}");
+            }
             println!(
                 "attached to {}: ingress XDP {}, egress {}; pinned in {}",
                 a.iface,
@@ -275,7 +278,18 @@ fn resolve(t: &GateTarget) -> Result<Resolved> {
         .map(str::parse::<Service>)
         .transpose()?;
     let iface = Iface::by_name(&t.iface)?;
-    let gates = Gates::open(&PinDir::for_iface(&iface.name)?)?;
+    let pins = PinDir::for_iface(&iface.name)?;
+    if pins.is_attached() {
+        if let Some(why) = dataplane::stale::why_stale(&pins)? {
+            bail!(
+                "the gate pinned for {} is stale ({why}); `takeover attach --iface {}` makes a \
+                 fresh one",
+                iface.name,
+                iface.name
+            );
+        }
+    }
+    let gates = Gates::open(&pins)?;
     Ok(Resolved {
         target: Target::new(addr, service),
         iface,

@@ -6,6 +6,7 @@ pub mod heard;
 pub mod liveness;
 pub mod pinned_link;
 pub mod pins;
+pub mod stale;
 pub mod target;
 
 /// The compiled gate programs (`ebpf/gate`), built by `build.rs` and shipped inside the binary.

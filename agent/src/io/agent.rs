@@ -252,6 +252,7 @@ impl Shell {
             XdpMode::Generic => AttachMode::Generic,
         };
         let attached = dataplane::attach(&lan, mode)?;
+        attached.notes.iter().for_each(log);
         log(format!(
             "gate on {}: ingress XDP {}, egress {}",
             lan.name, attached.xdp, attached.egress
@@ -313,6 +314,7 @@ impl Shell {
             if heartbeat_ifaces.iter().all(|i| i.index != index) {
                 let iface = Iface::by_name(&name)?;
                 let attached = dataplane::attach(&iface, mode)?;
+                attached.notes.iter().for_each(log);
                 log(format!(
                     "gate on {name} (heartbeats): ingress XDP {}, egress {}",
                     attached.xdp, attached.egress
