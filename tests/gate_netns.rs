@@ -586,6 +586,82 @@ fn a_new_namespace_never_inherits_a_deleted_ones_pins() -> Result<()> {
     Ok(())
 }
 
+/// `takeover cleanup` run machine-wide (it needs no namespace), parsed.
+fn cleanup(t: &Takeover, args: &[&str]) -> Result<serde_json::Value> {
+    let out = takeover_lab::run(std::process::Command::new(&t.bin).arg("cleanup").args(args))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+fn outcome<'a>(report: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    report["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|o| o["id"] == id)
+}
+
+#[test]
+fn cleanup_removes_what_deleted_namespaces_left_and_nothing_else() -> Result<()> {
+    let t = takeover();
+    let gone = namespace_with_gate(&t, "gone")?;
+    t.ok(&gone, &format!("gate open {LOGICAL4} --iface v0"))?;
+    let gone_id = gone.id()?;
+    let (gone_pins, gone_run) = (gone.pin_dir()?, Path::new("/run/takeover").join(&gone_id));
+    std::fs::create_dir_all(&gone_run)?;
+    std::fs::write(gone_run.join("v0.epochs"), format!("{LOGICAL4} 3\n"))?;
+    let live = namespace_with_gate(&t, "live")?;
+    t.ok(&live, &format!("gate close {LOGICAL4} --iface v0"))?;
+    // Directories of an earlier takeover: one of a live namespace (kept: it may be in use),
+    // one of an inode no namespace has (removed).
+    let live_legacy = Path::new(PIN_ROOT).join(format!("net-{}", live.inode()?));
+    let dead_legacy = Path::new(PIN_ROOT).join("net-1");
+    let _leftovers = RemoveOnDrop(vec![
+        gone_pins.clone(),
+        gone_run.clone(),
+        live_legacy.clone(),
+        dead_legacy.clone(),
+    ]);
+    for d in [&live_legacy, &dead_legacy] {
+        std::fs::create_dir_all(d)?;
+    }
+    takeover_lab::ip(&format!("netns del {}", gone.name))?;
+    wait_defunct(&gone_pins, "v0")?;
+
+    let dry = cleanup(&t, &["--dry-run", "--json"])?;
+    assert_eq!(
+        outcome(&dry, &gone_id).map(|o| o["action"].clone()),
+        Some("would remove".into()),
+        "{dry}"
+    );
+    assert!(
+        gone_pins.exists() && gone_run.exists(),
+        "the dry run removed something"
+    );
+
+    let done = cleanup(&t, &["--json"])?;
+    assert_eq!(
+        outcome(&done, &gone_id).unwrap()["action"],
+        "removed",
+        "{done}"
+    );
+    assert_eq!(
+        outcome(&done, "net-1").unwrap()["action"],
+        "removed",
+        "{done}"
+    );
+    assert!(!gone_pins.exists() && !gone_run.exists() && !dead_legacy.exists());
+    // The live namespace's directories are untouched, and its gate works as before.
+    assert!(outcome(&done, &live.id()?).is_none());
+    assert!(live_legacy.exists());
+    assert_eq!(
+        t.entry(&live, "v0", LOGICAL4, None)?.unwrap()["state"],
+        "closed"
+    );
+    assert!(live.ip("link show dev v0")?.contains("xdp"));
+    let text = takeover_lab::run(std::process::Command::new(&t.bin).arg("cleanup"))?;
+    assert!(text.contains("left alone"), "{text}");
+    Ok(())
+}
+
 #[test]
 fn forward_to_a_vanished_interface_is_dropped_and_logged() -> Result<()> {
     use std::io::BufRead as _;

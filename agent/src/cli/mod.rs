@@ -123,6 +123,22 @@ enum Command {
         /// The TOML file (see examples/takeover.toml).
         file: std::path::PathBuf,
     },
+    /// Remove the pins (/sys/fs/bpf/takeover/<id>/) and agent files (/run/takeover/<id>/)
+    /// of network namespaces that no longer exist, detaching what is still attached. A live
+    /// namespace's are never touched; nor a directory whose agent still runs or whose gate is
+    /// still on an interface (its namespace may live out of sight: the reason is printed).
+    /// Also removes the net-<inode> directories of earlier versions once unused.
+    #[command(
+        after_help = "Examples:\n  takeover cleanup --dry-run\n  takeover cleanup\n  takeover cleanup --json"
+    )]
+    Cleanup {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output (stable field names).
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
     /// a full counters table) until interrupted. Nothing is logged per packet.
     #[command(after_help = "Example:\n  takeover log --iface eth0")]
@@ -237,6 +253,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gate(cmd) => gate(cmd),
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
         Command::Log { iface } => events::follow(&iface),
+        Command::Cleanup { dry_run, json } => {
+            let report = dataplane::cleanup::cleanup(dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", dataplane::cleanup::render(&report));
+            }
+            Ok(())
+        }
         Command::Switchover { addr, to } => {
             takeover::io::control::switchover(&addr, &to)?;
             println!("{addr}: switchover to {to} ordered");

@@ -1,6 +1,7 @@
 //! The agent's side of the data plane: the embedded eBPF object, where its pieces are pinned,
 //! attaching it to an interface, and reading and writing its gate table.
 pub mod attach;
+pub mod cleanup;
 pub mod gates;
 pub mod heard;
 pub mod liveness;
