@@ -70,11 +70,13 @@ enum Command {
         mode: Mode,
     },
     /// Detach the gate from an interface and remove its pins, gate table and counters.
+    /// Refused while an agent runs in the namespace (it would lose its gate).
     Detach {
         #[arg(long, value_name = "IF")]
         iface: String,
     },
-    /// Open, close, forward or remove the gate of a logical address.
+    /// Open, close, forward or remove the gate of a logical address by hand. Refused while an
+    /// agent runs in the namespace: the gates are its own (use `takeover switchover`).
     #[command(subcommand)]
     Gate(GateCommand),
     /// Inspect the gate tables.
@@ -246,6 +248,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Detach { iface } => {
+            refuse_while_agent_runs("stop it (SIGTERM) first: detaching pulls its gate away")?;
             dataplane::detach(&iface)?;
             println!("detached from {iface}");
             Ok(())
@@ -322,6 +325,16 @@ fn resolve(t: &GateTarget) -> Result<Resolved> {
     })
 }
 
+/// One writer of the gate table: while an agent runs in this namespace, its gates are its own
+/// (a gate changed by hand behind it would serve beside the owner while `status` says
+/// closed). Once it has stopped, or died, they are anyone's until the next agent starts.
+fn refuse_while_agent_runs(what_instead: &str) -> Result<()> {
+    if let Some(pid) = dataplane::liveness::agent_in_charge()? {
+        bail!("the agent (pid {pid}) manages the gates of this network namespace; {what_instead}");
+    }
+    Ok(())
+}
+
 fn state_word(action: Option<Action>) -> &'static str {
     action.map_or("unknown", Action::name)
 }
@@ -353,6 +366,7 @@ fn gate(cmd: GateCommand) -> Result<()> {
         }
     };
     let mut r = resolve(t)?;
+    refuse_while_agent_runs("use `takeover switchover` or stop it (SIGTERM) first")?;
     let before = r.gates.get(&r.target)?.map(|e| e.action);
     let value = match (&cmd, value) {
         (GateCommand::Forward { to_mac, via, .. }, _) => {

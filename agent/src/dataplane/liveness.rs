@@ -119,3 +119,18 @@ pub fn agent_alive(ns_dir: &Path) -> Result<Option<u32>> {
         && comm(&pid.to_string()).is_some_and(|c| Some(c) == comm("self"));
     Ok(alive.then_some(pid))
 }
+
+/// The agent that manages the gates of the current network namespace, if one runs: its pid.
+/// After a SIGTERM its registration says stopping; once the process is gone the gates belong
+/// to nobody until the next agent starts (and keeps what it finds open).
+pub fn agent_in_charge() -> Result<Option<u32>> {
+    let dir = super::pins::namespace_dir()?;
+    let Some(pid) = agent_alive(&dir)? else {
+        return Ok(None);
+    };
+    // The agent of this namespace lives in it: a registration of another is not ours.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let here = ino("/proc/thread-self/ns/net".into());
+    Ok((here.is_some() && ino(format!("/proc/{pid}/ns/net")) == here).then_some(pid))
+}
