@@ -771,3 +771,83 @@ fn a_peer_configured_one_address_short_is_reported_never_fenced_and_nothing_move
     );
     Ok(())
 }
+
+/// The gate entries of a namespace without their counters (traffic moves those).
+fn verdicts(t: &Takeover, host: &Host) -> Result<Vec<serde_json::Value>> {
+    let map = t.map(&host.ns)?;
+    Ok(map["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["entries"].as_array().cloned().unwrap_or_default())
+        .map(|mut e| {
+            e.as_object_mut().unwrap().remove("counters");
+            e
+        })
+        .collect())
+}
+
+/// The registration the agent of `host`'s namespace left in its liveness map.
+fn registration(host: &Host) -> Result<takeover_common::Liveness> {
+    takeover::dataplane::liveness::registered(&host.ns.pin_dir()?)?
+        .ok_or_else(|| anyhow::anyhow!("no liveness map in {}", host.name))
+}
+
+#[test]
+fn gate_commands_are_refused_while_an_agent_runs_and_work_once_it_is_gone() -> Result<()> {
+    use takeover_common::{AGENT_EXITED, AGENT_RUNNING, AGENT_STOPPING};
+    let mut s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    let refuses = |pid: u32, args: &str| -> Result<()> {
+        let out = t.output(&b.ns, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "`{args}` succeeded beside the agent");
+        assert!(
+            stderr.contains(&format!(
+                "the agent (pid {pid}) manages the gates of this network namespace"
+            )) && stderr.trim_end().lines().count() == 1,
+            "`{args}`: {stderr}"
+        );
+        Ok(())
+    };
+    let pid = s.agents[1].child.id();
+    let before = verdicts(&t, b)?;
+    for args in [
+        format!("gate open {LOGICAL} --iface lan"),
+        format!("gate close {LOGICAL} --iface lan"),
+        format!("gate remove {LOGICAL} --iface lan"),
+        format!("gate forward {LOGICAL} --iface lan --to-mac {}", a.mac()),
+        "detach --iface lan".into(),
+    ] {
+        refuses(pid, &args)?;
+    }
+    assert_eq!(
+        verdicts(&t, b)?,
+        before,
+        "a refused command changed the table"
+    );
+    assert!(b.ns.ip("link show dev lan")?.contains("xdp"));
+    // Attaching is idempotent: the agent's gate is kept as it is.
+    assert!(t.ok(&b.ns, "attach --iface lan")?.contains("kept"));
+
+    // A planned stop: the registration says stopping; once the process is gone the gates are
+    // nobody's until the next agent starts (which keeps what it finds open).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    s.agents[1].child.wait()?;
+    assert_eq!(registration(b)?.state, AGENT_STOPPING);
+    t.ok(&b.ns, &format!("gate close {LOGICAL} --iface lan"))?;
+
+    // A new agent takes the gates again; killed, the kernel marks it exited.
+    s.agents[1] = s.cluster.start(&t, b, a)?;
+    let pid = s.agents[1].child.id();
+    s.logged(wait_for("b's new agent to register", WAIT, || {
+        let r = registration(b)?;
+        Ok((r.tgid == pid && r.state == AGENT_RUNNING).then_some(()))
+    }))?;
+    refuses(pid, &format!("gate open {LOGICAL} --iface lan"))?;
+    s.agents[1].kill();
+    assert_eq!(registration(b)?.state, AGENT_EXITED);
+    t.ok(&b.ns, &format!("gate close {LOGICAL} --iface lan"))?;
+    Ok(())
+}

@@ -138,6 +138,7 @@ fn usage_errors_exit_non_zero_and_help_has_examples() -> Result<()> {
         &["gate", "forward", "--help"],
         &["map", "show", "--help"],
         &["attach", "--help"],
+        &["cleanup", "--help"],
     ] {
         let out = std::process::Command::new(&t.bin).args(args).output()?;
         assert!(out.status.success());

@@ -12,12 +12,17 @@ use std::{
     time::Duration,
 };
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
+use aya::maps::{Array, Map, MapData};
+use takeover::dataplane::{liveness, pinned_link};
+use takeover_common::{Liveness, AGENT_EXITED, AGENT_NONE, LIVENESS_MAP, NOTICE_LEN, XDP_LINK_PIN};
 use takeover_lab::{
     capture::{v4, Capture, Frame},
     topology::{wait_for, Host, Lan},
     udp::{Client, Responder},
-    Takeover,
+    Netns, Takeover, PIN_ROOT,
 };
 
 const LOGICAL4: &str = "10.77.0.100";
@@ -431,27 +436,229 @@ fn gates_survive_the_loader_exiting_and_a_second_attach() -> Result<()> {
     Ok(())
 }
 
+/// A namespace with a veth pair `v0`/`v1` (up) and the gate attached to `v0`.
+fn namespace_with_gate(t: &Takeover, role: &str) -> Result<Netns> {
+    let ns = Netns::new(role)?;
+    ns.ip("link add v0 type veth peer v1")?;
+    ns.ip("link set v0 up")?;
+    ns.ip("link set v1 up")?;
+    t.ok(&ns, "attach --iface v0")?;
+    Ok(ns)
+}
+
+/// Writes the namespace's liveness registration, as an agent killed unannounced leaves it
+/// (the kernel marked it exited): every gate reading it answers heartbeats with `notice`.
+fn leave_a_dead_agents_registration(ns_dir: &Path) -> Result<()> {
+    let data = MapData::from_pin(ns_dir.join(LIVENESS_MAP))?;
+    let mut map: Array<MapData, Liveness> = Array::try_from(Map::from_map_data(data)?)?;
+    let mut notice = [0u8; NOTICE_LEN];
+    notice[..4].copy_from_slice(b"TKOV");
+    map.set(
+        0,
+        Liveness {
+            tgid: 999_999,
+            state: AGENT_EXITED,
+            port: 7400,
+            _pad: [0; 6],
+            notice,
+        },
+        0,
+    )?;
+    Ok(())
+}
+
 #[test]
-fn attach_replaces_a_gate_whose_interface_was_recreated() -> Result<()> {
+fn attach_replaces_a_stale_gate_with_a_fresh_table() -> Result<()> {
     let t = takeover();
-    let lan = Lan::new(&t, &["cli", "a"])?;
-    let a = lan.host("a");
-    // A second interface in a, attached, then deleted and made again under the same name.
-    a.ns.ip("link add tmp0 type veth peer tmp1")?;
-    a.ns.ip("link set tmp0 up")?;
-    a.ns.ip("link set tmp1 up")?;
-    t.ok(&a.ns, "attach --iface tmp0")?;
-    t.ok(&a.ns, &format!("gate close {LOGICAL4} --iface tmp0"))?;
-    a.ns.ip("link del tmp0")?;
-    a.ns.ip("link add tmp0 type veth peer tmp1")?;
-    let out = t.ok(&a.ns, "attach --iface tmp0")?;
+    let ns = namespace_with_gate(&t, "stale")?;
+    t.ok(&ns, &format!("gate open {LOGICAL4} --iface v0"))?;
+    leave_a_dead_agents_registration(&ns.pin_dir()?)?;
+    // The interface is deleted (its XDP link goes defunct) and made again under its name.
+    ns.ip("link del v0")?;
+    ns.ip("link add v0 type veth peer v1")?;
+    ns.ip("link set v0 up")?;
+    let map = t.map(&ns)?;
+    assert!(
+        map["interfaces"][0]["stale"]
+            .as_str()
+            .is_some_and(|s| s.contains("interface was deleted")),
+        "{map}"
+    );
+    // What is pinned there filters nothing: writing it by hand would mislead.
+    let out = t.output(&ns, &format!("gate close {LOGICAL4} --iface v0"))?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is stale"));
+
+    let out = t.ok(&ns, "attach --iface v0")?;
+    assert!(
+        out.contains("removed the stale gate pinned for v0")
+            && out.contains("its table is not reused")
+            && out.contains("removed the stale liveness map"),
+        "{out}"
+    );
     assert!(!out.contains("kept"), "a defunct link was kept: {out}");
-    assert!(a.ns.ip("link show dev tmp0")?.contains("xdp"));
-    // The gate table is the operator's: it survived.
+    assert!(ns.ip("link show dev v0")?.contains("xdp"));
+    // Nothing inherited: not the open entry (a standby would serve an address at once), not
+    // the dead agent's registration (the gate would answer live peers with its exit notice).
+    assert!(t.entry(&ns, "v0", LOGICAL4, None)?.is_none());
+    let live = liveness::registered(&ns.pin_dir()?)?.expect("a liveness map");
+    assert_eq!((live.state, live.tgid), (AGENT_NONE, 0));
+    Ok(())
+}
+
+/// Removes what a test left in bpffs or /run on purpose, also when it fails.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Waits until the XDP link of `iface` pinned in `ns_dir` is defunct: the kernel destroys a
+/// deleted namespace's interfaces a moment after its last reference goes.
+fn wait_defunct(ns_dir: &Path, iface: &str) -> Result<()> {
+    let link = ns_dir.join(iface).join(XDP_LINK_PIN);
+    wait_for("the deleted namespace's interface to go", WAIT, || {
+        Ok((pinned_link::ifindex(&link)? == 0).then_some(()))
+    })
+}
+
+#[test]
+fn a_new_namespace_never_inherits_a_deleted_ones_pins() -> Result<()> {
+    let t = takeover();
+    let old = namespace_with_gate(&t, "dead")?;
+    t.ok(&old, &format!("gate open {LOGICAL4} --iface v0"))?;
+    let old_id = t.map(&old)?["netns"].as_str().unwrap().to_string();
+    let old_ino = old.inode()?;
+    // The namespace is deleted and its pins stay, as a crashed host's or test's do. They are
+    // moved aside first (a name `takeover cleanup` ignores), where another test's cleanup
+    // leaves them alone.
+    let aside = Path::new(PIN_ROOT).join(format!("test-aside-{}", std::process::id()));
+    std::fs::rename(old.pin_dir()?, &aside)?;
+    let mut leftovers = RemoveOnDrop(vec![
+        aside.clone(),
+        Path::new("/run/takeover").join(&old_id),
+    ]);
+    takeover_lab::ip(&format!("netns del {}", old.name))?;
+    wait_defunct(&aside, "v0")?;
+
+    // The kernel hands the freed inode to a later namespace: try for it.
+    let mut made = Vec::new();
+    for _ in 0..50 {
+        let n = Netns::new("new")?;
+        let reused = n.inode()? == old_ino;
+        made.push(n);
+        if reused {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let new = made.pop().unwrap();
+    let reused = new.inode()? == old_ino;
+    eprintln!("inode {old_ino} reused: {reused}");
+    let new_id = t.map(&new)?["netns"].as_str().unwrap().to_string();
+    assert_ne!(
+        new_id, old_id,
+        "two namespaces, one id (inode reused: {reused})"
+    );
+    // Where an earlier takeover looked for the new namespace's pins, by its inode, lie the
+    // dead one's (the inode is the dead one's when reused; placed there either way).
+    let legacy = Path::new(PIN_ROOT).join(format!("net-{}", new.inode()?));
+    leftovers.0.push(legacy.clone());
+    std::fs::rename(&aside, &legacy)?;
     assert_eq!(
-        t.entry(&a.ns, "tmp0", LOGICAL4, None)?.unwrap()["state"],
+        t.map(&new)?["interfaces"],
+        serde_json::json!([]),
+        "the new namespace sees the dead one's gates"
+    );
+    new.ip("link add v0 type veth peer v1")?;
+    new.ip("link set v0 up")?;
+    let out = t.ok(&new, "attach --iface v0")?;
+    assert!(
+        out.contains(&format!("removed {}", legacy.display())) && !out.contains("kept"),
+        "{out}"
+    );
+    assert!(!legacy.exists());
+    assert!(t.entry(&new, "v0", LOGICAL4, None)?.is_none());
+    Ok(())
+}
+
+/// `takeover cleanup` run machine-wide (it needs no namespace), parsed.
+fn cleanup(t: &Takeover, args: &[&str]) -> Result<serde_json::Value> {
+    let out = takeover_lab::run(std::process::Command::new(&t.bin).arg("cleanup").args(args))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+fn outcome<'a>(report: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    report["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|o| o["id"] == id)
+}
+
+#[test]
+fn cleanup_removes_what_deleted_namespaces_left_and_nothing_else() -> Result<()> {
+    let t = takeover();
+    let gone = namespace_with_gate(&t, "gone")?;
+    t.ok(&gone, &format!("gate open {LOGICAL4} --iface v0"))?;
+    let gone_id = gone.id()?;
+    let (gone_pins, gone_run) = (gone.pin_dir()?, Path::new("/run/takeover").join(&gone_id));
+    std::fs::create_dir_all(&gone_run)?;
+    std::fs::write(gone_run.join("v0.epochs"), format!("{LOGICAL4} 3\n"))?;
+    let live = namespace_with_gate(&t, "live")?;
+    t.ok(&live, &format!("gate close {LOGICAL4} --iface v0"))?;
+    // Directories of an earlier takeover: one of a live namespace (kept: it may be in use),
+    // one of an inode no namespace has (removed).
+    let live_legacy = Path::new(PIN_ROOT).join(format!("net-{}", live.inode()?));
+    let dead_legacy = Path::new(PIN_ROOT).join("net-1");
+    let _leftovers = RemoveOnDrop(vec![
+        gone_pins.clone(),
+        gone_run.clone(),
+        live_legacy.clone(),
+        dead_legacy.clone(),
+    ]);
+    for d in [&live_legacy, &dead_legacy] {
+        std::fs::create_dir_all(d)?;
+    }
+    takeover_lab::ip(&format!("netns del {}", gone.name))?;
+    wait_defunct(&gone_pins, "v0")?;
+
+    let dry = cleanup(&t, &["--dry-run", "--json"])?;
+    assert_eq!(
+        outcome(&dry, &gone_id).map(|o| o["action"].clone()),
+        Some("would remove".into()),
+        "{dry}"
+    );
+    assert!(
+        gone_pins.exists() && gone_run.exists(),
+        "the dry run removed something"
+    );
+
+    let done = cleanup(&t, &["--json"])?;
+    assert_eq!(
+        outcome(&done, &gone_id).unwrap()["action"],
+        "removed",
+        "{done}"
+    );
+    assert_eq!(
+        outcome(&done, "net-1").unwrap()["action"],
+        "removed",
+        "{done}"
+    );
+    assert!(!gone_pins.exists() && !gone_run.exists() && !dead_legacy.exists());
+    // The live namespace's directories are untouched, and its gate works as before.
+    assert!(outcome(&done, &live.id()?).is_none());
+    assert!(live_legacy.exists());
+    assert_eq!(
+        t.entry(&live, "v0", LOGICAL4, None)?.unwrap()["state"],
         "closed"
     );
+    assert!(live.ip("link show dev v0")?.contains("xdp"));
+    let text = takeover_lab::run(std::process::Command::new(&t.bin).arg("cleanup"))?;
+    assert!(text.contains("left alone"), "{text}");
     Ok(())
 }
 

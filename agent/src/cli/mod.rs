@@ -105,14 +105,16 @@ enum Command {
     },
     /// Detach the gate from an interface and remove its pins, gate table and counters. With
     /// the namespace's last gate go the agent's liveness registration, its heartbeat ring and
-    /// the exit tracepoint. Stop the agent first: it needs the gate.
+    /// the exit tracepoint. Refused while an agent runs in the namespace (it needs the gate):
+    /// stop it first.
     #[command(after_help = "Example:\n  takeover detach --iface eth0")]
     Detach {
         /// Interface whose gate to remove (as given to `attach` or `node.lan`).
         #[arg(long, value_name = "IF")]
         iface: String,
     },
-    /// Open, close, forward or remove the gate of a logical address.
+    /// Open, close, forward or remove the gate of a logical address by hand. Refused while an
+    /// agent runs in the namespace: the gates are its own (use `takeover switchover`).
     #[command(subcommand)]
     Gate(GateCommand),
     /// Inspect the gate tables.
@@ -175,6 +177,22 @@ enum Command {
     CheckConfig {
         /// The TOML file (see examples/takeover.toml).
         file: std::path::PathBuf,
+    },
+    /// Remove the pins (/sys/fs/bpf/takeover/<id>/) and agent files (/run/takeover/<id>/)
+    /// of network namespaces that no longer exist, detaching what is still attached. A live
+    /// namespace's are never touched; nor a directory whose agent still runs or whose gate is
+    /// still on an interface (its namespace may live out of sight: the reason is printed).
+    /// Also removes the net-<inode> directories of earlier versions once unused.
+    #[command(
+        after_help = "Examples:\n  takeover cleanup --dry-run\n  takeover cleanup\n  takeover cleanup --json"
+    )]
+    Cleanup {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output (stable field names).
+        #[arg(long)]
+        json: bool,
     },
     /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
     /// a full counters table) until interrupted. Nothing is logged per packet.
@@ -276,6 +294,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Mode::Generic => AttachMode::Generic,
             };
             let a = dataplane::attach(&iface, mode)?;
+            for n in &a.notes {
+                outln!("{n}")?;
+            }
             outln!(
                 "attached to {}: ingress XDP {}, egress {}; pinned in {}",
                 a.iface,
@@ -286,6 +307,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Detach { iface } => {
+            refuse_while_agent_runs("stop it (SIGTERM) first: detaching pulls its gate away")?;
             dataplane::detach(&iface)?;
             outln!("detached from {iface}")?;
             Ok(())
@@ -293,6 +315,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gate(cmd) => gate(cmd),
         Command::Map(MapCommand::Show { iface, json }) => show::show(iface.as_deref(), json),
         Command::Log { iface } => events::follow(&iface),
+        Command::Cleanup { dry_run, json } => {
+            let report = dataplane::cleanup::cleanup(dry_run)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                out!("{}", dataplane::cleanup::render(&report))?;
+            }
+            Ok(())
+        }
         Command::Switchover { addr, to } => {
             takeover::io::control::switchover(&addr, &to)?;
             outln!("{addr}: switchover to {to} ordered")?;
@@ -337,12 +368,33 @@ fn resolve(t: &GateTarget) -> Result<Resolved> {
         .map(str::parse::<Service>)
         .transpose()?;
     let iface = Iface::by_name(&t.iface)?;
-    let gates = Gates::open(&PinDir::for_iface(&iface.name)?)?;
+    let pins = PinDir::for_iface(&iface.name)?;
+    if pins.is_attached() {
+        if let Some(why) = dataplane::stale::why_stale(&pins)? {
+            bail!(
+                "the gate pinned for {} is stale ({why}); `takeover attach --iface {}` makes a \
+                 fresh one",
+                iface.name,
+                iface.name
+            );
+        }
+    }
+    let gates = Gates::open(&pins)?;
     Ok(Resolved {
         target: Target::new(addr, service),
         iface,
         gates,
     })
+}
+
+/// One writer of the gate table: while an agent runs in this namespace, its gates are its own
+/// (a gate changed by hand behind it would serve beside the owner while `status` says
+/// closed). Once it has stopped, or died, they are anyone's until the next agent starts.
+fn refuse_while_agent_runs(what_instead: &str) -> Result<()> {
+    if let Some(pid) = dataplane::liveness::agent_in_charge()? {
+        bail!("the agent (pid {pid}) manages the gates of this network namespace; {what_instead}");
+    }
+    Ok(())
 }
 
 fn state_word(action: Option<Action>) -> &'static str {
@@ -376,6 +428,7 @@ fn gate(cmd: GateCommand) -> Result<()> {
         }
     };
     let mut r = resolve(t)?;
+    refuse_while_agent_runs("use `takeover switchover` or stop it (SIGTERM) first")?;
     let before = r.gates.get(&r.target)?.map(|e| e.action);
     let value = match (&cmd, value) {
         (GateCommand::Forward { to_mac, via, .. }, _) => {

@@ -19,6 +19,9 @@ struct IfaceReport {
     iface: String,
     /// `null` if the interface no longer exists (stale pins; `detach` removes them).
     ifindex: Option<u32>,
+    /// `null` if the gate is attached to the interface, else why not: a stale gate filters
+    /// nothing, and `attach` replaces it with a fresh table.
+    stale: Option<String>,
     pins: String,
     entries: Vec<EntryReport>,
 }
@@ -118,6 +121,7 @@ fn collect(only: Option<&str>) -> Result<Report> {
         let gates = Gates::open(&p)?;
         interfaces.push(IfaceReport {
             ifindex: iface::index_of(&p.iface)?,
+            stale: takeover::dataplane::stale::why_stale(&p)?,
             pins: p.path.display().to_string(),
             entries: gates.entries()?.iter().map(entry_report).collect(),
             iface: p.iface,
@@ -157,10 +161,10 @@ fn render(report: &Report) -> String {
     ]
     .map(String::from)];
     for i in &report.interfaces {
-        let name = if i.ifindex.is_some() {
-            i.iface.clone()
-        } else {
-            format!("{} (gone)", i.iface)
+        let name = match (i.ifindex, &i.stale) {
+            (None, _) => format!("{} (gone)", i.iface),
+            (Some(_), Some(_)) => format!("{} (stale)", i.iface),
+            _ => i.iface.clone(),
         };
         if i.entries.is_empty() {
             rows.push([

@@ -2,7 +2,8 @@
 //!
 //! Everything is pinned under the interface's [`PinDir`], so the gate keeps working with no
 //! agent running. Attaching is idempotent: live pinned links are kept as they are (their gate
-//! table and counters too), so a second `attach` never interrupts traffic.
+//! table and counters too), so a second `attach` never interrupts traffic. What is pinned but
+//! not attached here is stale (see [`super::stale`]): removed, never reused.
 use std::{fmt, io, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,7 +15,7 @@ use aya::{
 };
 use takeover_common::{ABI_VERSION, HEARD_MAP, INFO_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM};
 
-use super::{pinned_link, pins::PinDir, OBJECT};
+use super::{pinned_link, pins::PinDir, stale, OBJECT};
 use crate::sys::{bpffs, iface::Iface};
 
 /// How the operator wants XDP attached.
@@ -53,6 +54,8 @@ pub struct Attached {
     pub xdp: XdpAttach,
     pub egress: Egress,
     pub pins: PathBuf,
+    /// Stale pins found and removed, or an earlier takeover's adopted: one sentence each.
+    pub notes: Vec<String>,
 }
 
 impl fmt::Display for XdpAttach {
@@ -80,7 +83,8 @@ fn tcx_supported() -> bool {
 }
 
 /// Is the link pinned at `pin` attached to `iface`? A defunct link (its interface was
-/// deleted) is unpinned so that a fresh one can take its place.
+/// deleted) is unpinned so that a fresh one can take its place. (For the XDP link, the stale
+/// sweep has already removed the whole gate in that case.)
 fn live_link(pin: &std::path::Path, iface: &Iface) -> Result<bool> {
     match pinned_link::ifindex(pin) {
         Ok(ifindex) if ifindex == iface.index => Ok(true),
@@ -97,12 +101,19 @@ fn live_link(pin: &std::path::Path, iface: &Iface) -> Result<bool> {
 /// Attaches the gate to `iface` (or keeps what is attached) and pins it.
 pub fn attach(iface: &Iface, mode: AttachMode) -> Result<Attached> {
     bpffs::ensure_mounted()?;
+    let _lock = stale::lock_root()?;
     let pins = PinDir::for_iface(&iface.name)?;
-    attach_at(&pins, iface, mode)
+    let mut notes = stale::adopt_legacy(pins.namespace())?;
+    let mut out = attach_at(&pins, iface, mode)?;
+    notes.append(&mut out.notes);
+    out.notes = notes;
+    Ok(out)
 }
 
 /// [`attach`] with an explicit pin directory.
 pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attached> {
+    // First, so that neither a stale table nor a dead agent's liveness map is loaded below.
+    let notes = stale::sweep(pins.namespace())?;
     check_abi(pins)?;
     let xdp_live = live_link(&pins.xdp_link(), iface)?;
     let tc_live = live_link(&pins.tc_link(), iface)?;
@@ -114,6 +125,7 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
         xdp: XdpAttach::Kept,
         egress: Egress::Kept,
         pins: pins.path.clone(),
+        notes,
     };
     if xdp_live && (tc_live || !tcx_supported()) && maps_pinned {
         return Ok(out);
@@ -347,7 +359,7 @@ pub fn detach_at(pins: &PinDir) -> Result<()> {
 }
 
 /// Detaches the links (synchronously) and removes every pin.
-fn remove_pins(pins: &PinDir) {
+pub(super) fn remove_pins(pins: &PinDir) {
     let _ = pinned_link::detach(&pins.xdp_link());
     let _ = pinned_link::detach(&pins.tc_link());
     for m in PinDir::MAPS {

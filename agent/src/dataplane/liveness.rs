@@ -1,8 +1,10 @@
 //! Kernel-assisted liveness: the agent registers its process with the data plane, and the
 //! kernel tells the peers when that process dies unannounced (see `takeover_common::Liveness`).
+use std::path::Path;
+
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, Map, MapData},
     programs::{links::FdLink, RawTracePoint},
 };
 use takeover_common::{
@@ -86,4 +88,49 @@ impl Registration {
         self.entry.state = AGENT_STOPPING;
         self.write()
     }
+}
+
+/// The registration pinned in the namespace directory `ns_dir`, if any.
+pub fn registered(ns_dir: &Path) -> Result<Option<Liveness>> {
+    let path = ns_dir.join(LIVENESS_MAP);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: Array<MapData, Liveness> = Array::try_from(Map::from_map_data(data)?)?;
+    Ok(Some(map.get(&0, 0)?))
+}
+
+/// The pid of the agent registered in `ns_dir` if that process still runs: registered as
+/// running or stopping (an agent killed unannounced reads exited), and a live process of the
+/// same program (a pid reused by another program does not count).
+pub fn agent_alive(ns_dir: &Path) -> Result<Option<u32>> {
+    let Some(entry) = registered(ns_dir)? else {
+        return Ok(None);
+    };
+    if !matches!(entry.state, AGENT_RUNNING | AGENT_STOPPING) || entry.tgid == 0 {
+        return Ok(None);
+    }
+    let pid = entry.tgid;
+    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).ok();
+    let alive = pid != std::process::id()
+        // A zombie (exited, not yet reaped) has no namespaces left to read.
+        && std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok()
+        && comm(&pid.to_string()).is_some_and(|c| Some(c) == comm("self"));
+    Ok(alive.then_some(pid))
+}
+
+/// The agent that manages the gates of the current network namespace, if one runs: its pid.
+/// After a SIGTERM its registration says stopping; once the process is gone the gates belong
+/// to nobody until the next agent starts (and keeps what it finds open).
+pub fn agent_in_charge() -> Result<Option<u32>> {
+    let dir = super::pins::namespace_dir()?;
+    let Some(pid) = agent_alive(&dir)? else {
+        return Ok(None);
+    };
+    // The agent of this namespace lives in it: a registration of another is not ours.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let here = ino("/proc/thread-self/ns/net".into());
+    Ok((here.is_some() && ino(format!("/proc/{pid}/ns/net")) == here).then_some(pid))
 }

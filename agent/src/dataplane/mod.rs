@@ -1,11 +1,13 @@
 //! The agent's side of the data plane: the embedded eBPF object, where its pieces are pinned,
 //! attaching it to an interface, and reading and writing its gate table.
 pub mod attach;
+pub mod cleanup;
 pub mod gates;
 pub mod heard;
 pub mod liveness;
 pub mod pinned_link;
 pub mod pins;
+pub mod stale;
 pub mod target;
 
 /// The compiled gate programs (`ebpf/gate`), built by `build.rs` and shipped inside the binary.

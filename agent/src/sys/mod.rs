@@ -1,7 +1,9 @@
-//! Thin wrappers over the few system calls the agent needs beyond aya: network namespaces,
-//! interface lookups, bpffs. Each returns an error that names what the operator has to fix.
+//! Thin wrappers over the few system calls the agent needs beyond aya: network namespaces
+//! (this one's id, the machine's live ones), interface lookups, bpffs. Each returns an error
+//! that names what the operator has to fix.
 pub mod bpffs;
 pub mod iface;
+pub mod namespaces;
 pub mod napi;
 pub mod netns;
 

@@ -31,7 +31,8 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 pub const TC_PASS_PROGRAM: &str = "tc_pass";
 
 /// Where everything is pinned: `<PIN_ROOT>/<netns>/<iface>/`. Network namespaces share one
-/// bpffs and may reuse interface names, so `<netns>` is the namespace's inode (`net-<ino>`).
+/// bpffs and may reuse interface names, so `<netns>` names the namespace by its cookie,
+/// never reused (`netns-<cookie>`; `net-<inode>` before, and on kernels < 5.14).
 pub const PIN_ROOT: &str = "/sys/fs/bpf/takeover";
 /// Pinned bpf_link of the XDP program, inside the interface's pin directory.
 pub const XDP_LINK_PIN: &str = "xdp_link";

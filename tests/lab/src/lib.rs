@@ -85,11 +85,25 @@ impl Netns {
         run(self.cmd("sh").args(["-c", line]))
     }
 
-    /// The pin directory `takeover` uses for this namespace (`net-<inode>`).
+    /// The pin directory `takeover` uses for this namespace: `<PIN_ROOT>/<id>`.
     pub fn pin_dir(&self) -> Result<PathBuf> {
+        Ok(Path::new(PIN_ROOT).join(self.id()?))
+    }
+
+    /// The id `takeover` keys this namespace's pins and files by (kept in sync with the
+    /// agent's `sys::netns::current_id`): `netns-<cookie>`, or `net-<inode>` on kernels
+    /// without namespace cookies (< 5.14).
+    pub fn id(&self) -> Result<String> {
+        self.within(|| match netns_cookie()? {
+            Some(c) => Ok(format!("netns-{c}")),
+            None => Ok(format!("net-{}", self.inode()?)),
+        })
+    }
+
+    /// The namespace's inode, which earlier versions keyed pins by (`net-<inode>`).
+    pub fn inode(&self) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(self.path())?.ino();
-        Ok(Path::new(PIN_ROOT).join(format!("net-{ino}")))
+        Ok(std::fs::metadata(self.path())?.ino())
     }
 
     pub fn path(&self) -> PathBuf {
@@ -124,6 +138,30 @@ impl Netns {
         let addr = addr.to_string();
         self.within(move || UdpSocket::bind(&addr).with_context(|| format!("binding {addr}")))
     }
+}
+
+/// SO_NETNS_COOKIE of the calling thread's network namespace; `None` on kernels without it.
+pub fn netns_cookie() -> Result<Option<u64>> {
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let mut value = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            return Ok(None);
+        }
+        return Err(e).context("SO_NETNS_COOKIE");
+    }
+    Ok(Some(value))
 }
 
 impl Drop for Netns {

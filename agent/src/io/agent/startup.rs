@@ -228,6 +228,7 @@ impl Shell {
         // address): its XDP program answers for a dead agent (kernel-assisted liveness).
         for (i, iface) in c.heartbeat_ifaces.iter().enumerate() {
             let attached = dataplane::attach(iface, mode)?;
+            attached.notes.iter().for_each(|n| log::warn!("{n}"));
             if attached.xdp != dataplane::XdpAttach::Kept {
                 undo.attached.push(iface.name.clone());
             }
