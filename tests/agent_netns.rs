@@ -851,3 +851,103 @@ fn gate_commands_are_refused_while_an_agent_runs_and_work_once_it_is_gone() -> R
     t.ok(&b.ns, &format!("gate close {LOGICAL} --iface lan"))?;
     Ok(())
 }
+
+#[test]
+fn a_gate_changed_behind_the_agent_is_reported_and_repaired() -> Result<()> {
+    use takeover::dataplane::{Gates, PinDir, Target};
+    use takeover_common::{Action, GateValue};
+    let s = setup()?;
+    let b = s.lan.host("b");
+    // Another writer (not the CLI, which refuses) opens the standby's gate.
+    let pins = PinDir::under(&b.ns.pin_dir()?, "lan");
+    let target = Target::new(LOGICAL.parse()?, None);
+    Gates::open(&pins)?.set(&target, GateValue::new(Action::Open))?;
+    s.logged(wait_for("b to repair its gate", WAIT, || {
+        let closed = Gates::open(&pins)?
+            .get(&target)?
+            .is_some_and(|e| e.action == Some(Action::Closed));
+        Ok((closed && s.agents[1].log().contains("changed behind the agent")).then_some(()))
+    }))?;
+    assert_eq!(
+        s.client.request(70_000, Duration::from_secs(1))?.as_deref(),
+        Some("a")
+    );
+    Ok(())
+}
+
+/// `n` more addresses, owned alternately by a and b (every resource unlike its neighbour:
+/// the longest heartbeat summary, sent in parts).
+fn many_addresses(n: usize) -> String {
+    let mut extra = String::new();
+    for i in 0..n {
+        let (owner, standby) = if i % 2 == 0 { ("b", "a") } else { ("a", "b") };
+        extra.push_str(&format!(
+            "[[address]]\nip = \"fd78::{:x}/128\"\nowner = \"{owner}\"\nstandbys = [\"{standby}\"]\n\n",
+            i + 1
+        ));
+    }
+    extra
+}
+
+/// How many of the gates on `host`'s LAN are open.
+fn open_gates(t: &Takeover, host: &Host) -> Result<usize> {
+    let map = t.map(&host.ns)?;
+    Ok(map["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["iface"] == "lan")
+        .flat_map(|i| i["entries"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["state"] == "open")
+        .count())
+}
+
+#[test]
+fn a_thousand_resources_fail_over_and_back_together() -> Result<()> {
+    let t = takeover();
+    let lan = Lan::new(&t, &["cli", "a", "b"])?;
+    lan.dedicated_line("a", "b")?;
+    let cluster = Cluster::new(&lan, Timing::default())?;
+    let (a, b) = (lan.host("a"), lan.host("b"));
+    let extra = many_addresses(999);
+    let edit = |c: String| c.replacen("[heartbeat]", &format!("{extra}[heartbeat]"), 1);
+    let mut agents = vec![
+        cluster.start_with(&t, a, b, edit)?,
+        cluster.start_with(&t, b, a, edit)?,
+    ];
+    let logs = |agents: &[Agent]| format!("a:\n{}\nb:\n{}", agents[0].log(), agents[1].log());
+    // 1000 resources: a owns 500 (LOGICAL among them), b 500.
+    wait_for("each to serve its 500", WAIT, || {
+        Ok((open_gates(&t, a)? == 500 && open_gates(&t, b)? == 500).then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&agents)))?;
+    let _responders = [responder(a)?, responder(b)?];
+    let client = Client::new(
+        &lan.host("cli").ns,
+        "0.0.0.0:0",
+        &format!("{LOGICAL}:{PORT}"),
+    )?;
+    wait_served_by(&client, "a", "a to serve LOGICAL")?;
+    // a crashes: b takes all of them.
+    agents[0].kill();
+    a.ns.ip("link set lan down")?;
+    a.ns.ip("link set ded down")?;
+    wait_for("b to serve all 1000", WAIT, || {
+        Ok((open_gates(&t, b)? == 1000).then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&agents)))?;
+    wait_served_by(&client, "b", "b to answer for LOGICAL")?;
+    // a comes back: after the preempt delay its 500 go home, b keeps its own.
+    a.ns.ip("link set lan up")?;
+    a.ns.ip("link set ded up")?;
+    agents[0] = cluster.start_with(&t, a, b, edit)?;
+    wait_for("the failback of a's 500", WAIT, || {
+        Ok((open_gates(&t, a)? == 500 && open_gates(&t, b)? == 500).then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&agents)))?;
+    wait_served_by(&client, "a", "a to answer for LOGICAL again")?;
+    let status: serde_json::Value = serde_json::from_str(&t.ok(&a.ns, "status --json")?)?;
+    assert_eq!(status["addresses"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(status["peers"][0]["config"], "agrees");
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! The gate table against the core (one writer, DESIGN.md "only the control plane writes
 //! maps"): now and then the agent reads every entry back, and an entry that says something
 //! else than the core holds (changed behind the agent, e.g. by hand) is reported and
-//! written again.
+//! written again. A slice at a time, so that the heartbeat loop is never held up.
 use std::time::Duration;
 
 use anyhow::Result;
@@ -10,8 +10,11 @@ use takeover_common::Action as GateAction;
 use super::Shell;
 use crate::core::{event::resource_name, node::Gate};
 
-/// How often the table is read back.
-pub const EVERY: Duration = Duration::from_secs(2);
+/// How often a slice of the table is read back, and how many entries a slice has: a few
+/// dozen map reads on the heartbeat thread at a time, the whole table within seconds even
+/// with thousands of resources.
+pub const EVERY: Duration = Duration::from_millis(100);
+const SLICE: usize = 64;
 
 /// The data plane's state word for what the core holds (forward and receive fall back to
 /// closed without the peer's MAC, which is no difference).
@@ -26,7 +29,10 @@ fn expected(gate: Gate) -> GateAction {
 
 impl Shell {
     pub(super) fn audit(&mut self) -> Result<()> {
-        for r in 0..self.targets.len() {
+        let n = self.targets.len();
+        let start = self.audit_next % n.max(1);
+        self.audit_next = start + SLICE.min(n);
+        for r in (start..start + SLICE.min(n)).map(|i| i % n) {
             let gate = self.core.gate(r);
             let want = expected(gate);
             let found = self.gates.get(&self.targets[r])?.and_then(|e| e.action);

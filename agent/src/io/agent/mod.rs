@@ -151,6 +151,8 @@ struct Shell {
     registration: Option<Registration>,
     announcer: Arc<announce::Sender>,
     refused: arrivals::RefusedLog,
+    /// The next gate entry the audit reads.
+    audit_next: usize,
     start: Instant,
 }
 

@@ -22,11 +22,13 @@ impl Shell {
         poller: &udp::Poller,
         out: &mut [Vec<(SocketAddr, Vec<u8>)>],
     ) -> Result<()> {
-        let mut events = Vec::new();
+        // Gates first, then datagrams, then announcements, then the log: a whole-node
+        // takeover of thousands of resources flips every gate before it announces any.
+        let (mut events, mut announce) = (Vec::new(), Vec::new());
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::SetGate { res, gate } => self.set_gate(res, gate)?,
-                Action::Announce { res } => self.announce(rt, res),
+                Action::Announce { res } => announce.push(res),
                 Action::Persist { epochs } => {
                     let named = epochs
                         .iter()
@@ -51,6 +53,9 @@ impl Shell {
             }
         }
         self.send(out);
+        for res in announce {
+            self.announce(rt, res);
+        }
         for e in &events {
             agent_log::event(&self.core_cfg, e);
         }

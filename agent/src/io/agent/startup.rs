@@ -406,6 +406,7 @@ impl Shell {
             registration,
             announcer,
             refused: Default::default(),
+            audit_next: 0,
             peer_macs,
             start,
         })
