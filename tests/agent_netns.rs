@@ -951,3 +951,43 @@ fn a_thousand_resources_fail_over_and_back_together() -> Result<()> {
     assert_eq!(status["peers"][0]["config"], "agrees");
     Ok(())
 }
+
+#[test]
+fn a_failback_to_a_restarted_node_loses_no_request() -> Result<()> {
+    let mut s = setup()?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    s.agents[0].kill();
+    a.ns.ip("link set lan down")?;
+    a.ns.ip("link set ded down")?;
+    s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
+    // a comes back with empty neighbour tables (its links went down): the handover must not
+    // wait on ARP (its gate receives the clients' answers to its own requests).
+    a.ns.ip("link set lan up")?;
+    a.ns.ip("link set ded up")?;
+    s.agents[0] = s.cluster.start(&t, a, b)?;
+    let mut seq = 200_000;
+    let mut lost = Vec::new();
+    let mut served_by_a = 0;
+    while served_by_a < 200 {
+        seq += 1;
+        match s
+            .client
+            .request(seq, Duration::from_millis(500))?
+            .as_deref()
+        {
+            Some("a") => served_by_a += 1,
+            Some(_) => {}
+            None => lost.push(seq),
+        }
+        assert!(seq < 220_000, "a never took its address back");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        lost.is_empty(),
+        "requests without an answer in 500 ms: {lost:?}\na:\n{}\nb:\n{}",
+        s.agents[0].log(),
+        s.agents[1].log()
+    );
+    Ok(())
+}

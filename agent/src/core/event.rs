@@ -138,6 +138,16 @@ impl Gate {
 }
 
 impl DeathReason {
+    /// Its stable name (the `reason` field of the JSON log).
+    pub fn kind(self) -> &'static str {
+        match self {
+            DeathReason::Silent => "silent",
+            DeathReason::LineDarkLanSilent => "line_dark_lan_silent",
+            DeathReason::AgentExited => "agent_exited",
+            DeathReason::RestartTimedOut => "restart_timed_out",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeathReason::Silent => "every path silent",
@@ -151,6 +161,15 @@ impl DeathReason {
 }
 
 impl Mismatch {
+    /// Its stable name (the `why` field of the JSON log).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Mismatch::Digest => "digest",
+            Mismatch::Unknown => "unknown",
+            Mismatch::Inexpressible => "inexpressible",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mismatch::Digest => "its configuration digest differs from this node's",
@@ -202,7 +221,7 @@ impl Event {
         match self {
             Event::PeerAlive { peer } => vec![("peer", node(peer))],
             Event::PeerDead { peer, reason } => {
-                vec![("peer", node(peer)), ("reason", reason.as_str().into())]
+                vec![("peer", node(peer)), ("reason", reason.kind().into())]
             }
             Event::AgentExitWaiting { peer, grace } => {
                 vec![
@@ -216,7 +235,15 @@ impl Event {
             Event::LanLink { up } => vec![("up", up.to_string())],
             Event::LineCarrier { peer, up } => vec![("peer", node(peer)), ("up", up.to_string())],
             Event::GateChanged { res: r, gate } => {
-                vec![("resource", res(r)), ("gate", gate.describe(cfg))]
+                let (state, peer) = match gate {
+                    Gate::Closed => ("closed", None),
+                    Gate::Open => ("open", None),
+                    Gate::Forward(n) => ("forward", Some(node(n))),
+                    Gate::Receive(n) => ("receive", Some(node(n))),
+                };
+                let mut f = vec![("resource", res(r)), ("gate", state.to_string())];
+                f.extend(peer.map(|p| ("peer", p)));
+                f
             }
             Event::FenceStarted { peer } | Event::Fenced { peer } | Event::FenceFailed { peer } => {
                 vec![("peer", node(peer))]
@@ -233,7 +260,7 @@ impl Event {
                 ("order", order.to_string()),
             ],
             Event::ConfigMismatch { peer, why } => {
-                vec![("peer", node(peer)), ("why", why.as_str().into())]
+                vec![("peer", node(peer)), ("why", why.kind().into())]
             }
             Event::ConfigAgrees { peer } => vec![("peer", node(peer))],
             Event::WireVersion { peer, version } => {

@@ -124,11 +124,13 @@ pub enum Action {
     /// and send the frame on (ingress). It claims nothing: ARP and neighbour discovery for
     /// the address are dropped both ways; IP from it leaves (replies to what came before).
     Forward = 3,
-    /// Another host serves it and is about to hand it to this one: pass only the IP frames
-    /// that host forwards (their source MAC is `src_mac`), and this host's IP replies to them
-    /// with the neighbour requests those need; everything else as `Closed`. So a request the
-    /// old host forwards before this one has heard that it let go is served, not dropped,
-    /// and nothing else is.
+    /// Another host serves it and is about to hand it to this one: pass IP for it (what that
+    /// host forwards once it lets go, and what clients then send here directly, having
+    /// learnt this host's MAC from the neighbour requests its replies need) and the
+    /// neighbour replies to those requests; let out this host's IP replies and those
+    /// requests; nothing that answers for or announces the address. So a request the old host
+    /// forwards before this one has heard that it let go is served, not dropped. (`src_mac`,
+    /// the old host's MAC, is kept for `map show`.)
     Receive = 4,
 }
 

@@ -140,10 +140,19 @@ pub fn gate_ingress(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let c = counters(&ctx, &key);
-    // Receiving: what the handing-over host forwards passes, the rest is dropped as closed.
+    // Receiving: IP for the address passes (what the handing-over host forwards, and what
+    // clients send here directly once this host's own neighbour requests, made to answer
+    // that, taught them its MAC: the old host has let go by then), and so do the ARP replies
+    // to those requests. Requests for the address do not: this host claims nothing yet.
     let received = gate.action == Action::Receive as u8
-        && !pkt.is_neighbour()
-        && frame.read::<[u8; 6]>(6) == Some(gate.src_mac);
+        && match pkt {
+            // A reply (or an announcement of the old server's): this host's stack only
+            // learns from it; whatever it would send for the address in answer is dropped
+            // on the way out.
+            Packet::Arp { asks, .. } => !asks,
+            Packet::Neighbour { .. } => false,
+            Packet::Ip { .. } => true,
+        };
     match Action::from_u8(gate.action) {
         Some(Action::Closed) | Some(Action::Receive) if !received => {
             if let Some(c) = c {

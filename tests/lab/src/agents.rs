@@ -205,6 +205,7 @@ key_file = "{key}"
             } else {
                 Some("--no-realtime")
             })
+            .arg("--verbose")
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())

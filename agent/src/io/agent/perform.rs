@@ -49,15 +49,15 @@ impl Shell {
                     bytes,
                     urgent,
                 } => self.queue((peer, path, bytes, urgent), out),
-                Action::Event(e) => events.push(e),
+                Action::Event(e) => events.push((e, std::time::SystemTime::now())),
             }
         }
         self.send(out);
         for res in announce {
             self.announce(rt, res);
         }
-        for e in &events {
-            agent_log::event(&self.core_cfg, e);
+        for (e, at) in &events {
+            agent_log::event(&self.core_cfg, e, *at);
         }
         Ok(())
     }
