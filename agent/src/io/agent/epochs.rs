@@ -47,8 +47,11 @@ impl Epochs {
         self.map.get(resource).copied()
     }
 
-    /// Records `epochs` and writes the file through (a new file renamed over the old, synced:
-    /// a crash leaves the old or the new, never half).
+    /// Records `epochs` and writes the file through: a new file renamed over the old, so the
+    /// next agent reads the old or the new, never half. Not synced to disk: its reader is the
+    /// next agent on the same running kernel (the gates it is about live in bpffs and do not
+    /// outlive a reboot either), and a sync costs a takeover up to a millisecond or more
+    /// where /run is not tmpfs.
     pub fn record(&mut self, epochs: impl IntoIterator<Item = (String, u64)>) -> Result<()> {
         let mut next = self.map.clone();
         next.extend(epochs);
@@ -59,7 +62,6 @@ impl Epochs {
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
-            f.sync_data()?;
             std::fs::rename(&tmp, &self.path)
         };
         write().with_context(|| format!("writing {}", self.path.display()))?;
