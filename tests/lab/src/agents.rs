@@ -50,6 +50,22 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The core's events in the agent's log (JSON lines, `--log-format json`), in order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("event").is_some())
+            .collect()
+    }
+
+    /// Whether the agent reported event `kind` with these fields (as strings).
+    pub fn logged(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
+        self.events()
+            .iter()
+            .any(|e| e["event"] == kind && fields.iter().all(|(k, v)| e[*k].as_str() == Some(*v)))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -205,7 +221,8 @@ key_file = "{key}"
             } else {
                 Some("--no-realtime")
             })
-            .arg("--verbose")
+            // Events as JSON lines (tests read them by name and field), gate changes too.
+            .args(["--log-format", "json", "--verbose"])
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())

@@ -15,13 +15,23 @@ use crate::{
 
 const PORT: u16 = 7000;
 
-/// First log line of `log` at or after `from` that contains `what`, as Unix microseconds.
+/// First log line of `log` at or after `from` whose message contains `what`, as Unix
+/// microseconds. Lines are JSON (`--log-format json`) or text (`<secs>.<micros> takeover: ...`).
 pub fn log_time(log: &str, what: &str, from: u64) -> Option<u64> {
     log.lines().find_map(|l| {
-        let (ts, rest) = l.split_once(' ')?;
+        let (ts, message) = match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(v) => (
+                v["ts"].as_str()?.to_string(),
+                v["message"].as_str()?.to_string(),
+            ),
+            Err(_) => {
+                let (ts, rest) = l.split_once(' ')?;
+                (ts.to_string(), rest.to_string())
+            }
+        };
         let (s, us) = ts.split_once('.')?;
         let t = s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?;
-        (t >= from && rest.contains(what)).then_some(t)
+        (t >= from && message.contains(what)).then_some(t)
     })
 }
 
