@@ -60,6 +60,15 @@ impl Setup {
     }
 }
 
+/// A real crash of `host`, whose agent is `agent`: it sends nothing more (SIGKILL), then its
+/// links go down (an agent that saw its links go first would tell its peer).
+fn crash(agent: &mut Agent, host: &Host) -> Result<()> {
+    agent.kill();
+    host.ns.ip("link set lan down")?;
+    host.ns.ip("link set ded down")?;
+    Ok(())
+}
+
 /// Neither agent started a fence.
 fn nobody_fenced(s: &Setup) -> bool {
     s.agents.iter().all(|a| !a.logged("fence_started", &[]))
@@ -96,9 +105,7 @@ fn crash_of_the_active_moves_its_address_to_the_standby() -> Result<()> {
     let a = s.lan.host("a");
     // A real crash sends nothing: the agent dies (SIGKILL), then the links go down (an agent
     // that saw its links go first would tell b, which is the LAN-down story below).
-    s.agents[0].kill();
-    a.ns.ip("link set lan down")?;
-    a.ns.ip("link set ded down")?;
+    crash(&mut s.agents[0], a)?;
     // b fences a, opens, and announces: the client's ARP cache (a's MAC) is corrected.
     s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
     let (b_agent, log) = (&s.agents[1], s.agents[1].log());
@@ -605,9 +612,7 @@ fn exactly_one_host_answers_arp_for_the_address_through_every_handover() -> Resu
     assert!(t.ok(&b.ns, "status")?.contains("forward to a"));
     only_answerer(&s, a, "b forwards to a")?;
     // A crash of a and its failback once it is back (preempt): b forwards, a answers.
-    s.agents[0].kill();
-    a.ns.ip("link set lan down")?;
-    a.ns.ip("link set ded down")?;
+    crash(&mut s.agents[0], a)?;
     s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
     only_answerer(&s, b, "b took over from a crashed a")?;
     a.ns.ip("link set lan up")?;
@@ -930,9 +935,7 @@ fn a_thousand_resources_fail_over_and_back_together() -> Result<()> {
     )?;
     wait_served_by(&client, "a", "a to serve LOGICAL")?;
     // a crashes: b takes all of them.
-    agents[0].kill();
-    a.ns.ip("link set lan down")?;
-    a.ns.ip("link set ded down")?;
+    crash(&mut agents[0], a)?;
     wait_for("b to serve all 1000", WAIT, || {
         Ok((open_gates(&t, b)? == 1000).then_some(()))
     })
@@ -958,9 +961,7 @@ fn a_failback_to_a_restarted_node_loses_no_request() -> Result<()> {
     let mut s = setup()?;
     let t = takeover();
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
-    s.agents[0].kill();
-    a.ns.ip("link set lan down")?;
-    a.ns.ip("link set ded down")?;
+    crash(&mut s.agents[0], a)?;
     s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
     // a comes back with empty neighbour tables (its links went down): the handover must not
     // wait on ARP (its gate receives the clients' answers to its own requests).

@@ -210,20 +210,7 @@ fn render(report: &Report) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9)
-        .map(|col| rows.iter().map(|r| r[col].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    takeover::io::status::table(&rows)
 }
 
 /// `packets (bytes)` with bytes in a readable unit.

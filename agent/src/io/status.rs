@@ -231,7 +231,7 @@ impl Status {
 
 /// Rows as aligned columns, each as wide as its widest cell (names and gate states have no
 /// fixed length), two spaces apart.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
