@@ -36,10 +36,19 @@ impl Shell {
             let gate = self.core.gate(r);
             let want = expected(gate);
             let found = self.gates.get(&self.targets[r])?.and_then(|e| e.action);
-            let fine = found == Some(want)
-                || (found == Some(GateAction::Closed)
-                    && matches!(gate, Gate::Forward(_) | Gate::Receive(_)));
-            if fine {
+            // A forward or receive written as closed for want of the peer's MAC: written
+            // again once the MAC is known, quietly (it was said when it happened).
+            let peer = match gate {
+                Gate::Forward(p) | Gate::Receive(p) => Some(p),
+                _ => None,
+            };
+            if found == Some(GateAction::Closed) && peer.is_some() {
+                if peer.is_some_and(|p| self.peer_macs[p].is_some()) {
+                    self.repair(r, gate)?;
+                }
+                continue;
+            }
+            if found == Some(want) {
                 continue;
             }
             log::warn!(
