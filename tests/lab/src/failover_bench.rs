@@ -237,8 +237,11 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
         }
         Scenario::Switchover => {
             let t0 = now_us();
-            t.ok(&r.lan.host("a").ns, &format!("switchover {LOGICAL} --to b"))?;
-            r.wait_served_by("b", t0)?;
+            let ordered = t.ok(&r.lan.host("a").ns, &format!("switchover {LOGICAL} --to b"));
+            if let Err(e) = ordered.and_then(|_| r.wait_served_by("b", t0)) {
+                let (la, lb) = r.logs();
+                anyhow::bail!("{e}\n-- a:\n{la}-- b:\n{lb}");
+            }
             t0
         }
     };
