@@ -75,12 +75,17 @@ fn nobody_fenced(s: &Setup) -> bool {
 }
 
 fn setup() -> Result<Setup> {
+    setup_with(|cluster, a, b| cluster.start(&takeover(), a, b))
+}
+
+/// [`setup`] with node a's agent started by `start_a`.
+fn setup_with(start_a: impl Fn(&Cluster, &Host, &Host) -> Result<Agent>) -> Result<Setup> {
     let t = takeover();
     let lan = Lan::new(&t, &["cli", "a", "b"])?;
     lan.dedicated_line("a", "b")?;
     let cluster = Cluster::new(&lan, Timing::default())?;
     let (a, b) = (lan.host("a"), lan.host("b"));
-    let agents = vec![cluster.start(&t, a, b)?, cluster.start(&t, b, a)?];
+    let agents = vec![start_a(&cluster, a, b)?, cluster.start(&t, b, a)?];
     let responders = vec![responder(a)?, responder(b)?];
     let client = Client::new(
         &lan.host("cli").ns,
@@ -991,5 +996,106 @@ fn a_failback_to_a_restarted_node_loses_no_request() -> Result<()> {
         s.agents[0].log(),
         s.agents[1].log()
     );
+    Ok(())
+}
+
+/// What b's agent says about its peer a (`status --json`).
+fn peer_a_seen_by_b(t: &Takeover, b: &Host) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&b.ns, "status --json")?)?;
+    Ok(v["peers"][0].clone())
+}
+
+/// Waits until b's agent sees a alive, agreeing, and writes it wire version `version`.
+fn wait_b_reads_a_on(s: &Setup, version: u64, what: &str) -> Result<()> {
+    let (t, b) = (takeover(), s.lan.host("b"));
+    s.logged(wait_for(what, WAIT, || {
+        // A starting agent has no control socket yet.
+        let Ok(p) = peer_a_seen_by_b(&t, b) else {
+            return Ok(None);
+        };
+        Ok(
+            (p["state"] == "alive" && p["config"] == "agrees" && p["wire_version"] == version)
+                .then_some(()),
+        )
+    }))
+}
+
+/// A rolling upgrade: a runs the previous release (wire v2, pins keyed by the namespace's
+/// inode), b this one. Each takes over from the other, and a is then upgraded in place.
+#[test]
+fn a_node_of_the_previous_release_and_one_of_this_fail_over_both_ways() -> Result<()> {
+    let old = takeover_lab::previous::takeover()?;
+    let mut s = setup_with(|cluster, a, b| cluster.start_previous(&old, a, b))?;
+    let t = takeover();
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    wait_b_reads_a_on(&s, 2, "b to read a's v2 heartbeats and write it v2")?;
+    only_answerer(&s, a, "the previous release serves")?;
+    // The previous release crashes: this one fences it and takes over.
+    crash(&mut s.agents[0], a)?;
+    s.logged(wait_served_by(&s.client, "b", "b to take over from a"))?;
+    assert!(s.agents[1].logged("fence_started", &[("peer", "a")]));
+    only_answerer(&s, b, "b took over from the previous release")?;
+    // It comes back: this one hands the address back to it (failback).
+    a.ns.ip("link set lan up")?;
+    a.ns.ip("link set ded up")?;
+    s.agents[0] = s.cluster.start_previous(&old, a, b)?;
+    s.logged(wait_served_by(&s.client, "a", "the failback to a"))?;
+    only_answerer(&s, a, "b handed the address back to the previous release")?;
+    // The other way: a switchover ordered on the previous release, then this one crashes.
+    old.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
+    s.logged(wait_served_by(&s.client, "b", "the switchover to b"))?;
+    crash(&mut s.agents[1], b)?;
+    s.logged(wait_served_by(
+        &s.client,
+        "a",
+        "the previous release to take over",
+    ))?;
+    assert!(
+        s.agents[0].log().contains("fencing b"),
+        "{}",
+        s.agents[0].log()
+    );
+    only_answerer(&s, a, "the previous release took over from b")?;
+    // b is back on this release, and the switchover's order stands: b serves again.
+    // (Forwarding after a handover lasts long enough here to be seen; the previous release
+    // knows no forward_for, so the window is this release's own.)
+    let long_forward =
+        |c: String| c.replacen("[announce]\n", "[announce]\nforward_for = \"30s\"\n", 1);
+    b.ns.ip("link set lan up")?;
+    b.ns.ip("link set ded up")?;
+    s.agents[1] = s.cluster.start_with(&t, b, a, long_forward)?;
+    s.logged(wait_served_by(
+        &s.client,
+        "b",
+        "b to serve once back (the order stands)",
+    ))?;
+    wait_b_reads_a_on(&s, 2, "b back beside the previous release")?;
+    // a is upgraded in place (SIGTERM, then this release): it adopts the gates the previous
+    // one pinned under the inode and replaces their programs, so its forward to b now claims
+    // nothing (the previous release's answered ARP for the address).
+    let by_inode =
+        std::path::Path::new(takeover_lab::PIN_ROOT).join(format!("net-{}", a.ns.inode()?));
+    assert!(by_inode.is_dir(), "no pins in {}", by_inode.display());
+    s.agents[0].stop();
+    s.agents[0] = s.cluster.start_with(&t, a, b, long_forward)?;
+    wait_b_reads_a_on(&s, 3, "b to write wire v3 to the upgraded a")?;
+    assert!(!by_inode.exists(), "{} left", by_inode.display());
+    assert!(a.ns.pin_dir()?.is_dir());
+    let log = s.agents[0].log();
+    assert!(log.contains("ran another build's programs"), "{log}");
+    only_answerer(&s, b, "b serves beside the upgraded a")?;
+    // Both on this release: the address goes to a through the adopted gates, and back. a's
+    // forward to b, by this build's programs, claims nothing.
+    t.ok(&b.ns, &format!("switchover {LOGICAL} --to a"))?;
+    s.logged(wait_served_by(
+        &s.client,
+        "a",
+        "the switchover to the upgraded a",
+    ))?;
+    only_answerer(&s, a, "the upgraded a serves")?;
+    t.ok(&a.ns, &format!("switchover {LOGICAL} --to b"))?;
+    s.logged(wait_served_by(&s.client, "b", "the switchover back to b"))?;
+    only_answerer(&s, b, "the upgraded a forwards to b")?;
+    assert!(t.ok(&a.ns, "status")?.contains("forward to b"));
     Ok(())
 }

@@ -238,7 +238,7 @@ struct RawAuth {
     key_file: Spanned<String>,
 }
 
-/// Defaults, chosen for the targets of DESIGN.md (detection in a few milliseconds).
+/// Defaults, chosen for the targets of docs/design.md (detection in a few milliseconds).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 /// A crash is detected by the line's carrier and the peer's kernel, an agent's death by its
 /// kernel's exit notice: the dead time only decides for a peer silent with its kernel up

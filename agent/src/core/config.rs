@@ -44,7 +44,7 @@ pub struct CoreConfig {
     /// or is given `restart_grace` for a new agent, as for a planned restart (false).
     pub exit_takes_over: bool,
     /// After a handover to a live peer, forward what still arrives for this long, then close
-    /// (DESIGN.md invariant 6: a forwarding host claims nothing, and not for ever). The new
+    /// (docs/design.md invariant 6: a forwarding host claims nothing, and not for ever). The new
     /// server repeats its announcements within it.
     pub forward_for: Duration,
     /// Digest of what every node must agree on ([`CoreConfig::digest_of`]).

@@ -1,7 +1,7 @@
 //! A simulated cluster for the core's tests: several nodes, a network with two paths per pair
 //! (dedicated line and LAN), virtual time, and faults (crashes, agent restarts, path cuts,
 //! LAN failures, losses, duplicates, reordering, forged and replayed datagrams). It checks
-//! DESIGN.md's invariants after every step.
+//! docs/design.md's invariants after every step.
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,

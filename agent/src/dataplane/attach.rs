@@ -15,7 +15,7 @@ use aya::{
 };
 use takeover_common::{ABI_VERSION, HEARD_MAP, INFO_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM};
 
-use super::{pinned_link, pins::PinDir, stale, OBJECT};
+use super::{pinned_link, pins::PinDir, stale, upgrade, OBJECT};
 use crate::sys::{bpffs, iface::Iface};
 
 /// How the operator wants XDP attached.
@@ -128,6 +128,11 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
         notes,
     };
     if xdp_live && (tc_live || !tcx_supported()) && maps_pinned {
+        out.notes.extend(
+            upgrade::replace_programs(pins, tc_live).with_context(|| {
+                format!("bringing the live gate on {} to this build", iface.name)
+            })?,
+        );
         return Ok(out);
     }
 

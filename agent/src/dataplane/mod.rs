@@ -9,6 +9,7 @@ pub mod pinned_link;
 pub mod pins;
 pub mod stale;
 pub mod target;
+mod upgrade;
 
 /// The compiled gate programs (`ebpf/gate`), built by `build.rs` and shipped inside the binary.
 pub static OBJECT: &[u8] =

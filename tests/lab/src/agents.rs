@@ -207,6 +207,23 @@ key_file = "{key}"
         peer: &Host,
         edit: impl Fn(String) -> String,
     ) -> Result<Agent> {
+        self.spawn(t, me, peer, edit, true)
+    }
+
+    /// Starts `me`'s agent with a `takeover` of the previous release
+    /// ([`crate::previous`]), which logs text and knows no `--log-format`.
+    pub fn start_previous(&self, t: &Takeover, me: &Host, peer: &Host) -> Result<Agent> {
+        self.spawn(t, me, peer, |c| c, false)
+    }
+
+    fn spawn(
+        &self,
+        t: &Takeover,
+        me: &Host,
+        peer: &Host,
+        edit: impl Fn(String) -> String,
+        json: bool,
+    ) -> Result<Agent> {
         let config = self.config(me, peer)?;
         std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
         // One log per start: a replaced agent removes its own log when dropped.
@@ -222,7 +239,11 @@ key_file = "{key}"
                 Some("--no-realtime")
             })
             // Events as JSON lines (tests read them by name and field), gate changes too.
-            .args(["--log-format", "json", "--verbose"])
+            .args(
+                json.then_some(["--log-format", "json", "--verbose"])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())

@@ -10,6 +10,7 @@ pub mod failover_bench;
 pub mod failover_demo;
 pub mod keepalived;
 pub mod load;
+pub mod previous;
 pub mod stats;
 pub mod topology;
 pub mod udp;
@@ -172,6 +173,13 @@ impl Drop for Netns {
                 let _ = std::fs::remove_dir_all(Path::new("/run/takeover").join(id));
             }
             let _ = std::fs::remove_dir_all(dir);
+        }
+        // What a previous release (pins keyed by the inode) made here: while the namespace
+        // lives its inode is its own, so these are this namespace's.
+        if let Ok(ino) = self.inode() {
+            let id = format!("net-{ino}");
+            let _ = std::fs::remove_dir_all(Path::new("/run/takeover").join(&id));
+            let _ = std::fs::remove_dir_all(Path::new(PIN_ROOT).join(id));
         }
         let _ = ip(&format!("netns del {}", self.name));
     }

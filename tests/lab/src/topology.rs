@@ -1,4 +1,4 @@
-//! The DESIGN.md test topology: a bridge in its own namespace as the switch, hosts on it
+//! The docs/design.md test topology: a bridge in its own namespace as the switch, hosts on it
 //! (each with one `lan` veth), and optionally a dedicated veth line between two hosts.
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! Failure stories of the core on virtual time, then randomized fault schedules that check
-//! DESIGN.md's invariants. A failing schedule prints its seed and the end of its trace.
+//! docs/design.md's invariants. A failing schedule prints its seed and the end of its trace.
 use std::time::Duration;
 
 use super::super::sim::{self, Rng, Sim, DEDICATED, LAN};

@@ -14,7 +14,7 @@
 //!   digest the body carries, as runs of equal state; a summary longer than a datagram is
 //!   sent in parts, each covering a range of resources.
 //! - Version 2 ([`v2`], the previous agent's): logical addresses by IP, at most 18. Read, and
-//!   written to a peer that speaks nothing newer (rolling upgrades, DESIGN.md invariant 7).
+//!   written to a peer that speaks nothing newer (rolling upgrades, docs/design.md invariant 7).
 //!
 //! All integers big-endian. The data plane's short messages (exit notice, probe) are in
 //! [`short`]; their format did not change.

@@ -10,7 +10,7 @@
 //! usually share their state (one owner's, opened together, in one epoch), so a summary of
 //! thousands is a few runs; one that does not fit a datagram is sent as several parts, each
 //! a heartbeat of its own. The digest says which configuration the indices refer to: a
-//! receiver whose own differs reads none of it (DESIGN.md invariant 7).
+//! receiver whose own differs reads none of it (docs/design.md invariant 7).
 use super::{
     put_header, sign, Header, Reader, Rejected, MAX_HEADER, MAX_MESSAGE, TAG_LEN, VERSION,
 };

@@ -1,5 +1,5 @@
-//! The gate table against the core (one writer, DESIGN.md "only the control plane writes
-//! maps"): now and then the agent reads every entry back, and an entry that says something
+//! The gate table against the core (one writer, docs/design.md "only the agent writes the
+//! gate table"): now and then the agent reads every entry back, and an entry that says something
 //! else than the core holds (changed behind the agent, e.g. by hand) is reported and
 //! written again. A slice at a time, so that the heartbeat loop is never held up.
 use std::time::Duration;
