@@ -927,6 +927,16 @@ fn a_thousand_resources_fail_over_and_back_together() -> Result<()> {
         cluster.start_with(&t, b, a, edit)?,
     ];
     let logs = |agents: &[Agent]| format!("a:\n{}\nb:\n{}", agents[0].log(), agents[1].log());
+    // The pinned maps exist once an agent answers on its control socket (a slow start under
+    // load is not a failure).
+    let answering = |host: &Host, agents: &[Agent]| {
+        wait_for("the agent to answer", WAIT, || {
+            Ok(t.ok(&host.ns, "status --json").ok().map(|_| ()))
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(agents)))
+    };
+    answering(a, &agents)?;
+    answering(b, &agents)?;
     // 1000 resources: a owns 500 (LOGICAL among them), b 500.
     wait_for("each to serve its 500", WAIT, || {
         Ok((open_gates(&t, a)? == 500 && open_gates(&t, b)? == 500).then_some(()))
@@ -950,6 +960,7 @@ fn a_thousand_resources_fail_over_and_back_together() -> Result<()> {
     a.ns.ip("link set lan up")?;
     a.ns.ip("link set ded up")?;
     agents[0] = cluster.start_with(&t, a, b, edit)?;
+    answering(a, &agents)?;
     wait_for("the failback of a's 500", WAIT, || {
         Ok((open_gates(&t, a)? == 500 && open_gates(&t, b)? == 500).then_some(()))
     })
