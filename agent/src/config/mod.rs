@@ -6,6 +6,7 @@
 mod duration;
 pub mod files;
 mod logical;
+pub mod service;
 
 use std::{
     collections::BTreeSet, fmt, net::IpAddr, net::SocketAddr, ops::Range, path::PathBuf,
@@ -17,6 +18,7 @@ use toml::Spanned;
 
 pub use duration::parse_duration;
 pub use logical::{check_logical, NotLogical};
+pub use service::Service;
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +26,8 @@ pub struct Config {
     pub node: Node,
     pub peers: Vec<Peer>,
     pub addresses: Vec<LogicalAddress>,
+    /// Services on the addresses, monitored as components of their own.
+    pub services: Vec<Service>,
     pub heartbeat: Heartbeat,
     pub preempt: Preempt,
     pub fence: Fence,
@@ -166,6 +170,8 @@ struct Raw {
     peer: Vec<Spanned<RawPeer>>,
     #[serde(default)]
     address: Vec<Spanned<RawAddress>>,
+    #[serde(default)]
+    service: Vec<Spanned<service::RawService>>,
     heartbeat: Option<Spanned<RawHeartbeat>>,
     preempt: Option<Spanned<RawPreempt>>,
     fence: Option<Spanned<RawFence>>,
@@ -570,6 +576,9 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         );
     }
 
+    // [[service]]
+    let services = service::services(&mut c, &raw.service, &addresses);
+
     // [heartbeat], [preempt], [fence], [announce], [auth]
     let hb = raw.heartbeat.as_ref().map(|h| h.get_ref());
     let interval = c.duration(
@@ -718,6 +727,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         },
         peers,
         addresses,
+        services,
         heartbeat: Heartbeat {
             interval,
             misses,

@@ -397,3 +397,308 @@ fn address_problems_are_reported_together() {
         "{errors:#?}"
     );
 }
+
+/// MINIMAL with `services` (TOML text) inserted before `[fence]`.
+fn with_services(services: &str) -> String {
+    MINIMAL.replacen("[fence]", &format!("{services}\n[fence]"), 1)
+}
+
+/// The line of `needle`'s first occurrence in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let at = text.find(needle).unwrap_or_else(|| panic!("{needle}"));
+    text[..at].matches('\n').count() + 1
+}
+
+#[test]
+fn services_are_read_with_their_checks_and_recovery() {
+    use service::*;
+    let text = with_services(
+        r#"
+[[service]]
+name = "web"
+address = "10.0.0.100"
+protocol = "tcp"
+port = 80
+run = { command = ["/usr/sbin/nginx", "-g", "daemon off;"], env = { LANG = "C" }, user = "www-data", dir = "/var/www" }
+
+[[service.check]]
+type = "http"
+path = "/health"
+status = 204
+body = "ok"
+interval = "10ms"
+timeout = "5ms"
+fall = 2
+rise = 3
+
+[[service.check]]
+type = "tcp"
+
+[service.recovery]
+restarts = 5
+backoff = "50ms"
+escalate = true
+
+[[service]]
+name = "dns"
+addresses = ["10.0.0.100"]
+protocol = "udp"
+ports = "53-54"
+watch = { pid_file = "/run/dnsmasq/dnsmasq.pid" }
+critical = true
+
+[[service.check]]
+type = "dns"
+query = "www.example.lan"
+record = "aaaa"
+
+[[service]]
+name = "ocf-web"
+address = "10.0.0.100"
+protocol = "tcp"
+port = 8080
+ocf = { agent = "heartbeat:nginx", params = { configfile = "/etc/nginx/nginx.conf" } }
+"#,
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.services.len(), 3);
+    let web = &c.services[0];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.addresses, vec!["10.0.0.100".parse::<IpAddr>().unwrap()]);
+    assert_eq!((web.proto, web.ports), (Proto::Tcp, (80, 80)));
+    let Supervision::Run(run) = &web.how else {
+        panic!("{:?}", web.how)
+    };
+    assert_eq!(run.command[0], "/usr/sbin/nginx");
+    assert_eq!(run.env["LANG"], "C");
+    assert_eq!(run.user.as_deref(), Some("www-data"));
+    assert_eq!(run.stop_timeout, DEFAULT_STOP_TIMEOUT);
+    assert_eq!(
+        web.checks[0],
+        HealthCheck {
+            kind: CheckKind::Http {
+                port: 80,
+                path: "/health".into(),
+                host: None,
+                status: 204,
+                body: Some("ok".into()),
+            },
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(5),
+            fall: 2,
+            rise: 3,
+        }
+    );
+    // Left out: the service's port, the defaults.
+    assert_eq!(web.checks[1].kind, CheckKind::Tcp { port: 80 });
+    assert_eq!(
+        (
+            web.checks[1].interval,
+            web.checks[1].fall,
+            web.checks[1].rise
+        ),
+        (DEFAULT_CHECK_INTERVAL, DEFAULT_FALL, DEFAULT_RISE)
+    );
+    assert_eq!(
+        (
+            web.recovery.restarts,
+            web.recovery.backoff,
+            web.recovery.escalate
+        ),
+        (5, Duration::from_millis(50), true)
+    );
+    assert!(!web.critical);
+
+    let dns = &c.services[1];
+    assert_eq!((dns.proto, dns.ports), (Proto::Udp, (53, 54)));
+    assert_eq!(
+        dns.how,
+        Supervision::PidFile("/run/dnsmasq/dnsmasq.pid".into())
+    );
+    assert_eq!(
+        dns.checks[0].kind,
+        CheckKind::Dns {
+            port: 53,
+            proto: Proto::Udp,
+            name: "www.example.lan".into(),
+            record: DnsRecord::Aaaa,
+        }
+    );
+    // Whoever runs a watched service restarts it.
+    assert_eq!(dns.recovery.restarts, 0);
+    assert!(dns.critical);
+
+    let ocf = &c.services[2];
+    let Supervision::Ocf(agent) = &ocf.how else {
+        panic!("{:?}", ocf.how)
+    };
+    assert_eq!(
+        agent.script(),
+        std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/nginx")
+    );
+    assert_eq!(agent.params["configfile"], "/etc/nginx/nginx.conf");
+    // No check given: the OCF agent's monitor action.
+    assert_eq!(ocf.checks[0].kind, CheckKind::OcfMonitor);
+    assert_eq!(ocf.recovery.restarts, DEFAULT_RESTARTS);
+}
+
+#[test]
+fn a_config_without_services_has_none() {
+    assert!(parse(MINIMAL).unwrap().services.is_empty());
+}
+
+#[test]
+fn service_errors_name_their_key_and_line() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (service text, line marker, key, message part)
+        (
+            "name = \"a b\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }",
+            "name = \"a b\"",
+            "service[0].name",
+            "is not a service name",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.9\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }",
+            "address = \"10.0.0.9\"",
+            "service[0].address",
+            "is not the ip of an [[address]]",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"sctp\"\nport = 80\nrun = { command = [\"/bin/x\"] }",
+            "protocol = \"sctp\"",
+            "service[0].protocol",
+            "is not tcp or udp",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 70000\nrun = { command = [\"/bin/x\"] }",
+            "port = 70000",
+            "service[0].port",
+            "must be a port",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nports = \"90-80\"\nrun = { command = [\"/bin/x\"] }",
+            "ports = \"90-80\"",
+            "service[0].ports",
+            "is not a port range",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nports = \"1-5000\"\nrun = { command = [\"/bin/x\"] }",
+            "ports = \"1-5000\"",
+            "service[0].ports",
+            "spans 5000 ports",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80",
+            "[[service]]",
+            "service[0].run",
+            "give exactly one of run",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [] }",
+            "run = ",
+            "service[0].run.command",
+            "must name a program",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nwatch = { pid_file = \"run/x.pid\" }",
+            "watch = ",
+            "service[0].watch.pid_file",
+            "not an absolute path",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nocf = { agent = \"nginx\" }",
+            "ocf = ",
+            "service[0].ocf.agent",
+            "is not provider:type",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"icmp\"",
+            "type = \"icmp\"",
+            "service[0].check[0].type",
+            "is not a check type: process, tcp, udp, http, dns, exec, ocf",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"tcp\"\nbody = \"ok\"",
+            "body = \"ok\"",
+            "service[0].check[0].body",
+            "a tcp check takes no body (it is for type = http)",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"tcp\"\ninterval = \"10ms\"\ntimeout = \"20ms\"",
+            "timeout = \"20ms\"",
+            "service[0].check[0].timeout",
+            "longer than the interval",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"tcp\"\nfall = 0",
+            "fall = 0",
+            "service[0].check[0].fall",
+            "between 1 and 1000",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"udp\"\nport = 53\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"dns\"\nquery = \"a..b\"",
+            "query = \"a..b\"",
+            "service[0].check[0].query",
+            "is not a domain name",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"http\"\nstatus = 99",
+            "status = 99",
+            "service[0].check[0].status",
+            "must be an HTTP status",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[[service.check]]\ntype = \"ocf\"",
+            "type = \"ocf\"",
+            "service[0].check[0].type",
+            "give the service an ocf agent",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nwatch = { systemd_unit = \"nginx.service\" }\n[service.recovery]\nrestarts = 2",
+            "restarts = 2",
+            "service[0].recovery.restarts",
+            "a watched service is restarted by whoever runs it",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\n[service.recovery]\nbackoff = \"1\"",
+            "backoff = \"1\"",
+            "service[0].recovery.backoff",
+            "unit",
+        ),
+    ];
+    for (body, marker, key, says) in cases {
+        let text = with_services(&format!("[[service]]\n{body}\n"));
+        let errors = parse(&text).unwrap_err();
+        assert_error(&errors, line_of(&text, marker), key, says);
+    }
+}
+
+#[test]
+fn two_services_on_one_port_or_name_are_refused() {
+    let svc = |name: &str, ports: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nports = \"{ports}\"\nrun = {{ command = [\"/bin/x\"] }}\n"
+        )
+    };
+    let text = with_services(&format!("{}{}", svc("web", "80-90"), svc("alt", "85")));
+    let errors = parse(&text).unwrap_err();
+    assert_error(
+        &errors,
+        line_of(&text, "name = \"alt\"") + 2,
+        "service[1].port",
+        "overlaps service \"web\"",
+    );
+    // Another protocol on the same port is another service.
+    let udp = svc("alt", "85").replace("\"tcp\"", "\"udp\"");
+    assert!(parse(&with_services(&format!("{}{udp}", svc("web", "80-90")))).is_ok());
+    let text = with_services(&format!("{}{}", svc("web", "80"), svc("web", "81")));
+    assert_error(
+        &parse(&text).unwrap_err(),
+        line_of(
+            &text,
+            "name = \"web\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nports = \"81\"",
+        ),
+        "service[1].name",
+        "is already service[0]",
+    );
+}

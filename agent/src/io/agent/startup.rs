@@ -373,6 +373,13 @@ impl Shell {
                 core.handle_line_carrier(start.elapsed(), p, false);
             }
         }
+        if !cfg.services.is_empty() {
+            // The [[service]] section is read and checked; monitoring it comes next.
+            log::warn!(
+                "{} [[service]] read but not monitored by this build: its addresses are taken over as a whole",
+                cfg.services.len()
+            );
+        }
         log::info!(
             "node {} running: {} path(s), {} resource(s), configuration digest {}",
             cfg.node.name,
