@@ -19,6 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("netsniff-ng", "trafgen"),
     ("keepalived", "keepalived"),
+    // Real services for the service tests and benchmarks, and Pacemaker's OCF agents.
+    ("nginx", "nginx"),
+    ("dnsmasq-base", "dnsmasq"),
+    ("resource-agents", "/usr/lib/ocf/resource.d/heartbeat/nginx"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -210,10 +214,25 @@ fn debian_packages() -> Result<()> {
     run(Command::new("apt-get")
         .args(["update", "-q"])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
+    // Installed services must not start (nginx would take port 80 of the machine): the tests
+    // run their own instances in their namespaces. policy-rc.d's 101 forbids starting them.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if ours {
+        std::fs::remove_file(policy)?;
+    }
+    installed
 }
 
 fn build() -> Result<()> {

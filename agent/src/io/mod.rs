@@ -5,5 +5,6 @@ pub mod control;
 pub mod inbox;
 pub mod log;
 pub mod netlink;
+pub mod service;
 pub mod status;
 pub mod udp;
