@@ -394,7 +394,8 @@ impl Check<'_> {
         }
     }
 
-    fn name(&mut self, v: &Spanned<String>, key: &str) -> String {
+    /// A node's or service's name (`what`): whether it is one, with the error if not.
+    fn name(&mut self, v: &Spanned<String>, key: &str, what: &str) -> bool {
         let n = v.get_ref();
         let ok = !n.is_empty()
             && n.len() <= 32
@@ -404,10 +405,10 @@ impl Check<'_> {
             self.error(
                 v.span(),
                 key,
-                format!("{n:?} is not a node name (1-32 of a-z, A-Z, 0-9, '-', '_', '.')"),
+                format!("{n:?} is not a {what} name (1-32 of a-z, A-Z, 0-9, '-', '_', '.')"),
             );
         }
-        n.clone()
+        ok
     }
 }
 
@@ -435,7 +436,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 
     // [node]
     let node = raw.node.get_ref();
-    let name = c.name(&node.name, "node.name");
+    c.name(&node.name, "node.name", "node");
+    let name = node.name.get_ref().clone();
     let lan = node.lan.get_ref().clone();
     if lan.is_empty() || lan.len() > 15 || lan.contains('/') || lan.contains(char::is_whitespace) {
         c.error(
@@ -491,7 +493,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     for (i, p) in raw.peer.iter().enumerate() {
         let p = p.get_ref();
         let key = format!("peer[{i}]");
-        let pname = c.name(&p.name, &format!("{key}.name"));
+        c.name(&p.name, &format!("{key}.name"), "node");
+        let pname = p.name.get_ref().clone();
         if !names.insert(pname.clone()) {
             c.error(
                 p.name.span(),

@@ -7,6 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Check, LogicalAddress};
+/// The gate's own protocol type: a service's gate entries are keyed by it.
+pub use crate::dataplane::target::Proto;
 
 /// The most ports one service may span: each is a gate entry per address.
 pub const MAX_PORTS: u32 = 1024;
@@ -27,22 +29,6 @@ pub struct Service {
     /// A failure takes the whole address over at once (fence included), without trying a
     /// partial takeover or a restart first.
     pub critical: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
-    }
 }
 
 /// How the agent knows the service's process.
@@ -391,23 +377,14 @@ pub(super) fn services(
         let s = s.get_ref();
         let key = format!("service[{i}]");
         let name = s.name.get_ref().clone();
-        let ok = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
-        if !ok {
-            c.error(
-                s.name.span(),
-                format!("{key}.name"),
-                format!("{name:?} is not a service name (1-32 of a-z, A-Z, 0-9, '-', '_', '.')"),
-            );
-        } else if let Some(j) = names.insert(name.clone(), i) {
-            c.error(
-                s.name.span(),
-                format!("{key}.name"),
-                format!("{name:?} is already service[{j}]: names must be unique"),
-            );
+        if c.name(&s.name, &format!("{key}.name"), "service") {
+            if let Some(j) = names.insert(name.clone(), i) {
+                c.error(
+                    s.name.span(),
+                    format!("{key}.name"),
+                    format!("{name:?} is already service[{j}]: names must be unique"),
+                );
+            }
         }
 
         // Where it is reached.
