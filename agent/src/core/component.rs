@@ -43,7 +43,8 @@ pub struct Policy {
     pub escalate: bool,
     /// Escalate at the first failure.
     pub critical: bool,
-    /// Normal this long after a recovery before it may serve again.
+    /// Normal this long after a recovery before it may serve again; also how long a started
+    /// instance has to pass its checks before failing them counts.
     pub hold: Duration,
 }
 
@@ -65,6 +66,25 @@ pub enum Fault {
     Check(usize),
     /// A restart did not start it.
     StartFailed,
+}
+
+impl Fault {
+    /// Its stable name (logs, JSON).
+    pub fn kind(self) -> String {
+        match self {
+            Fault::Exited => "exited".into(),
+            Fault::Check(n) => format!("check{}", n + 1),
+            Fault::StartFailed => "start_failed".into(),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Fault::Exited => "its process exited".into(),
+            Fault::Check(n) => format!("check {} failed", n + 1),
+            Fault::StartFailed => "it could not be started".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -115,6 +135,22 @@ impl Component {
         c
     }
 
+    /// A component this node has no instance of (or one not started): it says nothing and
+    /// never serves.
+    pub fn standby(policy: Policy, now: Duration) -> Self {
+        let mut c = Self::new(policy, now);
+        c.state = State::Standby;
+        c
+    }
+
+    /// The instance could not be started (at agent start): failed, and restarted as the
+    /// recovery says.
+    pub fn start_failed(&mut self, now: Duration, todo: &mut Vec<Todo>) {
+        if self.state != State::Standby {
+            self.fail(now, Fault::StartFailed, todo);
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }
@@ -158,15 +194,28 @@ impl Component {
             if self.passes[n] >= rise {
                 self.risen[n] = true;
             }
-            if self.state == State::Recovering && !self.restarting && self.risen.iter().all(|r| *r)
-            {
+            // Recovering after a restart, or Failed with no restart coming (a watched
+            // service its own supervisor restarted, a budget spent): Normal once every
+            // check has risen, after the hold.
+            let waiting = self.restarting || self.restart_at.is_some();
+            let back = matches!(self.state, State::Recovering | State::Failed) && !waiting;
+            if back && self.risen.iter().all(|r| *r) {
+                if self.state == State::Failed {
+                    self.recovered = true;
+                }
                 self.set(now, State::Normal);
             }
         } else {
             self.passes[n] = 0;
             self.risen[n] = false;
             self.fails[n] = self.fails[n].saturating_add(1);
-            if self.fails[n] >= fall && self.state == State::Normal {
+            // One that never came up after a start fails too, once it has had the hold time
+            // to come up (a slow start is not a fault).
+            let stuck = self.state == State::Recovering
+                && !self.restarting
+                && self.restart_at.is_none()
+                && now >= self.since + self.policy.hold;
+            if self.fails[n] >= fall && (self.state == State::Normal || stuck) {
                 self.fail(now, Fault::Check(n), todo);
             }
         }
@@ -185,6 +234,10 @@ impl Component {
     }
 
     fn fail(&mut self, now: Duration, fault: Fault, todo: &mut Vec<Todo>) {
+        if self.can_serve(now) {
+            // It served again since it last escalated: this is a new episode.
+            self.escalated = false;
+        }
         self.fault = Some(fault);
         self.set(now, State::Failed);
         if self.policy.critical && !self.escalated {
@@ -254,13 +307,70 @@ impl Component {
         }
     }
 
-    /// Whether this component has escalated (its address goes over as a whole); cleared
-    /// once it is Normal again and may serve.
-    pub fn escalated(&mut self, now: Duration) -> bool {
-        if self.escalated && self.can_serve(now) {
-            self.escalated = false;
+    /// Whether this component has escalated (its address goes over as a whole), until it
+    /// is Normal again and may serve.
+    pub fn escalated(&self, now: Duration) -> bool {
+        self.escalated && !self.can_serve(now)
+    }
+
+    /// Whether it failed and cannot serve yet (an instance still starting is not faulty: its
+    /// traffic stays here, as it would without the agent).
+    pub fn faulty(&self, now: Duration) -> bool {
+        !self.can_serve(now) && (self.state == State::Failed || self.fault.is_some())
+    }
+
+    /// What the peers are told of it.
+    pub fn health(&self, now: Duration) -> Health {
+        Health {
+            state: self.state,
+            can_serve: self.can_serve(now),
+            escalated: self.escalated(now),
+            faulty: self.faulty(now),
         }
-        self.escalated
+    }
+}
+
+/// A component's state as its peers read it: one byte in version-4 heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub state: State,
+    pub can_serve: bool,
+    pub escalated: bool,
+    pub faulty: bool,
+}
+
+const CAN_SERVE: u8 = 4;
+const ESCALATED: u8 = 8;
+const FAULTY: u8 = 16;
+
+impl Health {
+    pub fn code(self) -> u8 {
+        let state = match self.state {
+            State::Normal => 0,
+            State::Failed => 1,
+            State::Recovering => 2,
+            State::Standby => 3,
+        };
+        let flag = |set: bool, f: u8| if set { f } else { 0 };
+        state
+            | flag(self.can_serve, CAN_SERVE)
+            | flag(self.escalated, ESCALATED)
+            | flag(self.faulty, FAULTY)
+    }
+
+    /// The inverse of `code` (the wire refuses bits it does not know).
+    pub fn from_code(c: u8) -> Self {
+        Health {
+            state: match c & 3 {
+                0 => State::Normal,
+                1 => State::Failed,
+                2 => State::Recovering,
+                _ => State::Standby,
+            },
+            can_serve: c & CAN_SERVE != 0,
+            escalated: c & ESCALATED != 0,
+            faulty: c & FAULTY != 0,
+        }
     }
 }
 

@@ -52,6 +52,10 @@ pub struct CoreConfig {
     /// Behave as a version-2 agent on the wire (write only version 2, read no version 3):
     /// for the simulation's mixed clusters.
     pub emulate_v2: bool,
+    /// Behave as a version-3 agent on the wire (write and read nothing newer).
+    pub emulate_v3: bool,
+    /// The services' instances on this node (the components of `ServiceSpec::component`).
+    pub components: Vec<ComponentSpec>,
     pub key: Vec<u8>,
 }
 
@@ -72,6 +76,21 @@ pub struct ServiceSpec {
     pub proto: u8,
     pub first_port: u16,
     pub last_port: u16,
+    /// The address's own resource: whoever serves it serves this, unless its instance
+    /// fails and a peer's can serve (a partial takeover).
+    pub address: ResId,
+    /// The component (service) whose instances serve it.
+    pub component: usize,
+}
+
+/// One service as a component of this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComponentSpec {
+    pub name: String,
+    pub policy: crate::core::component::Policy,
+    /// This node runs an instance (it may serve one of the service's addresses); else the
+    /// component stays in Standby and says nothing.
+    pub here: bool,
 }
 
 impl CoreConfig {
@@ -94,6 +113,9 @@ impl CoreConfig {
                 r.ip, r.prefix, r.service, r.preference
             ));
         }
+        for c in &self.components {
+            h.update(format!("service {}\n", c.name));
+        }
         h.update(format!(
             "paths {} interval {:?} misses {} lan_every {} preempt {:?} exit {} restart {:?} forward {:?}\n",
             self.paths,
@@ -114,7 +136,7 @@ impl CoreConfig {
     }
 
     /// The resource a version-2 message means by `ip` (whole addresses only).
-    pub(super) fn resource_of(&self, ip: &IpAddr) -> Option<ResId> {
+    pub fn resource_of(&self, ip: &IpAddr) -> Option<ResId> {
         self.resources
             .iter()
             .position(|r| r.ip == *ip && r.service.is_none())

@@ -6,9 +6,10 @@ use std::time::Duration;
 use super::config::{CoreConfig, NodeId, ResId};
 
 /// A gate's state, as the core asks the data plane to hold it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Gate {
     /// Another host serves it, or nobody: nothing passes, nothing is claimed.
+    #[default]
     Closed,
     /// This host serves it.
     Open,
@@ -124,6 +125,20 @@ pub enum Event {
     PersistFailed {
         resources: usize,
     },
+    /// This node's instance of a service changed state.
+    Component {
+        component: usize,
+        state: crate::core::component::State,
+        fault: Option<crate::core::component::Fault>,
+    },
+    /// A component could not recover (or is critical): its addresses go over as a whole.
+    Escalated {
+        component: usize,
+    },
+    /// This node's instance of a service failed and no peer's can serve: its traffic stays.
+    NoInstance {
+        res: ResId,
+    },
 }
 
 impl Gate {
@@ -204,13 +219,17 @@ impl Event {
             Event::ConfigAgrees { .. } => "config_agrees",
             Event::WireVersion { .. } => "wire_version",
             Event::PersistFailed { .. } => "persist_failed",
+            Event::Component { .. } => "component",
+            Event::Escalated { .. } => "escalated",
+            Event::NoInstance { .. } => "no_instance",
         }
     }
 
     /// Gate changes happen by the thousand in a whole-node takeover of many resources: they
-    /// are logged at debug level, the takeover itself at info.
-    pub fn is_detail(&self) -> bool {
-        matches!(self, Event::GateChanged { .. })
+    /// are logged at debug level, the takeover itself at info. A service's gate changes
+    /// alone (a partial takeover, its traffic back): at info.
+    pub fn is_detail(&self, cfg: &CoreConfig) -> bool {
+        matches!(self, Event::GateChanged { res, .. } if cfg.resources[*res].service.is_none())
     }
 
     /// The event's fields by name, for structured logs.
@@ -267,6 +286,22 @@ impl Event {
                 vec![("peer", node(peer)), ("version", version.to_string())]
             }
             Event::PersistFailed { resources } => vec![("resources", resources.to_string())],
+            Event::Component {
+                component,
+                state,
+                fault,
+            } => {
+                let mut f = vec![
+                    ("service", cfg.components[*component].name.clone()),
+                    ("state", state.name().to_string()),
+                ];
+                f.extend(fault.map(|x| ("fault", x.kind().to_string())));
+                f
+            }
+            Event::Escalated { component } => {
+                vec![("service", cfg.components[*component].name.clone())]
+            }
+            Event::NoInstance { res: r } => vec![("resource", res(r))],
         }
     }
 
@@ -332,6 +367,25 @@ impl Event {
             }
             Event::PersistFailed { resources } => format!(
                 "could not record the epochs of {resources} resource(s) durably: they stay closed (retried)"
+            ),
+            Event::Component {
+                component,
+                state,
+                fault,
+            } => {
+                let name = &cfg.components[*component].name;
+                match fault.filter(|_| *state != crate::core::component::State::Normal) {
+                    Some(f) => format!("service {name} {} ({})", state.name(), f.describe()),
+                    None => format!("service {name} {}", state.name()),
+                }
+            }
+            Event::Escalated { component } => format!(
+                "service {} cannot recover here: its addresses go over as a whole",
+                cfg.components[*component].name
+            ),
+            Event::NoInstance { res: r } => format!(
+                "{}: the instance here failed and no peer's can serve: its traffic stays here",
+                res(r)
             ),
         }
     }

@@ -30,10 +30,12 @@ mod election;
 mod heartbeat;
 mod liveness;
 mod peer;
+mod services;
 
 use std::{collections::VecDeque, ops::Range, time::Duration};
 
-pub use super::config::{CoreConfig, NodeId, ResId, ResourceSpec, ServiceSpec};
+use super::component::Component;
+pub use super::config::{ComponentSpec, CoreConfig, NodeId, ResId, ResourceSpec, ServiceSpec};
 pub use super::event::{DeathReason, Event, Gate, Mismatch};
 use super::wire::{self, Rejected};
 use peer::Peer;
@@ -59,6 +61,9 @@ pub enum Action {
         bytes: Vec<u8>,
         urgent: bool,
     },
+    /// Stop what is left of this component's instance and start it again; report with
+    /// `handle_restarted`.
+    Restart { component: usize },
     /// Something happened (for the log, metrics, hooks).
     Event(Event),
 }
@@ -107,6 +112,12 @@ struct Res {
     opening: Option<u64>,
     /// Announcements still to repeat after opening: the next one's time, and how many.
     reannounce: Option<(Duration, u32)>,
+    /// `sent_at_us` of the heartbeat that said this node opened it.
+    opened_us: u64,
+    /// A service's gate, as derived (`services`).
+    derived: Gate,
+    /// A service whose instance here failed with no peer's able to take it.
+    stranded: bool,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -151,6 +162,12 @@ pub struct Core {
     /// Sent in every heartbeat: the hash of the token this node's data plane reveals if the
     /// agent dies (zeros: no kernel assistance).
     exit_commit: [u8; wire::TOKEN_LEN],
+    /// This node's instance of each service.
+    components: Vec<Component>,
+    /// What the peers were last told of each (`Health::code`; `None`: no instance here).
+    told: Vec<Option<u8>>,
+    /// Per address resource, its services' resources.
+    services_of: Vec<Vec<ResId>>,
 }
 
 impl Core {
@@ -166,13 +183,44 @@ impl Core {
         let peer = Peer::new(&cfg, now);
         let mut res = vec![Res::default(); cfg.resources.len()];
         for &(a, epoch) in open {
-            res[a] = Res {
-                open: true,
-                epoch,
-                max_epoch: epoch,
-                ..Res::default()
+            res[a] = if cfg.resources[a].service.is_some() {
+                // A service's gate found open stays so until derived (with its address's).
+                Res {
+                    derived: Gate::Open,
+                    ..Res::default()
+                }
+            } else {
+                Res {
+                    open: true,
+                    epoch,
+                    max_epoch: epoch,
+                    ..Res::default()
+                }
             };
         }
+        let mut services_of = vec![Vec::new(); cfg.resources.len()];
+        for (s, r) in cfg.resources.iter().enumerate() {
+            if let Some(sv) = r.service {
+                services_of[sv.address].push(s);
+            }
+        }
+        let components: Vec<Component> = cfg
+            .components
+            .iter()
+            .map(|c| {
+                if c.here {
+                    Component::new(c.policy.clone(), now)
+                } else {
+                    Component::standby(c.policy.clone(), now)
+                }
+            })
+            .collect();
+        let told = cfg
+            .components
+            .iter()
+            .zip(&components)
+            .map(|(spec, c)| spec.here.then(|| c.health(now).code()))
+            .collect();
         let n = cfg.nodes.len();
         let mut core = Core {
             incarnation,
@@ -197,10 +245,13 @@ impl Core {
             persisting: false,
             persist_failed: None,
             res,
+            components,
+            told,
+            services_of,
             cfg,
         };
         for a in 0..core.res.len() {
-            if !core.res[a].open {
+            if !core.res[a].open && core.res[a].derived != Gate::Open {
                 // Not an event: nothing changed, the gate is made to say what it must.
                 core.actions.push_back(Action::SetGate {
                     res: a,
@@ -287,6 +338,9 @@ impl Core {
         }
         if let Some(at) = self.persist_failed {
             consider(at + self.cfg.fence_retry);
+        }
+        if let Some(at) = self.components_deadline(self.fed) {
+            consider(at);
         }
         for r in &self.res {
             if r.forwarding.is_some() {
@@ -381,6 +435,7 @@ impl Core {
         }
         self.reannounce(now);
         self.decide(now);
+        self.components_tick(now);
     }
 
     /// Repeats the announcements of what this node opened, spread over the forwarding window
@@ -499,6 +554,9 @@ impl Core {
     /// The gate of `a` as this node holds it.
     pub fn gate(&self, a: ResId) -> Gate {
         let r = &self.res[a];
+        if self.is_service(a) {
+            return r.derived;
+        }
         match (r.open, r.forwarding, r.receiving) {
             (true, _, _) => Gate::Open,
             (false, Some(n), _) => Gate::Forward(n),
@@ -637,3 +695,5 @@ impl Core {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_services;

@@ -10,8 +10,12 @@ use std::{
 };
 
 use super::{
+    component::Policy,
     event::Event,
-    node::{Action, Arrival, Core, CoreConfig, FenceState, Gate, NodeId, ResourceSpec},
+    node::{
+        Action, Arrival, ComponentSpec, Core, CoreConfig, FenceState, Gate, NodeId, ResourceSpec,
+        ServiceSpec,
+    },
     wire,
 };
 
@@ -75,6 +79,26 @@ pub struct SimNode {
     /// Periodic heartbeats waiting on the agent's listen sockets, with when they arrived:
     /// as the shell does, the agent reads them at its next wake-up, by arrival time.
     pub waiting: Vec<(Duration, usize, Vec<u8>)>,
+    /// Per component: its instance on this machine.
+    pub instances: Vec<Instance>,
+}
+
+/// A service's instance on a simulated machine (outlives its agent, not the machine).
+#[derive(Clone, Debug, Default)]
+pub struct Instance {
+    pub running: bool,
+    /// Stopped (SIGSTOP): running, but it answers no check.
+    pub hung: bool,
+    /// Every start of it fails (a broken installation).
+    pub broken: bool,
+    /// Since when it cannot serve (for the forwarding invariant).
+    pub down_since: Option<Duration>,
+}
+
+impl Instance {
+    pub fn serves(&self) -> bool {
+        self.running && !self.hung
+    }
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -127,6 +151,62 @@ pub struct Sim {
     pub persist_works: bool,
     /// Per node and resource: since when its gate forwards (checked against the window).
     forward_since: Vec<Vec<Option<Duration>>>,
+    /// How often the services' instances are checked, and the next check.
+    pub check_every: Duration,
+    next_check: Duration,
+    /// Restarts under way: when each ends, on which node, of which component.
+    restarts: Vec<(Duration, NodeId, usize)>,
+    pub restart_takes: Duration,
+}
+
+/// A policy for the simulation's services: one check, fall 2, rise 2, a short hold.
+pub fn service_policy(restarts: u32, escalate: bool, critical: bool) -> Policy {
+    Policy {
+        checks: vec![(2, 2)],
+        restarts,
+        window: Duration::from_secs(10),
+        backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(40),
+        escalate,
+        critical,
+        hold: Duration::from_millis(30),
+    }
+}
+
+/// `config`, with `per_address` services on every address (each a component of its own,
+/// served by every node), with `policy`.
+pub fn config_with_services(
+    nodes: usize,
+    interval: Duration,
+    preempt: Option<Duration>,
+    per_address: usize,
+    policy: Policy,
+) -> CoreConfig {
+    let mut cfg = config(nodes, 0, interval, preempt);
+    let addresses = cfg.resources.len();
+    for a in 0..addresses {
+        for k in 0..per_address {
+            let component = cfg.components.len();
+            cfg.components.push(ComponentSpec {
+                name: format!("s{a}.{k}"),
+                policy: policy.clone(),
+                here: true,
+            });
+            let port = 80 + k as u16;
+            cfg.resources.push(ResourceSpec {
+                service: Some(ServiceSpec {
+                    proto: 6,
+                    first_port: port,
+                    last_port: port,
+                    address: a,
+                    component,
+                }),
+                ..cfg.resources[a].clone()
+            });
+        }
+    }
+    cfg.digest = cfg.digest_of();
+    cfg
 }
 
 pub fn config(
@@ -162,6 +242,8 @@ pub fn config(
         forward_for: Duration::from_millis(300),
         digest: [0; 8],
         emulate_v2: false,
+        emulate_v3: false,
+        components: Vec::new(),
         key: b"simulation key, 32 bytes long!!".to_vec(),
     };
     cfg.digest = cfg.digest_of();
@@ -202,10 +284,22 @@ impl Sim {
             node_configs: vec![None; nodes],
             persist_works: true,
             forward_since: vec![vec![None; addrs]; nodes],
+            check_every: Duration::from_millis(2),
+            next_check: Duration::from_secs(1),
+            restarts: Vec::new(),
+            restart_takes: Duration::from_millis(3),
             cfg,
         };
+        let components = sim.cfg.components.len();
         for n in 0..nodes {
             sim.nodes.push(SimNode {
+                instances: vec![
+                    Instance {
+                        running: true,
+                        ..Instance::default()
+                    };
+                    components
+                ],
                 core: None,
                 powered: true,
                 gates: vec![Gate::Closed; addrs],
@@ -300,6 +394,11 @@ impl Sim {
         node.waiting.clear();
         node.exited = false;
         node.gates.iter_mut().for_each(|g| *g = Gate::Closed);
+        let now = self.now;
+        for i in &mut node.instances {
+            i.running = false;
+            i.down_since = i.down_since.or(Some(now));
+        }
         self.trace.push(format!("{:?} n{n} crashes", self.now));
     }
 
@@ -310,8 +409,109 @@ impl Sim {
         }
         self.nodes[n].powered = true;
         self.nodes[n].mute = false;
+        for i in &mut self.nodes[n].instances {
+            // Started with the machine (unless broken).
+            i.running = !i.broken;
+            i.hung = false;
+            i.down_since = if i.running { None } else { i.down_since };
+        }
         self.trace.push(format!("{:?} n{n} boots", self.now));
         self.start_agent(n);
+    }
+
+    /// Component `c`'s instance on node `n` is killed: its agent hears at once.
+    pub fn kill_service(&mut self, n: NodeId, c: usize) {
+        let now = self.now;
+        let i = &mut self.nodes[n].instances[c];
+        i.running = false;
+        i.down_since = i.down_since.or(Some(now));
+        self.trace.push(format!("{now:?} n{n} service s{c} killed"));
+        self.feed_waiting(n);
+        if let Some(core) = self.nodes[n].core.as_mut() {
+            core.handle_exited(now, c);
+        }
+        self.drain(n);
+    }
+
+    /// Component `c`'s instance on node `n` stops answering (SIGSTOP) or answers again.
+    pub fn hang_service(&mut self, n: NodeId, c: usize, hung: bool) {
+        let now = self.now;
+        let i = &mut self.nodes[n].instances[c];
+        i.hung = hung;
+        i.down_since = if i.serves() {
+            None
+        } else {
+            i.down_since.or(Some(now))
+        };
+        self.trace.push(format!(
+            "{now:?} n{n} service s{c} {}",
+            if hung { "hangs" } else { "answers again" }
+        ));
+    }
+
+    /// Someone (an operator, another supervisor) starts component `c` on node `n` again.
+    pub fn revive_service(&mut self, n: NodeId, c: usize) {
+        let i = &mut self.nodes[n].instances[c];
+        i.running = true;
+        i.hung = false;
+        i.down_since = None;
+        self.trace
+            .push(format!("{:?} n{n} service s{c} started by hand", self.now));
+    }
+
+    /// Every start of component `c` on node `n` fails (or works again).
+    pub fn break_service(&mut self, n: NodeId, c: usize, broken: bool) {
+        self.nodes[n].instances[c].broken = broken;
+    }
+
+    /// Checks every running agent's instances (one check each), as the shell's timers do.
+    fn run_checks(&mut self) {
+        let now = self.now;
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].powered || self.nodes[n].core.is_none() {
+                continue;
+            }
+            self.feed_waiting(n);
+            for c in 0..self.nodes[n].instances.len() {
+                let pass = self.nodes[n].instances[c].serves();
+                let core = self.nodes[n].core.as_mut().unwrap();
+                if core.config().components[c].here {
+                    core.handle_check(now, c, 0, pass);
+                }
+            }
+            self.drain(n);
+        }
+    }
+
+    /// Restarts whose time has come: the instance runs again, unless it is broken.
+    fn finish_restarts(&mut self) {
+        let now = self.now;
+        let due: Vec<(Duration, NodeId, usize)> = self
+            .restarts
+            .iter()
+            .copied()
+            .filter(|r| r.0 <= now)
+            .collect();
+        self.restarts.retain(|r| r.0 > now);
+        for (_, n, c) in due {
+            if !self.nodes[n].powered {
+                continue;
+            }
+            let i = &mut self.nodes[n].instances[c];
+            let ok = !i.broken;
+            i.running = ok;
+            i.hung = false;
+            i.down_since = if ok { None } else { i.down_since.or(Some(now)) };
+            self.trace.push(format!(
+                "{now:?} n{n} service s{c} {}",
+                if ok { "restarted" } else { "failed to start" }
+            ));
+            self.feed_waiting(n);
+            if let Some(core) = self.nodes[n].core.as_mut() {
+                core.handle_restarted(now, c, ok);
+            }
+            self.drain(n);
+        }
     }
 
     pub fn set_lan(&mut self, n: NodeId, up: bool) {
@@ -397,6 +597,16 @@ impl Sim {
                         .push(format!("{:?} n{n}: {}", self.now, e.describe(cfg)));
                     self.events.push((self.now, n, e));
                 }
+                Action::Restart { component } => {
+                    // What is left is stopped at once; the new one runs a little later.
+                    let i = &mut self.nodes[n].instances[component];
+                    i.running = false;
+                    i.down_since = i.down_since.or(Some(self.now));
+                    self.restarts
+                        .push((self.now + self.restart_takes, n, component));
+                    self.trace
+                        .push(format!("{:?} n{n} restarts s{component}", self.now));
+                }
                 Action::Fence { peer } => {
                     self.fences_requested += 1;
                     self.trace
@@ -419,6 +629,41 @@ impl Sim {
         self.check_invariant_1();
         self.check_black_holes();
         self.check_forward_window();
+        self.check_service_forwarding();
+    }
+
+    /// A service is forwarded only to a peer whose instance can serve: one that cannot is
+    /// forwarded to no longer than it takes to learn so (its exit at once, a hang once its
+    /// checks have fallen), plus the heartbeats that say so.
+    fn check_service_forwarding(&self) {
+        let bound = self.check_every * 4 + self.cfg.interval * 3 + self.cfg.forward_for;
+        for (s, r) in self.cfg.resources.iter().enumerate() {
+            let Some(sv) = r.service else {
+                continue;
+            };
+            for (f, node) in self.nodes.iter().enumerate() {
+                let Gate::Forward(to) = node.gates[s] else {
+                    continue;
+                };
+                // Only a partial takeover (the forwarder serves the address): a service
+                // forwarded with its whole address goes wherever the address went.
+                if !node.powered
+                    || node.core.is_none()
+                    || !self.nodes[to].powered
+                    || node.gates[sv.address] != Gate::Open
+                {
+                    continue;
+                }
+                if let Some(since) = self.nodes[to].instances[sv.component].down_since {
+                    assert!(
+                        self.now <= since + bound,
+                        "n{f} forwards a{s} to n{to}, whose instance is down since {since:?}, at {:?}\n{}",
+                        self.now,
+                        self.tail()
+                    );
+                }
+            }
+        }
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, path: usize, bytes: Vec<u8>, urgent: bool) {
@@ -490,6 +735,11 @@ impl Sim {
             }
             let window = self.node_cfg(n).forward_for;
             for (a, since) in self.forward_since[n].iter().enumerate() {
+                if self.cfg.resources[a].service.is_some() {
+                    // A service forwarded to a peer's instance lasts while its own is down
+                    // (`check_service_forwarding`).
+                    continue;
+                }
                 if let (Gate::Forward(_), Some(since)) = (node.gates[a], since) {
                     assert!(
                         self.now <= *since + window + slack,
@@ -574,6 +824,12 @@ impl Sim {
             for (at, _, _) in &self.fences {
                 next = next.min(*at);
             }
+            for (at, _, _) in &self.restarts {
+                next = next.min(*at);
+            }
+            if !self.cfg.components.is_empty() {
+                next = next.min(self.next_check.max(self.now));
+            }
             for node in &self.nodes {
                 if let Some(c) = &node.core {
                     next = next.min(c.poll_timeout().max(self.now));
@@ -645,6 +901,11 @@ impl Sim {
                 c.handle_fence(now, peer, ok);
             }
             self.drain(by);
+        }
+        self.finish_restarts();
+        if !self.cfg.components.is_empty() && now >= self.next_check {
+            self.next_check = now + self.check_every;
+            self.run_checks();
         }
         for n in 0..self.nodes.len() {
             let due = self.nodes[n]

@@ -40,11 +40,15 @@ pub fn init(format: Format, verbose: bool) {
 /// Logs one of the core's events, with its fields for the JSON form, stamped `at` (when the
 /// shell took it from the core: lines are written after the datagrams have gone).
 pub fn event(cfg: &CoreConfig, e: &Event, at: SystemTime) {
-    let level = if e.is_detail() {
+    let level = if e.is_detail(cfg) {
         Level::Debug
     } else if matches!(
         e,
-        Event::ConfigMismatch { .. } | Event::FenceFailed { .. } | Event::PersistFailed { .. }
+        Event::ConfigMismatch { .. }
+            | Event::FenceFailed { .. }
+            | Event::PersistFailed { .. }
+            | Event::Escalated { .. }
+            | Event::NoInstance { .. }
     ) {
         Level::Warn
     } else {

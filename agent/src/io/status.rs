@@ -19,6 +19,10 @@ pub struct Status {
     pub config_digest: String,
     /// One per resource (a logical address, or a service on it).
     pub addresses: Vec<Resource>,
+    /// The state management table: this node's services' instances, its LAN link and its
+    /// dedicated line, with what the peers say of their own instances.
+    #[serde(default)]
+    pub components: Vec<Component>,
     pub peers: Vec<Peer>,
     pub received: Received,
     /// Datagrams refused, by reason.
@@ -44,6 +48,49 @@ pub struct Resource {
     pub gate: String,
     pub served_by: Option<String>,
     pub epoch: u64,
+    /// Something an operator must know (a service whose instance failed with no other to
+    /// take its traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    pub name: String,
+    /// `service`, `lan` or `line`.
+    pub kind: String,
+    /// `normal`, `failed`, `recovering`, `standby`.
+    pub state: String,
+    pub since_ms_ago: Option<f64>,
+    /// Why it last failed (`exited`, `check1`, `start_failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// Its traffic may be served here now (normal, past the hold).
+    #[serde(default)]
+    pub can_serve: bool,
+    #[serde(default)]
+    pub escalated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub restarts: u64,
+    /// The last failing check's or start's reason, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Per peer: the state of its instance, as its heartbeats say.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+}
+
+/// What the shell knows of an instance beyond the core's state.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceNotes {
+    pub pid: Option<u32>,
+    /// Per check: the last result (None: not run yet).
+    pub checks: Vec<Option<Result<(), String>>>,
+    /// The last start or restart error.
+    pub error: Option<String>,
+    pub restarts: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,7 +132,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Status {
-    pub fn of(core: &Core, now: Duration, lan: &str, received: &Received) -> Self {
+    pub fn of(
+        core: &Core,
+        now: Duration,
+        lan: &str,
+        received: &Received,
+        notes: &[InstanceNotes],
+    ) -> Self {
         let cfg = core.config();
         let name = |n: usize| cfg.nodes[n].clone();
         let addresses = cfg
@@ -104,8 +157,12 @@ impl Status {
                 gate: core.gate(a).describe(cfg),
                 served_by: core.server(a).map(name),
                 epoch: core.epoch(a),
+                note: core
+                    .stranded(a)
+                    .then(|| "its instance here failed and no peer's can serve: stays".into()),
             })
             .collect();
+        let components = components(core, now, lan, notes);
         let peers = (0..cfg.nodes.len())
             .filter(|&p| p != cfg.me)
             .map(|p| Peer {
@@ -144,6 +201,7 @@ impl Status {
             },
             config_digest: cfg.digest.iter().map(|b| format!("{b:02x}")).collect(),
             addresses,
+            components,
             peers,
             received: *received,
             rejected: core
@@ -176,6 +234,43 @@ impl Status {
                 a.epoch.to_string(),
             ]);
         }
+        let mut components =
+            vec![["COMPONENT", "KIND", "STATE", "SINCE", "PEERS", "DETAIL"].map(String::from)];
+        for c in &self.components {
+            let mut detail = Vec::new();
+            if let Some(p) = c.pid {
+                detail.push(format!("pid {p}"));
+            }
+            if c.kind == "service" && c.state == "normal" && !c.can_serve {
+                detail.push("held (recovered lately)".into());
+            }
+            if c.escalated {
+                detail.push("escalated".into());
+            }
+            if let Some(f) = &c.fault {
+                detail.push(format!("last fault {f}"));
+            }
+            if c.restarts > 0 {
+                detail.push(format!("{} restart(s)", c.restarts));
+            }
+            if let Some(e) = &c.error {
+                detail.push(e.clone());
+            }
+            let peers: Vec<String> = c.peers.iter().map(|(n, s)| format!("{n}: {s}")).collect();
+            components.push([
+                c.name.clone(),
+                c.kind.clone(),
+                c.state.clone(),
+                c.since_ms_ago
+                    .map_or("-".into(), |x| format!("{:.1} s", x / 1e3)),
+                if peers.is_empty() {
+                    "-".into()
+                } else {
+                    peers.join(", ")
+                },
+                detail.join("; "),
+            ]);
+        }
         let mut peers =
             vec![["PEER", "STATE", "FENCE", "PATH", "LAST HEARD", "RTT"].map(String::from)];
         for p in &self.peers {
@@ -195,6 +290,19 @@ impl Status {
         }
         out.push('\n');
         out.push_str(&table(&addresses));
+        for a in &self.addresses {
+            if let Some(n) = &a.note {
+                let what = match &a.service {
+                    Some(s) => format!("{} {s}", a.address),
+                    None => a.address.clone(),
+                };
+                out.push_str(&format!("{what}: {n}\n"));
+            }
+        }
+        if !self.components.is_empty() {
+            out.push('\n');
+            out.push_str(&table(&components));
+        }
         out.push('\n');
         out.push_str(&table(&peers));
         for p in &self.peers {
@@ -227,6 +335,79 @@ impl Status {
         ));
         out
     }
+}
+
+/// The component table: each service here (with its peers' instances), the LAN link, the
+/// dedicated line.
+fn components(core: &Core, now: Duration, lan: &str, notes: &[InstanceNotes]) -> Vec<Component> {
+    let cfg = core.config();
+    let others: Vec<usize> = (0..cfg.nodes.len()).filter(|&p| p != cfg.me).collect();
+    let mut out = Vec::new();
+    for (c, spec) in cfg.components.iter().enumerate() {
+        let comp = core.component(c);
+        let note = notes.get(c).cloned().unwrap_or_default();
+        // Its peers' instances, by the first of its resources (all say the same).
+        let first = cfg
+            .resources
+            .iter()
+            .position(|r| r.service.is_some_and(|s| s.component == c));
+        let peers = others
+            .iter()
+            .map(|&p| {
+                let h = first.and_then(|s| core.instance(p, s));
+                let state = h.map_or("unknown".to_string(), |h| {
+                    let serve = if h.can_serve { "" } else { ", cannot serve" };
+                    format!("{}{serve}", h.state.name())
+                });
+                (cfg.nodes[p].clone(), state)
+            })
+            .collect();
+        let failing = note.checks.iter().enumerate().find_map(|(i, r)| match r {
+            Some(Err(e)) => Some(format!("check {}: {e}", i + 1)),
+            _ => None,
+        });
+        out.push(Component {
+            name: spec.name.clone(),
+            kind: "service".into(),
+            state: if spec.here {
+                comp.state().name().into()
+            } else {
+                "standby".into()
+            },
+            since_ms_ago: spec.here.then(|| ms(now.saturating_sub(comp.since()))),
+            fault: comp.fault.map(|f| f.kind()),
+            can_serve: spec.here && comp.can_serve(now),
+            escalated: comp.escalated(now),
+            pid: note.pid,
+            restarts: note.restarts,
+            error: note.error.clone().or(failing),
+            peers,
+        });
+    }
+    let link = |name: String, kind: &str, up: bool| Component {
+        name,
+        kind: kind.into(),
+        state: if up { "normal" } else { "failed" }.into(),
+        since_ms_ago: None,
+        fault: None,
+        can_serve: up,
+        escalated: false,
+        pid: None,
+        restarts: 0,
+        error: None,
+        peers: BTreeMap::new(),
+    };
+    out.push(link(lan.to_string(), "lan", core.lan_up()));
+    if cfg.paths > 1 {
+        for &p in &others {
+            out.push(link(
+                format!("line to {}", cfg.nodes[p]),
+                "line",
+                !core.line_dark(p),
+            ));
+        }
+    }
+    out
 }
 
 /// Rows as aligned columns, each as wide as its widest cell (names and gate states have no
@@ -337,7 +518,7 @@ mod tests {
         let t = s.now + Duration::from_millis(50);
         s.run_until(t);
         let core = s.nodes[0].core.as_ref().unwrap();
-        let st = Status::of(core, s.now, "lan", &Received { gate: 3, socket: 4 });
+        let st = Status::of(core, s.now, "lan", &Received { gate: 3, socket: 4 }, &[]);
         let json = serde_json::to_string(&st).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), st);
         assert_eq!(st.peers[0].config, "agrees");

@@ -41,41 +41,43 @@ impl Core {
         best
     }
 
-    /// Who should serve `a`: the current server while it is eligible, unless a more
-    /// preferred node has been eligible for the preempt delay; else the first eligible node.
-    /// While frozen, whoever serves it now, and nobody new.
+    /// Who should serve `a`: the current server while it is fit, unless a more preferred
+    /// node has been fit for the preempt delay; else the best ranked node, first in
+    /// preference. Fit: eligible, and, if any eligible node's instances on `a` have not
+    /// escalated, not escalated either (`rank`). While frozen, whoever serves it now, and
+    /// nobody new.
     pub(super) fn target(&self, now: Duration, a: ResId) -> Option<NodeId> {
         if self.frozen() {
             return self.current(a).map(|(n, _)| n);
         }
+        let pref = &self.cfg.resources[a].preference;
+        let rank = |n: NodeId| self.rank(n, a, now);
+        let best = pref.iter().map(|&n| rank(n)).max().unwrap_or(0);
+        let floor = best.clamp(1, 2);
+        let fit = |n: NodeId| rank(n) >= floor;
         // A switchover puts its node first, at once (no preempt delay) and for good (preempt
-        // does not pull it back); while that node is not eligible the usual order applies.
+        // does not pull it back); while that node is not fit the usual order applies.
         if let Some((n, _)) = self.res[a].moved_to {
-            if self.eligible(n) {
+            if fit(n) {
                 return Some(n);
             }
         }
-        let pref = &self.cfg.resources[a].preference;
-        let first = pref.iter().copied().find(|&n| self.eligible(n));
-        let Some((cur, _)) = self.current(a).filter(|(c, _)| self.eligible(*c)) else {
+        let first = pref.iter().copied().find(|&n| best > 0 && rank(n) == best);
+        let Some((cur, _)) = self.current(a).filter(|(c, _)| fit(*c)) else {
             return first;
         };
         let Some(delay) = self.cfg.preempt else {
             return Some(cur);
         };
-        let rank = |n: NodeId| pref.iter().position(|&x| x == n).unwrap_or(usize::MAX);
+        let position = |n: NodeId| pref.iter().position(|&x| x == n).unwrap_or(usize::MAX);
         let settled = |n: NodeId| {
             n == self.cfg.me
                 || self.peers[n]
                     .eligible_since
                     .is_some_and(|s| now >= s + delay)
         };
-        match pref
-            .iter()
-            .copied()
-            .find(|&n| self.eligible(n) && settled(n))
-        {
-            Some(b) if rank(b) < rank(cur) => Some(b),
+        match pref.iter().copied().find(|&n| fit(n) && settled(n)) {
+            Some(b) if position(b) < position(cur) => Some(b),
             _ => Some(cur),
         }
     }
@@ -130,6 +132,8 @@ impl Core {
             receiving: None,
             opening: None,
             reannounce: Some((now + self.cfg.forward_for / (REANNOUNCE + 1), REANNOUNCE)),
+            // The heartbeat that says so leaves next (the caller sends it), stamped with this.
+            opened_us: self.next_stamp(now),
             ..self.res[a]
         };
         self.set_gate(a, Gate::Open);
@@ -156,6 +160,10 @@ impl Core {
                 .persist_failed
                 .is_none_or(|at| now >= at + self.cfg.fence_retry);
         for a in 0..self.res.len() {
+            if self.is_service(a) {
+                // Derived below, not elected.
+                continue;
+            }
             // Before it is ready a node has no opinion and opens nothing.
             let target = if self.ready {
                 self.target(now, a)
@@ -218,6 +226,7 @@ impl Core {
             self.persisting = true;
             self.actions.push_back(Action::Persist { epochs: record });
         }
+        self.derive_services(now);
         if changed {
             self.send_heartbeats(now, true);
         }

@@ -6,22 +6,38 @@ use std::time::Duration;
 use super::{peer::PeerRes, Action, Core, Event, Mismatch, NodeId, ResId};
 use crate::core::wire::{self, v2, v3, Body, Header, Rejected};
 
+/// Of one resource: the epoch the peer serves it in, its vote, its instance's health code.
+type ReadState = (ResId, Option<u64>, Option<NodeId>, Option<u8>);
+
 /// A peer's summary, checked whole before anything is taken: per resource it covers, what
 /// the peer says, and the switchovers it carries.
 struct Readable {
-    states: Vec<(ResId, Option<u64>, Option<NodeId>)>,
+    states: Vec<ReadState>,
     moved: Vec<(ResId, NodeId, u64)>,
 }
 
 impl Core {
-    /// The version this node writes to `p`: version 3 once `p` is known to read it; version
-    /// 2 until then, with the flag that says this node reads version 3 (a version-2 agent
-    /// ignores it). A configuration version 2 cannot express goes to a version-2 peer as
-    /// proof of life only (an empty summary): it must not take this node for dead, and
-    /// could read no more.
+    /// The version this node writes to `p`: the newest `p` is known to read; version 2
+    /// until then, with the flags that say what this node reads (older agents ignore
+    /// them). A configuration version 2 cannot express goes to a version-2 peer as proof of
+    /// life only (an empty summary): it must not take this node for dead, and could read no
+    /// more. Version 3 carries everything but the instances' states.
     pub(super) fn writes_to(&self, p: NodeId) -> u8 {
         if self.cfg.emulate_v2 || !self.peers[p].reads_v3 {
-            wire::PREVIOUS
+            wire::V2
+        } else if self.cfg.emulate_v3 || !self.peers[p].reads_v4 {
+            wire::V3
+        } else {
+            wire::VERSION
+        }
+    }
+
+    /// The newest version this node reads.
+    fn reads(&self) -> u8 {
+        if self.cfg.emulate_v2 {
+            wire::V2
+        } else if self.cfg.emulate_v3 {
+            wire::V3
         } else {
             wire::VERSION
         }
@@ -45,7 +61,7 @@ impl Core {
                         // The same digest, another node count: cannot be; read nothing.
                         return Err(Mismatch::Digest);
                     }
-                    states.push((r, s.serving, vote));
+                    states.push((r, s.serving, vote, s.instance));
                     if let Some((n, v)) = s.moved {
                         moved.push((r, usize::from(n), v));
                     }
@@ -62,10 +78,9 @@ impl Core {
                         .filter(|&n| n < nodes)
                         .ok_or(Mismatch::Unknown)
                 };
-                let mut states: Vec<(ResId, Option<u64>, Option<NodeId>)> =
-                    (0..self.cfg.resources.len())
-                        .map(|r| (r, None, None))
-                        .collect();
+                let mut states: Vec<_> = (0..self.cfg.resources.len())
+                    .map(|r| (r, None, None, None))
+                    .collect();
                 for (ip, epoch) in &s.serving {
                     states[res(ip)?].1 = Some(*epoch);
                 }
@@ -89,7 +104,7 @@ impl Core {
         bytes: &[u8],
     ) -> Result<(), Rejected> {
         let hb = wire::decode(bytes, &self.cfg.key)?;
-        if self.cfg.emulate_v2 && hb.version != wire::PREVIOUS {
+        if hb.version > self.reads() {
             return Err(Rejected::ForeignVersion);
         }
         let h = &hb.header;
@@ -113,6 +128,7 @@ impl Core {
             peer.echo = vec![None; self.cfg.paths];
             let writes = self.writes_to(p);
             self.peers[p].reads_v3 = h.reads_v3;
+            self.peers[p].reads_v4 = h.reads_v4;
             if self.writes_to(p) != writes {
                 let version = self.writes_to(p);
                 self.event(Event::WireVersion { peer: p, version });
@@ -141,9 +157,14 @@ impl Core {
         peer.echo[path] = Some((h.sent_at_us, now));
         let writes = self.writes_to(p);
         self.peers[p].reads_v3 |= h.reads_v3;
-        if !h.reads_v3 && hb.version == wire::PREVIOUS {
+        self.peers[p].reads_v4 |= h.reads_v4;
+        if !h.reads_v3 && hb.version == wire::V2 {
             // A version-2 agent (perhaps a downgrade).
             self.peers[p].reads_v3 = false;
+        }
+        if !h.reads_v4 && hb.version <= wire::V3 {
+            // An older agent.
+            self.peers[p].reads_v4 = false;
         }
         if self.writes_to(p) != writes {
             let version = self.writes_to(p);
@@ -251,15 +272,16 @@ impl Core {
     fn take_summary(&mut self, p: NodeId, h: &Header, s: Readable) -> bool {
         let mut changed = !self.peers[p].known;
         self.peers[p].known = true;
-        for (r, serving, vote) in s.states {
+        for (r, serving, vote, instance) in s.states {
             let pr = &mut self.peers[p].res[r];
             if h.sent_at_us < pr.sent_us {
                 continue;
             }
-            changed |= (pr.serving, pr.vote) != (serving, vote);
+            changed |= (pr.serving, pr.vote, pr.instance) != (serving, vote, instance);
             *pr = PeerRes {
                 serving,
                 vote,
+                instance,
                 sent_us: h.sent_at_us,
                 acked_us: pr.acked_us.max(h.echo_us),
             };
@@ -320,13 +342,16 @@ impl Core {
         path != turn && self.works_both_ways(p, turn, now) && self.works_both_ways(p, path, now)
     }
 
-    /// This node's summary per resource, for version 3.
+    /// This node's summary per resource, for versions 3 and 4.
     fn states(&self) -> Vec<v3::State> {
         (0..self.res.len())
             .map(|a| v3::State {
                 serving: self.res[a].open.then_some(self.res[a].epoch),
                 vote: self.votes[a].map(|n| n as u8),
                 moved: self.res[a].moved_to.map(|(n, v)| (n as u8, v)),
+                instance: self.cfg.resources[a]
+                    .service
+                    .and_then(|sv| self.told[sv.component]),
             })
             .collect()
     }
@@ -355,14 +380,15 @@ impl Core {
     /// A heartbeat to every peer on every working path; `urgent` when it carries news.
     pub(super) fn send_heartbeats(&mut self, now: Duration, urgent: bool) {
         let others = self.others_vec();
-        let v3_parts = others
-            .iter()
-            .any(|&p| self.writes_to(p) == wire::VERSION)
-            .then(|| v3::pack(&self.states()));
-        let v2_summary = others
-            .iter()
-            .any(|&p| self.writes_to(p) == wire::PREVIOUS)
-            .then(|| self.summary_v2());
+        let writes = |v: u8| others.iter().any(|&p| self.writes_to(p) == v);
+        let states = (writes(wire::VERSION) || writes(wire::V3)).then(|| self.states());
+        let parts = |v: u8| {
+            writes(v)
+                .then(|| states.as_ref().map(|s| v3::pack(s, v)))
+                .flatten()
+        };
+        let (v4_parts, v3_parts) = (parts(wire::VERSION), parts(wire::V3));
+        let v2_summary = writes(wire::V2).then(|| self.summary_v2());
         let total = self.cfg.resources.len() as u32;
         let us = self.next_stamp(now);
         self.last_stamp = us;
@@ -397,18 +423,25 @@ impl Core {
                     lan_up: self.lan_up,
                     ready: self.ready,
                     restarting: self.restarting,
-                    reads_v3: !self.cfg.emulate_v2,
+                    reads_v3: self.reads() >= wire::V3,
+                    reads_v4: self.reads() >= wire::VERSION,
                 };
-                let messages = match (self.writes_to(p), &v3_parts, &v2_summary) {
-                    (wire::VERSION, Some(parts), _) => parts
+                let version = self.writes_to(p);
+                let packed = match version {
+                    wire::VERSION => v4_parts.as_ref(),
+                    wire::V3 => v3_parts.as_ref(),
+                    _ => None,
+                };
+                let messages = match (packed, &v2_summary) {
+                    (Some(parts), _) => parts
                         .iter()
                         .enumerate()
                         .map(|(k, part)| {
                             h.seq = base + 1 + k as u64;
-                            v3::encode(&h, &self.cfg.digest, total, part, &self.cfg.key)
+                            v3::encode(&h, version, &self.cfg.digest, total, part, &self.cfg.key)
                         })
                         .collect(),
-                    (_, _, Some(s)) => vec![v2::encode(&h, s, &self.cfg.key)],
+                    (None, Some(s)) => vec![v2::encode(&h, s, &self.cfg.key)],
                     _ => unreachable!("a summary is built for every version written"),
                 };
                 used = used.max(messages.len() as u64);

@@ -36,6 +36,8 @@ pub(super) struct Peer {
     pub confirm_from: Duration,
     /// The peer reads version 3 (it wrote it, or said so in version 2).
     pub reads_v3: bool,
+    /// The peer reads version 4 (it wrote it, or said so in an older one).
+    pub reads_v4: bool,
     /// Header of the newest heartbeat: its LAN, whether it is ready, when it was written,
     /// and the incarnation its summary is from.
     pub lan_up: bool,
@@ -54,6 +56,8 @@ pub(super) struct PeerRes {
     pub serving: Option<u64>,
     /// Whom it thinks should serve it (none before it is ready).
     pub vote: Option<NodeId>,
+    /// Its instance of this service (`component::Health::code`), if it has one.
+    pub instance: Option<u8>,
     /// `sent_at_us` of the heartbeat this came from: an older one arriving later (by another
     /// path) must not replace it.
     pub sent_us: u64,
@@ -83,6 +87,7 @@ impl Peer {
             dark_since: None,
             confirm_from: now,
             reads_v3: false,
+            reads_v4: false,
             lan_up: false,
             ready: false,
             header_sent_us: 0,

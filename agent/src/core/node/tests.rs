@@ -5,9 +5,9 @@ use std::time::Duration;
 use super::super::sim::{self, Rng, Sim, DEDICATED, LAN};
 use super::*;
 
-const MS: Duration = Duration::from_millis(1);
+pub(super) const MS: Duration = Duration::from_millis(1);
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
@@ -19,13 +19,17 @@ fn pair(preempt: Option<Duration>) -> Sim {
     s
 }
 
-fn after(s: &mut Sim, d: Duration) {
+pub(super) fn after(s: &mut Sim, d: Duration) {
     let t = s.now + d;
     s.run_until(t);
 }
 
 /// Runs until `cond` holds (checked every 100 us) and returns how long that took.
-fn time_until(s: &mut Sim, limit: Duration, mut cond: impl FnMut(&Sim) -> bool) -> Duration {
+pub(super) fn time_until(
+    s: &mut Sim,
+    limit: Duration,
+    mut cond: impl FnMut(&Sim) -> bool,
+) -> Duration {
     let start = s.now;
     while !cond(s) {
         assert!(s.now - start < limit, "not within {limit:?}:\n{}", s.tail());
@@ -830,7 +834,7 @@ fn a_version_2_peer_and_this_version_fail_over_both_ways() {
     restart_with(&mut s, 1, Some(old.clone()));
     after(&mut s, ms(50));
     let c0 = s.nodes[0].core.as_ref().unwrap();
-    assert_eq!(c0.peer_wire_version(1), wire::PREVIOUS, "{}", s.tail());
+    assert_eq!(c0.peer_wire_version(1), wire::V2, "{}", s.tail());
     assert!(c0.peer_alive(1) && c0.peer_mismatch(1).is_none());
     assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
     // The new node crashes: the old one takes over; it comes back: failback.
@@ -860,6 +864,36 @@ fn a_version_2_peer_and_this_version_fail_over_both_ways() {
 }
 
 #[test]
+fn a_version_3_peer_and_this_version_fail_over_both_ways() {
+    let mut s = pair(Some(ms(100)));
+    let mut old = s.cfg.clone();
+    old.emulate_v3 = true;
+    restart_with(&mut s, 1, Some(old));
+    after(&mut s, ms(50));
+    let c0 = s.nodes[0].core.as_ref().unwrap();
+    assert_eq!(c0.peer_wire_version(1), wire::V3, "{}", s.tail());
+    assert!(c0.peer_alive(1) && c0.peer_mismatch(1).is_none());
+    assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
+    s.crash(0);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    s.boot(0);
+    time_until(&mut s, ms(400), |s| s.servers(0) == vec![0]);
+    s.crash(1);
+    time_until(&mut s, ms(100), |s| s.servers(1) == vec![0]);
+    s.boot(1);
+    time_until(&mut s, ms(400), |s| s.servers(1) == vec![1]);
+    s.switchover(0, 0, 1);
+    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
+    assert!(!s.black_hole, "{}", s.tail());
+    restart_with(&mut s, 1, None);
+    after(&mut s, ms(50));
+    assert_eq!(
+        s.nodes[0].core.as_ref().unwrap().peer_wire_version(1),
+        wire::VERSION
+    );
+}
+
+#[test]
 fn a_configuration_version_2_cannot_express_is_a_mismatch_with_a_version_2_peer() {
     // 30 resources: more than version 2 carries.
     let mut cfg = sim::config(2, 0, MS, None);
@@ -875,6 +909,8 @@ fn a_configuration_version_2_cannot_express_is_a_mismatch_with_a_version_2_peer(
     let mut s = Sim::with_config(cfg.clone(), 3);
     let old = CoreConfig {
         emulate_v2: true,
+        emulate_v3: false,
+        components: Vec::new(),
         resources: cfg.resources[..18].to_vec(),
         ..cfg
     };

@@ -2,7 +2,7 @@
 //! the whole message, with sequence numbers per path and an incarnation per agent start so
 //! that a replayed or reordered message is recognised. Pure: no sockets, no clock.
 //!
-//! A heartbeat is a header and a body; both versions share the header:
+//! A heartbeat is a header and a body; every version shares the header:
 //!
 //! ```text
 //! magic "TKOV" | version u8 | kind u8 (1) | path u8 | flags u8 | name_len u8 | name
@@ -10,11 +10,15 @@
 //! | echo_hold_us u32 | exit_commit [16] | body | HMAC-SHA256 (32)
 //! ```
 //!
-//! - Version 3 (this agent's, [`v3`]): resources by their index in the configuration, whose
-//!   digest the body carries, as runs of equal state; a summary longer than a datagram is
-//!   sent in parts, each covering a range of resources.
-//! - Version 2 ([`v2`], the previous agent's): logical addresses by IP, at most 18. Read, and
-//!   written to a peer that speaks nothing newer (rolling upgrades, docs/design.md invariant 7).
+//! - Version 4 (this agent's, [`v3`]): version 3 with each service's instance state on the
+//!   sender (the component table its peers need for a partial takeover).
+//! - Version 3 ([`v3`], the previous agent's): resources by their index in the
+//!   configuration, whose digest the body carries, as runs of equal state; a summary longer
+//!   than a datagram is sent in parts, each covering a range of resources.
+//! - Version 2 ([`v2`]): logical addresses by IP, at most 18.
+//!
+//! The older versions are read, and written to a peer that speaks nothing newer (rolling
+//! upgrades, docs/design.md invariant 7): each agent says in its header flags what it reads.
 //!
 //! All integers big-endian. The data plane's short messages (exit notice, probe) are in
 //! [`short`]; their format did not change.
@@ -32,9 +36,10 @@ pub use short::{
 
 pub const MAGIC: [u8; 4] = takeover_common::WIRE_MAGIC;
 /// The version this agent writes by preference.
-pub const VERSION: u8 = 3;
-/// The previous version, still read and written (to peers that speak nothing newer).
-pub const PREVIOUS: u8 = 2;
+pub const VERSION: u8 = 4;
+/// The earlier versions, still read and written (to peers that speak nothing newer).
+pub const V3: u8 = 3;
+pub const V2: u8 = 2;
 const KIND_HEARTBEAT: u8 = takeover_common::WIRE_KIND_HEARTBEAT;
 const TAG_LEN: usize = 32;
 /// Fits in one unfragmented datagram on any LAN.
@@ -51,6 +56,8 @@ const FLAG_RESTARTING: u8 = 4;
 /// Set in a version-2 heartbeat by an agent that reads version 3: the peer may write it.
 /// (Version-2 agents ignore flags they do not know.)
 const FLAG_READS_V3: u8 = 8;
+/// Set by an agent that reads version 4 (version-3 agents ignore flags they do not know).
+const FLAG_READS_V4: u8 = 16;
 
 /// What every heartbeat says of its sender, whatever its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,8 +88,10 @@ pub struct Header {
     /// The sender's agent is stopping to be restarted; its gates stay as they are. Peers wait
     /// the restart grace before they count its silence.
     pub restarting: bool,
-    /// The sender reads version 3 (always true of a version-3 message).
+    /// The sender reads version 3 (always true of a version-3 or 4 message).
     pub reads_v3: bool,
+    /// The sender reads version 4 (always true of a version-4 message).
+    pub reads_v4: bool,
 }
 
 /// A decoded heartbeat.
@@ -165,7 +174,8 @@ fn put_header(b: &mut Vec<u8>, version: u8, h: &Header) {
         flag(h.lan_up, FLAG_LAN_UP)
             | flag(h.ready, FLAG_READY)
             | flag(h.restarting, FLAG_RESTARTING)
-            | flag(h.reads_v3, FLAG_READS_V3),
+            | flag(h.reads_v3, FLAG_READS_V3)
+            | flag(h.reads_v4, FLAG_READS_V4),
     );
     b.push(h.sender.len() as u8);
     b.extend_from_slice(h.sender.as_bytes());
@@ -251,10 +261,11 @@ fn header(r: &mut Reader) -> Result<Header, Rejected> {
         ready: flags & FLAG_READY != 0,
         restarting: flags & FLAG_RESTARTING != 0,
         reads_v3: flags & FLAG_READS_V3 != 0,
+        reads_v4: flags & FLAG_READS_V4 != 0,
     })
 }
 
-/// Checks and decodes a heartbeat of either version. The tag is verified before anything
+/// Checks and decodes a heartbeat of any version read. The tag is verified before anything
 /// but the magic and version is looked at, so nothing unauthenticated reaches the parser.
 pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
     if buf.len() < 5 {
@@ -264,7 +275,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         return Err(Rejected::BadMagic);
     }
     let version = buf[4];
-    if version != VERSION && version != PREVIOUS {
+    if !(V2..=VERSION).contains(&version) {
         return Err(Rejected::ForeignVersion);
     }
     if buf.len() < 5 + TAG_LEN || buf.len() > MAX_MESSAGE {
@@ -279,9 +290,10 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
     let mut r = Reader { buf: body, pos: 5 };
     let parse = |r: &mut Reader| -> Result<Heartbeat, Rejected> {
         let mut header = header(r)?;
-        let body = if version == VERSION {
+        let body = if version >= V3 {
             header.reads_v3 = true;
-            Body::V3(v3::read(r)?)
+            header.reads_v4 |= version >= VERSION;
+            Body::V3(v3::read(r, version)?)
         } else {
             Body::V2(v2::read(r)?)
         };

@@ -1,6 +1,6 @@
 //! The data plane's short messages, 32 bytes each. Their format is that of version 2 and
-//! has not changed: they are written with version byte 2, so that agents of both versions
-//! read them, and either version byte is read.
+//! has not changed: they are written with version byte 2, so that agents of every version
+//! read them, and any version byte from 2 on is read.
 //!
 //! The exit notice, sent by the data plane of a node whose agent died (see
 //! `takeover_common::Liveness`), is not signed (the kernel cannot sign); it proves itself by
@@ -20,7 +20,7 @@
 //! answer proves that the probe reached the peer.
 use sha2::Sha256;
 
-use super::{mac, Rejected, MAGIC, PREVIOUS, VERSION};
+use super::{mac, Rejected, MAGIC, V2, VERSION};
 use hmac::Mac;
 
 const KIND_EXIT: u8 = takeover_common::WIRE_KIND_EXIT;
@@ -29,7 +29,7 @@ const KIND_PROBE_ANSWER: u8 = takeover_common::WIRE_KIND_PROBE_ANSWER;
 pub const NOTICE_LEN: usize = takeover_common::NOTICE_LEN;
 pub const TOKEN_LEN: usize = 16;
 /// The version byte short messages are written with.
-const SHORT_VERSION: u8 = PREVIOUS;
+const SHORT_VERSION: u8 = V2;
 
 /// What a heartbeat commits to: the first 16 bytes of SHA-256 of the exit token.
 pub fn commit(token: &[u8; TOKEN_LEN]) -> [u8; TOKEN_LEN] {
@@ -61,7 +61,7 @@ fn short_message(buf: &[u8], kind: u8) -> Result<(), Rejected> {
     if buf[..4] != MAGIC {
         return Err(Rejected::BadMagic);
     }
-    if buf[4] != VERSION && buf[4] != PREVIOUS {
+    if !(V2..=VERSION).contains(&buf[4]) {
         return Err(Rejected::ForeignVersion);
     }
     if buf[5] != kind {

@@ -17,6 +17,7 @@ fn header(seq: u64) -> Header {
         ready: true,
         restarting: false,
         reads_v3: true,
+        reads_v4: true,
     }
 }
 
@@ -40,38 +41,62 @@ fn states(n: usize) -> Vec<v3::State> {
             serving: (i % 3 == 0).then_some(5),
             vote: Some((i / 100) as u8),
             moved: (i == 7).then_some((1, 2)),
+            instance: None,
         })
         .collect()
 }
 
+/// Version 4's: the last resources are services, with their instances' states.
+fn states_v4(n: usize) -> Vec<v3::State> {
+    let mut s = states(n);
+    for (i, x) in s.iter_mut().enumerate().skip(n / 2) {
+        x.instance = Some([0x04, 0x11, 0x02, 0x19][i % 4]);
+    }
+    s
+}
+
 fn v3_message(seq: u64) -> Vec<u8> {
-    let parts = v3::pack(&states(40));
-    v3::encode(&header(seq), &[9; 8], 40, &parts[0], KEY)
+    let parts = v3::pack(&states(40), V3);
+    v3::encode(&header(seq), V3, &[9; 8], 40, &parts[0], KEY)
+}
+
+fn v4_message(seq: u64) -> Vec<u8> {
+    let parts = v3::pack(&states_v4(40), VERSION);
+    v3::encode(&header(seq), VERSION, &[9; 8], 40, &parts[0], KEY)
 }
 
 #[test]
 fn version_2_round_trip() {
     let h = Header {
         reads_v3: false,
+        reads_v4: false,
         ..header(5)
     };
     let got = decode(&v2::encode(&h, &v2_summary(), KEY), KEY).unwrap();
-    assert_eq!(got.version, PREVIOUS);
+    assert_eq!(got.version, V2);
     assert_eq!(got.header, h);
     assert_eq!(got.body, Body::V2(v2_summary()));
-    // An agent of this version says in a version-2 message that it reads version 3.
+    // An agent of this version says in a version-2 message that it reads versions 3 and 4.
     let got = decode(&v2::encode(&header(5), &v2_summary(), KEY), KEY).unwrap();
-    assert!(got.header.reads_v3);
+    assert!(got.header.reads_v3 && got.header.reads_v4);
 }
 
 #[test]
 fn version_3_round_trip_in_runs() {
     let s = states(40);
-    let parts = v3::pack(&s);
+    let parts = v3::pack(&s, V3);
     assert_eq!(parts.len(), 1);
-    let got = decode(&v3::encode(&header(5), &[9; 8], 40, &parts[0], KEY), KEY).unwrap();
-    assert_eq!(got.version, VERSION);
-    assert_eq!(got.header, header(5));
+    let v3_header = Header {
+        reads_v4: false,
+        ..header(5)
+    };
+    let got = decode(
+        &v3::encode(&v3_header, V3, &[9; 8], 40, &parts[0], KEY),
+        KEY,
+    )
+    .unwrap();
+    assert_eq!(got.version, V3);
+    assert_eq!(got.header, v3_header);
     let Body::V3(part) = got.body else {
         panic!("not version 3")
     };
@@ -82,6 +107,54 @@ fn version_3_round_trip_in_runs() {
 }
 
 #[test]
+fn version_4_carries_the_instances_and_version_3_of_the_same_summary_leaves_them_out() {
+    let s = states_v4(40);
+    let parts = v3::pack(&s, VERSION);
+    let got = decode(
+        &v3::encode(&header(5), VERSION, &[9; 8], 40, &parts[0], KEY),
+        KEY,
+    )
+    .unwrap();
+    assert_eq!(got.version, VERSION);
+    assert!(got.header.reads_v3 && got.header.reads_v4);
+    let Body::V3(part) = got.body else {
+        panic!("not version 4")
+    };
+    assert_eq!(part.states().map(|(_, s)| s).collect::<Vec<_>>(), s);
+    // The same summary for a version-3 peer: everything but the instances, which a
+    // version-3 reader would refuse.
+    let older = v3::pack(&s, V3);
+    let got = decode(
+        &v3::encode(&header(6), V3, &[9; 8], 40, &older[0], KEY),
+        KEY,
+    )
+    .unwrap();
+    assert_eq!(got.version, V3);
+    let Body::V3(part) = got.body else {
+        panic!("not version 3")
+    };
+    let without: Vec<v3::State> = s
+        .iter()
+        .map(|x| v3::State {
+            instance: None,
+            ..*x
+        })
+        .collect();
+    assert_eq!(part.states().map(|(_, s)| s).collect::<Vec<_>>(), without);
+    // Version 3 with an instance in it (a version-4 body under a version-3 byte) is refused,
+    // and so is an instance state with bits nobody defined.
+    let mut mislabelled = v4_message(7);
+    mislabelled.truncate(mislabelled.len() - TAG_LEN);
+    mislabelled[4] = V3;
+    assert_eq!(decode(&resign(mislabelled), KEY), Err(Rejected::Malformed));
+    let mut odd = states_v4(2);
+    odd[1].instance = Some(0x80);
+    let p = v3::pack(&odd, VERSION);
+    let bytes = v3::encode(&header(8), VERSION, &[9; 8], 2, &p[0], KEY);
+    assert_eq!(decode(&bytes, KEY), Err(Rejected::Malformed));
+}
+
+#[test]
 fn thousands_of_resources_fit_in_few_parts_and_read_back_whole() {
     // One owner's resources opened together: a handful of runs, one datagram.
     let uniform: Vec<v3::State> = (0..10_000)
@@ -89,22 +162,24 @@ fn thousands_of_resources_fit_in_few_parts_and_read_back_whole() {
             serving: (i < 5_000).then_some(3),
             vote: Some(u8::from(i >= 5_000)),
             moved: None,
+            instance: None,
         })
         .collect();
-    assert_eq!(v3::pack(&uniform).len(), 1);
+    assert_eq!(v3::pack(&uniform, VERSION).len(), 1);
     // The worst case: every resource unlike its neighbour.
     let mixed: Vec<v3::State> = (0..1_000)
         .map(|i| v3::State {
             serving: Some(i as u64),
             vote: Some((i % 2) as u8),
             moved: Some((1, i as u64)),
+            instance: Some((i % 20) as u8),
         })
         .collect();
-    let parts = v3::pack(&mixed);
+    let parts = v3::pack(&mixed, VERSION);
     assert!(parts.len() > 1 && parts.len() <= 20, "{}", parts.len());
     let mut back = vec![None; mixed.len()];
     for (i, p) in parts.iter().enumerate() {
-        let bytes = v3::encode(&header(i as u64 + 1), &[1; 8], 1_000, p, KEY);
+        let bytes = v3::encode(&header(i as u64 + 1), VERSION, &[1; 8], 1_000, p, KEY);
         assert!(bytes.len() <= MAX_MESSAGE, "{}", bytes.len());
         let Body::V3(part) = decode(&bytes, KEY).unwrap().body else {
             panic!()
@@ -139,11 +214,13 @@ fn exit_notice_round_trip_and_refusals() {
     let n = encode_notice(42, &token);
     assert!(is_notice(&n) && !is_notice(&v3_message(1)));
     assert_eq!(decode_notice(&n), Ok((42, token)));
-    // Written as version 2 (agents of both versions read it); version 3 is read too.
-    assert_eq!(n[4], PREVIOUS);
-    let mut v3n = n;
-    v3n[4] = VERSION;
-    assert_eq!(decode_notice(&v3n), Ok((42, token)));
+    // Written as version 2 (agents of every version read it); later ones are read too.
+    assert_eq!(n[4], V2);
+    for v in [V3, VERSION] {
+        let mut later = n;
+        later[4] = v;
+        assert_eq!(decode_notice(&later), Ok((42, token)));
+    }
     // The data plane answers with the whole heartbeat frame: the tail is ignored.
     let mut long = n.to_vec();
     long.extend_from_slice(&[0xee; 60]);
@@ -191,8 +268,12 @@ fn probe_answers_are_checked_by_their_nonce() {
 }
 
 #[test]
-fn every_flipped_bit_is_rejected_in_both_versions() {
-    for bytes in [v3_message(5), v2::encode(&header(5), &v2_summary(), KEY)] {
+fn every_flipped_bit_is_rejected_in_every_version() {
+    for bytes in [
+        v4_message(5),
+        v3_message(5),
+        v2::encode(&header(5), &v2_summary(), KEY),
+    ] {
         for i in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[i / 8] ^= 1 << (i % 8);
@@ -200,7 +281,7 @@ fn every_flipped_bit_is_rejected_in_both_versions() {
             let expected = match i / 8 {
                 0..=3 => Rejected::BadMagic,
                 // 2 <-> 3 is the one flip of the version that lands on a known version.
-                4 if b[4] == VERSION || b[4] == PREVIOUS => Rejected::BadTag,
+                4 if (V2..=VERSION).contains(&b[4]) => Rejected::BadTag,
                 4 => Rejected::ForeignVersion,
                 _ => Rejected::BadTag,
             };
@@ -211,14 +292,25 @@ fn every_flipped_bit_is_rejected_in_both_versions() {
 
 #[test]
 fn another_key_is_a_forgery() {
-    let parts = v3::pack(&states(3));
-    let bytes = v3::encode(&header(5), &[9; 8], 3, &parts[0], b"another key entirely");
+    let parts = v3::pack(&states(3), V3);
+    let bytes = v3::encode(
+        &header(5),
+        V3,
+        &[9; 8],
+        3,
+        &parts[0],
+        b"another key entirely",
+    );
     assert_eq!(decode(&bytes, KEY), Err(Rejected::BadTag));
 }
 
 #[test]
 fn every_truncation_is_rejected() {
-    for bytes in [v3_message(5), v2::encode(&header(5), &v2_summary(), KEY)] {
+    for bytes in [
+        v4_message(5),
+        v3_message(5),
+        v2::encode(&header(5), &v2_summary(), KEY),
+    ] {
         for len in 0..bytes.len() {
             let r = decode(&bytes[..len], KEY);
             assert!(
@@ -278,7 +370,7 @@ fn foreign_and_garbage_datagrams_never_panic() {
         let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         if i % 3 == 0 && len >= 5 {
             b[..4].copy_from_slice(&MAGIC);
-            b[4] = if i % 2 == 0 { VERSION } else { PREVIOUS };
+            b[4] = [V2, V3, VERSION][(i / 3) % 3];
         }
         assert!(decode(&b, KEY).is_err());
     }

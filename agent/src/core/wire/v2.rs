@@ -12,7 +12,7 @@
 //! different configuration shows only where it names an address or node this one lacks.
 use std::net::IpAddr;
 
-use super::{put_header, sign, Header, Reader, Rejected, PREVIOUS};
+use super::{put_header, sign, Header, Reader, Rejected, V2};
 
 /// Addresses one heartbeat can list, served, voted and overridden (at most 25 + 18 + 26
 /// bytes each).
@@ -39,7 +39,7 @@ pub fn encode(h: &Header, s: &Summary, key: &[u8]) -> Vec<u8> {
         "too many addresses for a version-2 heartbeat"
     );
     let mut b = Vec::with_capacity(128);
-    put_header(&mut b, PREVIOUS, h);
+    put_header(&mut b, V2, h);
     b.extend_from_slice(&(s.serving.len() as u16).to_be_bytes());
     for (addr, epoch) in &s.serving {
         put_addr(&mut b, addr);

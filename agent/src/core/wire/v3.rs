@@ -1,19 +1,21 @@
-//! Version 3, this agent's heartbeat body: resources by index, as runs of equal state.
+//! Versions 3 and 4 of the heartbeat body: resources by index, as runs of equal state.
 //!
 //! ```text
 //! config_digest [8] | resources u32 (in the sender's configuration) | first u32
 //! | runs u16 | runs × (len u16 | state u8 | epoch u64 if SERVING | node u8 if VOTED
-//!                     | node u8, version u64 if MOVED)
+//!                     | node u8, version u64 if MOVED | instance u8 if INSTANCE)
 //! ```
+//!
+//! Version 4 only adds INSTANCE: for a service's resource, the state of the sender's
+//! instance of it (see `core::component::Health`). A version-3 reader refuses the flag, so
+//! it is written only to peers that say they read version 4.
 //!
 //! A part covers the resources `first .. first + Σ len`. Resources next to each other
 //! usually share their state (one owner's, opened together, in one epoch), so a summary of
 //! thousands is a few runs; one that does not fit a datagram is sent as several parts, each
 //! a heartbeat of its own. The digest says which configuration the indices refer to: a
 //! receiver whose own differs reads none of it (docs/design.md invariant 7).
-use super::{
-    put_header, sign, Header, Reader, Rejected, MAX_HEADER, MAX_MESSAGE, TAG_LEN, VERSION,
-};
+use super::{put_header, sign, Header, Reader, Rejected, MAX_HEADER, MAX_MESSAGE, TAG_LEN, V3};
 
 pub const DIGEST_LEN: usize = 8;
 /// The configuration's digest (see `CoreConfig::digest`).
@@ -22,8 +24,12 @@ pub type Digest = [u8; DIGEST_LEN];
 const SERVING: u8 = 1;
 const VOTED: u8 = 2;
 const MOVED: u8 = 4;
+/// Version 4.
+const INSTANCE: u8 = 8;
+/// The bits an instance state may have (`core::component::Health`): others are refused.
+pub const INSTANCE_BITS: u8 = 0x1f;
 /// The longest run's encoding.
-const MAX_RUN: usize = 2 + 1 + 8 + 1 + 9;
+const MAX_RUN: usize = 2 + 1 + 8 + 1 + 9 + 1;
 /// Room for runs in one datagram.
 const BUDGET: usize = MAX_MESSAGE - MAX_HEADER - TAG_LEN - (DIGEST_LEN + 4 + 4 + 2);
 
@@ -36,6 +42,8 @@ pub struct State {
     pub vote: Option<u8>,
     /// An operator's switchover: the node, and the order's version (the newest wins).
     pub moved: Option<(u8, u64)>,
+    /// Version 4: the sender's instance of this service, if it has one.
+    pub instance: Option<u8>,
 }
 
 /// One part of a summary, as decoded.
@@ -71,7 +79,18 @@ pub struct Packed {
 }
 
 /// Packs `states` (every resource, by index) into as few parts as fit a datagram each.
-pub fn pack(states: &[State]) -> Vec<Packed> {
+/// Instance states go only into version 4 (`version`); version 3 leaves them out.
+pub fn pack(states: &[State], version: u8) -> Vec<Packed> {
+    if version == V3 && states.iter().any(|s| s.instance.is_some()) {
+        let older: Vec<State> = states
+            .iter()
+            .map(|s| State {
+                instance: None,
+                ..*s
+            })
+            .collect();
+        return pack(&older, version);
+    }
     let mut parts = Vec::new();
     let mut cur = Packed {
         first: 0,
@@ -108,7 +127,8 @@ fn put_run(b: &mut Vec<u8>, len: u16, s: &State) {
     b.push(
         flag(s.serving.is_some(), SERVING)
             | flag(s.vote.is_some(), VOTED)
-            | flag(s.moved.is_some(), MOVED),
+            | flag(s.moved.is_some(), MOVED)
+            | flag(s.instance.is_some(), INSTANCE),
     );
     if let Some(e) = s.serving {
         b.extend_from_slice(&e.to_be_bytes());
@@ -120,16 +140,27 @@ fn put_run(b: &mut Vec<u8>, len: u16, s: &State) {
         b.push(n);
         b.extend_from_slice(&v.to_be_bytes());
     }
+    if let Some(i) = s.instance {
+        b.push(i);
+    }
 }
 
-/// Encodes and signs a version-3 heartbeat carrying one packed part.
-pub fn encode(h: &Header, digest: &Digest, total: u32, part: &Packed, key: &[u8]) -> Vec<u8> {
+/// Encodes and signs a heartbeat of `version` (3 or 4) carrying one part packed for it.
+pub fn encode(
+    h: &Header,
+    version: u8,
+    digest: &Digest,
+    total: u32,
+    part: &Packed,
+    key: &[u8],
+) -> Vec<u8> {
     let mut b = Vec::with_capacity(MAX_HEADER + part.bytes.len() + 64);
     put_header(
         &mut b,
-        VERSION,
+        version,
         &Header {
             reads_v3: true,
+            reads_v4: h.reads_v4 || version > V3,
             ..h.clone()
         },
     );
@@ -143,7 +174,12 @@ pub fn encode(h: &Header, digest: &Digest, total: u32, part: &Packed, key: &[u8]
     b
 }
 
-pub(super) fn read(r: &mut Reader) -> Result<Part, Rejected> {
+pub(super) fn read(r: &mut Reader, version: u8) -> Result<Part, Rejected> {
+    let known = if version > V3 {
+        SERVING | VOTED | MOVED | INSTANCE
+    } else {
+        SERVING | VOTED | MOVED
+    };
     let digest: Digest = r.take(DIGEST_LEN)?.try_into().unwrap();
     let total = r.u32()?;
     let first = r.u32()?;
@@ -153,7 +189,7 @@ pub(super) fn read(r: &mut Reader) -> Result<Part, Rejected> {
     for _ in 0..n {
         let len = u32::from(r.u16()?);
         let flags = r.u8()?;
-        if len == 0 || flags & !(SERVING | VOTED | MOVED) != 0 {
+        if len == 0 || flags & !known != 0 {
             return Err(Rejected::Malformed);
         }
         let serving = if flags & SERVING != 0 {
@@ -171,6 +207,14 @@ pub(super) fn read(r: &mut Reader) -> Result<Part, Rejected> {
         } else {
             None
         };
+        let instance = if flags & INSTANCE != 0 {
+            Some(r.u8()?).filter(|i| i & !INSTANCE_BITS == 0)
+        } else {
+            None
+        };
+        if flags & INSTANCE != 0 && instance.is_none() {
+            return Err(Rejected::Malformed);
+        }
         end += u64::from(len);
         runs.push((
             len,
@@ -178,6 +222,7 @@ pub(super) fn read(r: &mut Reader) -> Result<Part, Rejected> {
                 serving,
                 vote,
                 moved,
+                instance,
             },
         ));
     }

@@ -10,6 +10,7 @@ mod audit;
 mod epochs;
 mod fence;
 mod perform;
+mod services;
 mod startup;
 mod translate;
 
@@ -72,6 +73,8 @@ enum Input {
     PeerMacs(Vec<Option<[u8; 6]>>),
     /// Time to compare the gate table with what the core holds.
     Audit,
+    /// A service's instance: a check's result, its exit, a restart done.
+    Service(services::Report),
     Stop,
 }
 
@@ -117,8 +120,8 @@ struct Shell {
     core: Core,
     core_cfg: CoreConfig,
     peer_paths: Vec<Vec<SocketAddr>>,
-    /// The data plane's entry of each resource.
-    targets: Vec<Target>,
+    /// The data plane's entries of each resource (a service has one per port).
+    targets: Vec<Vec<Target>>,
     gates: Gates,
     epochs: Epochs,
     lan: Iface,
@@ -153,6 +156,8 @@ struct Shell {
     refused: arrivals::RefusedLog,
     /// The next gate entry the audit reads.
     audit_next: usize,
+    /// The services' instances here.
+    services: services::Services,
     start: Instant,
 }
 
@@ -250,6 +255,7 @@ impl Shell {
                 }
             }
             Input::Audit => self.audit()?,
+            Input::Service(r) => self.service_report(now, r),
             Input::Stop => {
                 self.stop(now, out);
                 return Ok(false);
@@ -284,6 +290,24 @@ impl Shell {
         );
     }
 
+    fn service_report(&mut self, now: Duration, r: services::Report) {
+        use services::Report;
+        match r {
+            Report::Check {
+                component,
+                check,
+                result,
+            } => self
+                .core
+                .handle_check(now, component, check, result.is_ok()),
+            Report::Exited { component } => self.core.handle_exited(now, component),
+            Report::StartFailed { component, .. } => self.core.handle_start_failed(now, component),
+            Report::Restarted { component, result } => {
+                self.core.handle_restarted(now, component, result.is_ok())
+            }
+        }
+    }
+
     fn control(&mut self, command: control::Command, now: Duration) -> serde_json::Value {
         match command {
             control::Command::Status => serde_json::to_value(super::status::Status::of(
@@ -291,6 +315,7 @@ impl Shell {
                 now,
                 &self.lan.name,
                 &self.received,
+                &self.services.notes(),
             ))
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
             control::Command::Switchover { addr, to } => {

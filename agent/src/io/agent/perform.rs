@@ -43,6 +43,7 @@ impl Shell {
                     self.core.handle_persisted(self.now(), ok);
                 }
                 Action::Fence { peer } => self.start_fence(poller, peer),
+                Action::Restart { component } => self.services.restart(component),
                 Action::Send {
                     peer,
                     path,
@@ -81,7 +82,10 @@ impl Shell {
                 .peer_mac(from)
                 .map_or(GateValue::new(GateAction::Closed), GateValue::receive),
         };
-        self.gates.set(&self.targets[res], value)
+        for t in &self.targets[res] {
+            self.gates.set(t, value)?;
+        }
+        Ok(())
     }
 
     /// Peer `p`'s MAC on the LAN, as the runtime thread last read it from the neighbour

@@ -3,6 +3,7 @@
 //! closed, addresses added, control socket, liveness), each undone if a later one fails.
 use std::{
     net::{SocketAddr, UdpSocket},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -11,11 +12,11 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use takeover_common::{Action as GateAction, GateValue};
 
-use super::{epochs::Epochs, translate, Input, Shell};
+use super::{epochs::Epochs, services, translate, Input, Shell};
 use crate::{
     config::{Config, XdpMode},
     core::{event::resource_name, node::Core, wire},
-    dataplane::{self, liveness, AttachMode, Gates, PinDir, Target},
+    dataplane::{self, liveness, stale::RUN_ROOT, AttachMode, Gates, PinDir, Target},
     io::{announce, control, inbox::Mailbox, netlink, udp},
     sys::{iface::Iface, napi},
 };
@@ -245,17 +246,27 @@ impl Shell {
 
         // Gates found open (an agent restart) stay open; every other one is closed before the
         // address is configured, so a standby never answers for it, not even for a moment.
-        let mut open = Vec::new();
-        for (r, t) in c.targets.iter().enumerate() {
-            let before = gates.get(t)?;
-            if before
-                .as_ref()
-                .is_some_and(|e| e.action == Some(GateAction::Open))
-            {
+        let mut open: Vec<(usize, u64)> = Vec::new();
+        for (r, entries) in c.targets.iter().enumerate() {
+            let mut before = Vec::new();
+            for t in entries {
+                before.push(gates.get(t)?);
+            }
+            let all_open = before.iter().all(|b| {
+                b.as_ref()
+                    .is_some_and(|e| e.action == Some(GateAction::Open))
+            });
+            // A service stays open only with its address (which comes first).
+            let with_address = c.core_cfg.resources[r]
+                .service
+                .is_none_or(|sv| open.iter().any(|&(a, _)| a == sv.address));
+            if all_open && with_address {
                 let name = resource_name(&c.core_cfg, r);
                 open.push((r, c.epochs.get(&name).unwrap_or(1)));
-            } else {
-                undo.gates.push((*t, before.map(|e| e.value)));
+                continue;
+            }
+            for (t, b) in entries.iter().zip(before) {
+                undo.gates.push((*t, b.map(|e| e.value)));
                 gates.set(t, GateValue::new(GateAction::Closed))?;
             }
         }
@@ -333,6 +344,27 @@ impl Shell {
             m.send(Input::Stop);
         });
 
+        if !cfg.services.is_empty() {
+            // The peer that receives a service's traffic answers clients it has no ARP entry
+            // for; its request must not come from the logical address, whose gate shuts it
+            // (the address is not this host's): from the interface's own address instead.
+            let knob = format!("/proc/sys/net/ipv4/conf/{}/arp_announce", c.lan.name);
+            if let Err(e) = std::fs::write(&knob, "2") {
+                log::warn!(
+                    "{knob}: {e}: a peer receiving a service's traffic may not reach new clients"
+                );
+            }
+        }
+        let here: Vec<bool> = c.core_cfg.components.iter().map(|x| x.here).collect();
+        let services = services::Services::start(
+            &cfg.services,
+            &here,
+            Path::new(RUN_ROOT)
+                .join(crate::sys::netns::current_id()?)
+                .join("services"),
+            mailbox.clone(),
+        );
+
         let start = Instant::now();
         let incarnation = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)?
@@ -373,13 +405,6 @@ impl Shell {
                 core.handle_line_carrier(start.elapsed(), p, false);
             }
         }
-        if !cfg.services.is_empty() {
-            // The [[service]] section is read and checked; monitoring it comes next.
-            log::warn!(
-                "{} [[service]] read but not monitored by this build: its addresses are taken over as a whole",
-                cfg.services.len()
-            );
-        }
         log::info!(
             "node {} running: {} path(s), {} resource(s), configuration digest {}",
             cfg.node.name,
@@ -414,6 +439,7 @@ impl Shell {
             announcer,
             refused: Default::default(),
             audit_next: 0,
+            services,
             peer_macs,
             start,
         })
@@ -430,7 +456,7 @@ struct Checked {
     wake: Vec<UdpSocket>,
     core_cfg: crate::core::node::CoreConfig,
     peer_paths: Vec<Vec<SocketAddr>>,
-    targets: Vec<Target>,
+    targets: Vec<Vec<Target>>,
     epochs: Epochs,
 }
 

@@ -2,9 +2,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    config::{AgentExit, Config},
-    core::node::{CoreConfig, ResourceSpec},
-    dataplane::Target,
+    config::{service::Service, AgentExit, Config},
+    core::{
+        component::Policy,
+        node::{ComponentSpec, CoreConfig, ResourceSpec, ServiceSpec},
+    },
+    dataplane::{target, Target},
 };
 
 /// The core's view of the configuration: node names sorted (votes name nodes by index, so
@@ -19,19 +22,50 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
     for p in &cfg.peers {
         paths[index(&p.name)] = p.paths.clone();
     }
+    let mut resources: Vec<ResourceSpec> = cfg
+        .addresses
+        .iter()
+        .map(|a| ResourceSpec {
+            ip: a.ip,
+            prefix: a.prefix,
+            service: None,
+            preference: a.preference.iter().map(|n| index(n)).collect(),
+        })
+        .collect();
+    // Each service on each of its addresses is a resource of its own, after the addresses.
+    let me = cfg.node.name.as_str();
+    let mut components = Vec::new();
+    for (c, svc) in cfg.services.iter().enumerate() {
+        let mut here = false;
+        for ip in &svc.addresses {
+            let a = cfg
+                .addresses
+                .iter()
+                .position(|x| x.ip == *ip)
+                .expect("validated: a service's address is an [[address]]");
+            here |= cfg.addresses[a].preference.iter().any(|n| n == me);
+            resources.push(ResourceSpec {
+                service: Some(ServiceSpec {
+                    proto: svc.proto.number(),
+                    first_port: svc.ports.0,
+                    last_port: svc.ports.1,
+                    address: a,
+                    component: c,
+                }),
+                ..resources[a].clone()
+            });
+        }
+        components.push(ComponentSpec {
+            name: svc.name.clone(),
+            policy: policy(svc),
+            here,
+        });
+    }
     let mut core = CoreConfig {
         me: index(&cfg.node.name),
         paths: cfg.node.listen.len(),
-        resources: cfg
-            .addresses
-            .iter()
-            .map(|a| ResourceSpec {
-                ip: a.ip,
-                prefix: a.prefix,
-                service: None,
-                preference: a.preference.iter().map(|n| index(n)).collect(),
-            })
-            .collect(),
+        resources,
+        components,
         interval: cfg.heartbeat.interval,
         misses: cfg.heartbeat.misses,
         lan_every: cfg.heartbeat.lan_every,
@@ -50,6 +84,7 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
         forward_for: cfg.announce.forward_for,
         digest: [0; 8],
         emulate_v2: false,
+        emulate_v3: false,
         key,
         nodes: names,
     };
@@ -57,10 +92,37 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
     (core, paths)
 }
 
-/// The data plane's entry of each resource.
-pub fn targets(core: &CoreConfig) -> Vec<Target> {
+/// How a service's instance here is checked and recovered.
+fn policy(svc: &Service) -> Policy {
+    Policy {
+        checks: svc.checks.iter().map(|c| (c.fall, c.rise)).collect(),
+        restarts: svc.recovery.restarts,
+        window: svc.recovery.window,
+        backoff: svc.recovery.backoff,
+        max_backoff: svc.recovery.max_backoff,
+        escalate: svc.recovery.escalate,
+        critical: svc.critical,
+        hold: svc.recovery.hold,
+    }
+}
+
+/// The data plane's entries of each resource: one for an address, one per port for a
+/// service.
+pub fn targets(core: &CoreConfig) -> Vec<Vec<Target>> {
     core.resources
         .iter()
-        .map(|r| Target::new(r.ip, None))
+        .map(|r| match r.service {
+            None => vec![Target::new(r.ip, None)],
+            Some(s) => {
+                let proto = if s.proto == target::Proto::Udp.number() {
+                    target::Proto::Udp
+                } else {
+                    target::Proto::Tcp
+                };
+                (s.first_port..=s.last_port)
+                    .map(|port| Target::new(r.ip, Some(target::Service { proto, port })))
+                    .collect()
+            }
+        })
         .collect()
 }

@@ -1,0 +1,303 @@
+//! The services' instances on this node, on the runtime's thread: each is started (or
+//! found) at agent start, watched for its exit (the kernel tells at once, by a pidfd) and
+//! checked on its own timers; what happens goes to the heartbeat loop, where the core's
+//! components decide. Restarts are the core's `Restart` actions, done here.
+//!
+//! A check result the component cannot learn from (the same as the last `fall.max(rise)`
+//! ones since the last restart) is not sent: three services checked every 10 ms would
+//! otherwise wake the heartbeat loop 300 times a second for nothing.
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use super::Input;
+use crate::{
+    config::service::{CheckKind, Service, Supervision},
+    io::{
+        inbox::Mailbox,
+        service::{check, ocf, supervise::Instance},
+        status::InstanceNotes as Notes,
+    },
+};
+
+/// What an instance's task tells the heartbeat loop.
+#[derive(Debug)]
+pub enum Report {
+    /// Check `check` of component `component` passed (or failed, and why).
+    Check {
+        component: usize,
+        check: usize,
+        result: Result<(), String>,
+    },
+    /// Its process exited.
+    Exited { component: usize },
+    /// The first start at agent start failed (the reason is in the notes).
+    StartFailed { component: usize },
+    /// A restart the core asked for finished.
+    Restarted {
+        component: usize,
+        result: Result<(), String>,
+    },
+}
+
+/// The heartbeat loop's handle on the instances.
+pub struct Services {
+    restart: Vec<Option<mpsc::UnboundedSender<()>>>,
+    notes: Vec<Arc<Mutex<Notes>>>,
+}
+
+impl Services {
+    /// Starts a task per service this node runs (`here[c]`).
+    pub fn start(
+        services: &[Service],
+        here: &[bool],
+        state_dir: PathBuf,
+        mailbox: Mailbox<Input>,
+    ) -> Self {
+        let mut restart = Vec::new();
+        let mut notes = Vec::new();
+        for (c, svc) in services.iter().enumerate() {
+            let n = Arc::new(Mutex::new(Notes {
+                checks: vec![None; svc.checks.len()],
+                ..Notes::default()
+            }));
+            notes.push(n.clone());
+            if !here[c] {
+                restart.push(None);
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            restart.push(Some(tx));
+            let task = Task {
+                component: c,
+                svc: svc.clone(),
+                state_dir: state_dir.clone(),
+                mailbox: mailbox.clone(),
+                notes: n,
+                pid: Arc::new(AtomicU32::new(0)),
+                generation: Arc::new(AtomicU64::new(0)),
+            };
+            tokio::spawn(task.run(rx));
+        }
+        Self { restart, notes }
+    }
+
+    /// What the status table shows of each.
+    pub fn notes(&self) -> Vec<Notes> {
+        self.notes
+            .iter()
+            .map(|n| n.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// The core's `Restart` of component `c`.
+    pub fn restart(&self, c: usize) {
+        match self.restart.get(c) {
+            Some(Some(tx)) => {
+                let _ = tx.send(());
+            }
+            _ => log::warn!("restart of a service not run here (component {c}): ignored"),
+        }
+    }
+}
+
+struct Task {
+    component: usize,
+    svc: Service,
+    state_dir: PathBuf,
+    mailbox: Mailbox<Input>,
+    notes: Arc<Mutex<Notes>>,
+    /// The instance's pid (0: none), for the process check.
+    pid: Arc<AtomicU32>,
+    /// Bumped at each restart: the checks' counts of equal results start again.
+    generation: Arc<AtomicU64>,
+}
+
+impl Task {
+    fn report(&self, r: Report) -> bool {
+        self.mailbox.send(Input::Service(r))
+    }
+
+    fn set_pid(&self, instance: Option<&Instance>) {
+        let pid = instance.and_then(Instance::pid);
+        self.pid.store(pid.unwrap_or(0), Ordering::Relaxed);
+        self.notes.lock().unwrap().pid = pid;
+    }
+
+    async fn run(self, mut restarts: mpsc::UnboundedReceiver<()>) {
+        let c = self.component;
+        let mut instance = match Instance::start(&self.svc, &self.state_dir).await {
+            Ok(i) => {
+                log::info!(
+                    "service {}: {}",
+                    self.svc.name,
+                    i.pid()
+                        .map_or("started".to_string(), |p| format!("running as pid {p}"))
+                );
+                Some(i)
+            }
+            Err(why) => {
+                log::error!("service {}: {why}", self.svc.name);
+                self.notes.lock().unwrap().error = Some(why);
+                self.report(Report::StartFailed { component: c });
+                None
+            }
+        };
+        self.set_pid(instance.as_ref());
+        for (n, hc) in self.svc.checks.iter().enumerate() {
+            tokio::spawn(check_loop(
+                c,
+                n,
+                hc.kind.clone(),
+                hc.interval,
+                hc.timeout,
+                hc.fall.max(hc.rise),
+                self.svc.clone(),
+                self.pid.clone(),
+                self.generation.clone(),
+                self.mailbox.clone(),
+                self.notes.clone(),
+            ));
+        }
+        loop {
+            let exited = async {
+                match instance.as_mut() {
+                    Some(i) => i.exited().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = exited => {
+                    log::warn!("service {}: its process exited", self.svc.name);
+                    instance = None;
+                    self.set_pid(None);
+                    if !self.report(Report::Exited { component: c }) {
+                        return;
+                    }
+                    if !matches!(self.svc.how, Supervision::Run(_) | Supervision::Ocf(_)) {
+                        // Someone else's: found again once it runs again (its checks bring
+                        // it back to Normal).
+                        instance = self.find_again(&mut restarts).await;
+                        self.set_pid(instance.as_ref());
+                    }
+                }
+                got = restarts.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    if let Some(old) = instance.take() {
+                        if let Err(e) = old.stop().await {
+                            log::warn!("service {}: stopping before the restart: {e}", self.svc.name);
+                        }
+                    }
+                    let result = Instance::start(&self.svc, &self.state_dir).await;
+                    let result = match result {
+                        Ok(i) => {
+                            log::info!("service {}: restarted", self.svc.name);
+                            instance = Some(i);
+                            Ok(())
+                        }
+                        Err(why) => {
+                            log::error!("service {}: restart failed: {why}", self.svc.name);
+                            Err(why)
+                        }
+                    };
+                    self.set_pid(instance.as_ref());
+                    {
+                        let mut n = self.notes.lock().unwrap();
+                        n.restarts += 1;
+                        n.error = result.as_ref().err().cloned();
+                    }
+                    if !self.report(Report::Restarted { component: c, result }) {
+                        return;
+                    }
+                    // After the report (the component counts afresh from it): every check's
+                    // next results are news again.
+                    self.generation.fetch_add(1, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+impl Task {
+    /// Looks for a watched instance until it runs again (a restart order meanwhile only
+    /// looks at once).
+    async fn find_again(&self, restarts: &mut mpsc::UnboundedReceiver<()>) -> Option<Instance> {
+        loop {
+            if let Ok(i) = Instance::start(&self.svc, &self.state_dir).await {
+                log::info!(
+                    "service {}: running again{}",
+                    self.svc.name,
+                    i.pid().map_or(String::new(), |p| format!(" as pid {p}"))
+                );
+                return Some(i);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                got = restarts.recv() => {
+                    got?;
+                    let result = Err("a watched service is restarted by whoever runs it".to_string());
+                    if !self.report(Report::Restarted { component: self.component, result }) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one check at its interval for as long as the agent runs.
+#[allow(clippy::too_many_arguments)]
+async fn check_loop(
+    component: usize,
+    n: usize,
+    kind: CheckKind,
+    interval: Duration,
+    timeout: Duration,
+    news: u32,
+    svc: Service,
+    pid: Arc<AtomicU32>,
+    generation: Arc<AtomicU64>,
+    mailbox: Mailbox<Input>,
+    notes: Arc<Mutex<Notes>>,
+) {
+    let ip: IpAddr = svc.addresses[0];
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last, mut same, mut seen_gen) = (None::<bool>, 0u32, 0u64);
+    loop {
+        every.tick().await;
+        let p = Some(pid.load(Ordering::Relaxed)).filter(|&p| p != 0);
+        let result = match (&kind, &svc.how) {
+            (CheckKind::OcfMonitor, Supervision::Ocf(agent)) => {
+                ocf::monitor(agent, &svc.name, timeout).await
+            }
+            _ => check::run(&kind, ip, timeout, p).await,
+        };
+        let pass = result.is_ok();
+        let g = generation.load(Ordering::Acquire);
+        if g != seen_gen || last != Some(pass) {
+            (seen_gen, last, same) = (g, Some(pass), 0);
+        }
+        same = same.saturating_add(1);
+        notes.lock().unwrap().checks[n] = Some(result.clone());
+        if same <= news
+            && !mailbox.send(Input::Service(Report::Check {
+                component,
+                check: n,
+                result,
+            }))
+        {
+            return;
+        }
+    }
+}
