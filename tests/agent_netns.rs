@@ -1089,7 +1089,7 @@ fn a_node_of_the_previous_release_and_one_of_this_fail_over_both_ways() -> Resul
     assert!(by_inode.is_dir(), "no pins in {}", by_inode.display());
     s.agents[0].stop();
     s.agents[0] = s.cluster.start_with(&t, a, b, long_forward)?;
-    wait_b_reads_a_on(&s, 3, "b to write wire v3 to the upgraded a")?;
+    wait_b_reads_a_on(&s, 4, "b to write wire v4 to the upgraded a")?;
     assert!(!by_inode.exists(), "{} left", by_inode.display());
     assert!(a.ns.pin_dir()?.is_dir());
     let log = s.agents[0].log();

@@ -165,12 +165,40 @@ pub fn netns_cookie() -> Result<Option<u64>> {
     Ok(Some(value))
 }
 
+/// Kills the services an agent ran in a namespace, as its pid files (`PID STARTTIME`) in
+/// `dir` record them: each one's process group, if its leader is still the process recorded
+/// (a pid reused since is left alone). Services outlive their agent by design.
+fn kill_services(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut words = text.split_whitespace();
+        let (Some(pid), Some(start)) = (
+            words.next().and_then(|p| p.parse::<i32>().ok()),
+            words.next(),
+        ) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let now = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19));
+        if pid > 1 && now == Some(start) {
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Ok(dir) = self.pin_dir() {
             // The agent keeps its epochs beside, under /run/takeover/<same id>.
             if let Some(id) = dir.file_name() {
-                let _ = std::fs::remove_dir_all(Path::new("/run/takeover").join(id));
+                let run = Path::new("/run/takeover").join(id);
+                kill_services(&run.join("services"));
+                let _ = std::fs::remove_dir_all(run);
             }
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -257,3 +285,4 @@ impl Takeover {
             .unwrap_or(0))
     }
 }
+pub mod services;

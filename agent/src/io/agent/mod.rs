@@ -69,13 +69,26 @@ enum Input {
     Link(netlink::LinkEvent),
     LinksStopped,
     Control(control::Request),
-    /// The peers' LAN MACs, read from the neighbour table.
-    PeerMacs(Vec<Option<[u8; 6]>>),
+    /// The peers' MACs, read from the neighbour tables.
+    PeerMacs(PeerMacs),
     /// Time to compare the gate table with what the core holds.
     Audit,
     /// A service's instance: a check's result, its exit, a restart done.
     Service(services::Report),
     Stop,
+}
+
+/// Per peer, its MAC on the LAN and on the dedicated line (`None`: not known).
+#[derive(Clone, Debug, Default)]
+struct PeerMacs {
+    lan: Vec<Option<[u8; 6]>>,
+    line: Vec<Option<[u8; 6]>>,
+}
+
+/// This node's end of the dedicated line.
+struct Line {
+    index: u32,
+    mac: [u8; 6],
 }
 
 /// Real-time priority of the agent's threads and of the heartbeat interfaces' NAPI threads.
@@ -149,6 +162,9 @@ struct Shell {
     peer_wake: Vec<Vec<Option<SocketAddr>>>,
     /// Each peer's MAC on the LAN (for forwarding to it and receiving from it).
     peer_macs: Vec<Option<[u8; 6]>>,
+    /// Each peer's MAC on the dedicated line, and this node's end of it.
+    peer_line_macs: Vec<Option<[u8; 6]>>,
+    line: Option<Line>,
     /// Fence commands running.
     fencing: Vec<Fencing>,
     registration: Option<Registration>,
@@ -239,6 +255,9 @@ impl Shell {
                 for &p in &self.line_peers {
                     self.core.handle_line_carrier(now, p, ev.up);
                 }
+                // Services handed over go by the LAN while the line is dark, by the line again
+                // once it is back.
+                self.refresh_service_forwards()?;
             }
             Input::Link(_) => {}
             Input::LinksStopped => bail!("netlink link events stopped"),
@@ -248,10 +267,20 @@ impl Shell {
             }
             Input::PeerMacs(macs) => {
                 // Keep what was known when a read found nothing (an entry being refreshed).
-                for (known, new) in self.peer_macs.iter_mut().zip(macs) {
+                for (known, new) in self.peer_macs.iter_mut().zip(macs.lan) {
                     if new.is_some() {
                         *known = new;
                     }
+                }
+                let mut line_changed = false;
+                for (known, new) in self.peer_line_macs.iter_mut().zip(macs.line) {
+                    if new.is_some() && *known != new {
+                        *known = new;
+                        line_changed = true;
+                    }
+                }
+                if line_changed {
+                    self.refresh_service_forwards()?;
                 }
             }
             Input::Audit => self.audit()?,

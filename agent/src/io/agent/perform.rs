@@ -73,17 +73,43 @@ impl Shell {
             Gate::Closed => GateValue::new(GateAction::Closed),
             // Without the peer's MAC nothing can be forwarded to it, nor told apart from what
             // it forwards: closed is all that is safe.
-            Gate::Forward(to) => self
-                .peer_mac(to)
-                .map_or(GateValue::new(GateAction::Closed), |m| {
-                    GateValue::forward(0, m, self.mac)
-                }),
+            Gate::Forward(to) => match self.line_to(res, to) {
+                Some((index, peer, mine)) => GateValue::forward(index, peer, mine),
+                None => self
+                    .peer_mac(to)
+                    .map_or(GateValue::new(GateAction::Closed), |m| {
+                        GateValue::forward(0, m, self.mac)
+                    }),
+            },
             Gate::Receive(from) => self
                 .peer_mac(from)
                 .map_or(GateValue::new(GateAction::Closed), GateValue::receive),
         };
         for t in &self.targets[res] {
             self.gates.set(t, value)?;
+        }
+        Ok(())
+    }
+
+    /// A service handed to peer `to` goes over the dedicated line while its carrier is up
+    /// and the peer's MAC there is known (the peer's line has a gate with no entry for it:
+    /// it passes); a whole address, and anything when the line is dark, over the LAN.
+    fn line_to(&self, res: ResId, to: NodeId) -> Option<(u32, [u8; 6], [u8; 6])> {
+        let line = self.line.as_ref()?;
+        let service = self.core_cfg.resources[res].service.is_some();
+        let peer = self.peer_line_macs.get(to).copied().flatten()?;
+        (service && self.line_peers.contains(&to) && !self.core.line_dark(to))
+            .then_some((line.index, peer, line.mac))
+    }
+
+    /// Writes again the gates of the services handed to a peer (the line changed).
+    pub(super) fn refresh_service_forwards(&mut self) -> Result<()> {
+        for res in 0..self.core_cfg.resources.len() {
+            if self.core_cfg.resources[res].service.is_some() {
+                if let gate @ Gate::Forward(_) = self.core.gate(res) {
+                    self.set_gate(res, gate)?;
+                }
+            }
         }
         Ok(())
     }

@@ -176,11 +176,18 @@ impl Task {
             };
             tokio::select! {
                 () = exited => {
-                    log::warn!("service {}: its process exited", self.svc.name);
-                    instance = None;
                     self.set_pid(None);
                     if !self.report(Report::Exited { component: c }) {
                         return;
+                    }
+                    log::warn!("service {}: its process exited", self.svc.name);
+                    // What it left behind (an nginx worker outlives its master, and goes on
+                    // answering on the port) goes now, not at the restart.
+                    if let Some(old) = instance.take() {
+                        old.kill_remains();
+                        if let Err(e) = old.stop().await {
+                            log::info!("service {}: the rest of it: {e}", self.svc.name);
+                        }
                     }
                     if !matches!(self.svc.how, Supervision::Run(_) | Supervision::Ocf(_)) {
                         // Someone else's: found again once it runs again (its checks bring

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use takeover_common::{Action as GateAction, GateValue};
 
-use super::{epochs::Epochs, services, translate, Input, Shell};
+use super::{epochs::Epochs, services, translate, Input, PeerMacs, Shell};
 use crate::{
     config::{Config, XdpMode},
     core::{event::resource_name, node::Core, wire},
@@ -122,18 +122,28 @@ fn random_token() -> Result<[u8; wire::TOKEN_LEN]> {
 }
 
 /// Reads each peer's LAN MAC from the neighbour table now and then, for the loop's cache.
+/// Each peer's MAC on the LAN and, with a dedicated line, on the line (from the neighbour
+/// tables: the peers' addresses are static or resolved by the heartbeats).
 async fn read_peer_macs(
     nl: &rtnetlink::Handle,
     lan: u32,
+    line: Option<u32>,
     peers: &[Vec<SocketAddr>],
-) -> Vec<Option<[u8; 6]>> {
-    let mut out = Vec::with_capacity(peers.len());
+) -> PeerMacs {
+    let mut out = PeerMacs::default();
     for paths in peers {
-        let mac = match paths.last() {
+        let lan_mac = match paths.last() {
             Some(a) => netlink::neighbour_mac(nl, lan, a.ip()).await.ok().flatten(),
             None => None,
         };
-        out.push(mac);
+        let line_mac = match (line, paths.first()) {
+            (Some(l), Some(a)) if paths.len() > 1 => {
+                netlink::neighbour_mac(nl, l, a.ip()).await.ok().flatten()
+            }
+            _ => None,
+        };
+        out.lan.push(lan_mac);
+        out.line.push(line_mac);
     }
     out
 }
@@ -304,7 +314,21 @@ impl Shell {
             Some(d) => netlink::is_up(nl, d).await?,
             None => true,
         };
-        let peer_macs = read_peer_macs(nl, c.lan.index, &c.peer_paths).await;
+        let macs = read_peer_macs(nl, c.lan.index, c.dedicated, &c.peer_paths).await;
+        // A service handed to a peer goes over the dedicated line while it works (the
+        // patent's figure 18): the LAN gate redirects into it.
+        let line = match c.dedicated {
+            Some(index) => {
+                let name = crate::sys::iface::name_of(index)
+                    .with_context(|| format!("dedicated line interface {index}"))?;
+                gates.allow_redirect(index)?;
+                Some(super::Line {
+                    index,
+                    mac: Iface::by_name(&name)?.mac()?,
+                })
+            }
+            None => None,
+        };
         let m = mailbox.clone();
         control::listen(move |req| m.send(Input::Control(req)))?;
 
@@ -319,17 +343,18 @@ impl Shell {
             }
             m.send(Input::LinksStopped);
         });
-        let (m, nl2, lan_index, peers) = (
+        let (m, nl2, lan_index, line_index, peers) = (
             mailbox.clone(),
             nl.clone(),
             c.lan.index,
+            c.dedicated,
             c.peer_paths.clone(),
         );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(MAC_REFRESH).await;
                 if !m.send(Input::PeerMacs(
-                    read_peer_macs(&nl2, lan_index, &peers).await,
+                    read_peer_macs(&nl2, lan_index, line_index, &peers).await,
                 )) {
                     return;
                 }
@@ -440,7 +465,9 @@ impl Shell {
             refused: Default::default(),
             audit_next: 0,
             services,
-            peer_macs,
+            peer_macs: macs.lan,
+            peer_line_macs: macs.line,
+            line,
             start,
         })
     }

@@ -126,6 +126,15 @@ impl Instance {
         }
     }
 
+    /// After its process exited: SIGKILL to what is left of its process group (`Run`; an
+    /// nginx worker outlives its master and goes on answering on the port). What is left of
+    /// an instance that died is not shut down gracefully: it is in the way of the restart.
+    pub fn kill_remains(&self) {
+        if let (How::Run { .. }, Some(p)) = (&self.how, self.process.as_ref()) {
+            p.signal_group(libc::SIGKILL);
+        }
+    }
+
     /// Stops the instance. `Run`: SIGTERM to its process group; SIGKILL to the group if the
     /// leader or others of the group are still there `stop_timeout` later; then the pid file
     /// goes. `Ocf`: the agent's `stop`. Watched ones are someone else's: nothing is stopped.
@@ -444,6 +453,12 @@ fn spawn(run: &Run, state_dir: &Path, pid_file: &Path) -> Result<Process, String
         };
         // SAFETY (all): plain syscalls on memory prepared before the fork.
         check(unsafe { libc::setsid() })?;
+        // Nothing the agent inherited (a lock its starter held, say) goes on to the
+        // service, which outlives the agent: every descriptor past stderr closes at exec.
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
+        check(unsafe {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) as libc::c_int
+        })?;
         if let Some(u) = &user {
             // Groups and gid before the uid: after it, they could not be changed.
             check(unsafe { libc::setgroups(u.groups.len(), u.groups.as_ptr()) })?;
