@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Result};
 use takeover_lab::{
     agents::{Agent, Cluster, Timing, LOGICAL},
-    services::{dns_who, dnsmasq_conf, http_get, nginx_conf},
+    services::{dns_who, dnsmasq_conf, http_get, nginx_conf, nginx_daemon_conf},
     topology::{wait_for, Host, Lan},
     Takeover,
 };
@@ -109,6 +109,15 @@ struct Setup {
 
 impl Setup {
     fn new(recovery: &[Recovery; 2], web_command: [Option<&str>; 2]) -> Result<Self> {
+        let s = Self::with(|dir, me, i| services(dir, me, &recovery[i], web_command[i]))?;
+        s.logged(s.wait_web("a"))?;
+        s.logged(s.wait_dns("a"))?;
+        Ok(s)
+    }
+
+    /// Agents on `a` and `b` with the `[[service]]` sections `extra` writes for each (given
+    /// the cluster's directory, the node and its index).
+    fn with(extra: impl Fn(&std::path::Path, &Host, usize) -> Result<String>) -> Result<Self> {
         let t = takeover();
         let lan = Lan::new(&t, &["cli", "a", "b"])?;
         lan.dedicated_line("a", "b")?;
@@ -116,17 +125,14 @@ impl Setup {
         let (a, b) = (lan.host("a"), lan.host("b"));
         let mut agents = Vec::new();
         for (i, (me, peer)) in [(a, b), (b, a)].into_iter().enumerate() {
-            let extra = services(&cluster.dir, me, &recovery[i], web_command[i])?;
+            let extra = extra(&cluster.dir, me, i)?;
             agents.push(cluster.start_with(&t, me, peer, |c| c + &extra)?);
         }
-        let s = Setup {
-            lan,
-            cluster,
+        Ok(Setup {
             agents,
-        };
-        s.logged(s.wait_web("a"))?;
-        s.logged(s.wait_dns("a"))?;
-        Ok(s)
+            cluster,
+            lan,
+        })
     }
 
     fn cli(&self) -> &Host {
@@ -230,6 +236,27 @@ impl Setup {
 
     fn nginx_dir(&self, host: &str) -> PathBuf {
         self.cluster.dir.join(host).join("web")
+    }
+}
+
+impl Drop for Setup {
+    /// An OCF agent's nginx daemonizes, outside what the agent records: stopped here, by
+    /// the pid its own pid file holds (if that process is still this test's nginx).
+    fn drop(&mut self) {
+        self.agents.iter_mut().for_each(Agent::kill);
+        for host in ["a", "b"] {
+            let dir = self.nginx_dir(host);
+            let Some(pid) = std::fs::read_to_string(dir.join("nginx.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if pid > 1 && String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+                let _ = signal(-pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -495,5 +522,50 @@ fn a_service_fault_with_the_dedicated_line_down_is_forwarded_over_the_lan() -> R
     })?;
     assert_eq!(s.web()?.as_deref(), Some("b"));
     s.logged(s.wait_web("a"))?;
+    Ok(())
+}
+
+#[test]
+fn a_pacemaker_ocf_agent_starts_monitors_and_recovers_the_service() -> Result<()> {
+    // Debian's ocf:heartbeat:nginx with its OCF environment: it starts nginx (daemonized,
+    // as it expects), its monitor is the check, its stop and start the restart.
+    let s = Setup::with(|dir, me, _| {
+        let conf = nginx_daemon_conf(&dir.join(&me.name).join("web"), LOGICAL, 80, &me.name)?;
+        Ok(format!(
+            r#"
+[[service]]
+name = "web"
+address = "{LOGICAL}"
+protocol = "tcp"
+port = 80
+ocf = {{ agent = "heartbeat:nginx", params = {{ configfile = "{conf}", httpd = "/usr/sbin/nginx" }}, timeout = "10s" }}
+
+[[service.check]]
+type = "ocf"
+interval = "300ms"
+timeout = "300ms"
+fall = 1
+rise = 1
+
+[service.recovery]
+restarts = 3
+backoff = "50ms"
+hold = "300ms"
+"#,
+            conf = conf.display()
+        ))
+    })?;
+    s.logged(s.wait_web("a"))?;
+    let pid: i32 = std::fs::read_to_string(s.nginx_dir("a").join("nginx.pid"))?
+        .trim()
+        .parse()?;
+    // The master and its worker: the OCF monitor finds the master gone.
+    signal(-pid, libc::SIGKILL).or_else(|_| signal(pid, libc::SIGKILL))?;
+    s.logged(s.wait_web("b"))?;
+    let web = s.component("a", "web")?;
+    assert_eq!(web["fault"], "check1", "{web}");
+    // The agent's stop and start bring it back.
+    s.logged(s.wait_web("a"))?;
+    assert_eq!(s.component("a", "web")?["state"], "normal");
     Ok(())
 }

@@ -46,6 +46,14 @@ http {{
     Ok(conf)
 }
 
+/// [`nginx_conf`] for a manager that expects nginx to daemonize itself (an OCF agent).
+pub fn nginx_daemon_conf(dir: &Path, addr: &str, port: u16, who: &str) -> Result<PathBuf> {
+    let conf = nginx_conf(dir, addr, port, who)?;
+    let text = std::fs::read_to_string(&conf)?;
+    std::fs::write(&conf, text.replace("daemon off;", "daemon on;"))?;
+    Ok(conf)
+}
+
 /// A dnsmasq configuration answering on `addr:53` for `who.test` (TXT `who`), nothing else,
 /// in the foreground. Returns the configuration file.
 pub fn dnsmasq_conf(dir: &Path, addr: &str, who: &str) -> Result<PathBuf> {
