@@ -31,8 +31,11 @@ commands:
   setup          install what is missing: nightly rust-src, bpf-linker, Debian packages
   build          setup, then build everything (release)
   test           setup, then fmt, clippy, unit and integration tests (needs root)
-  demo [gate]    setup, build, then show a failover (or the gate alone) on a namespace
-                 topology, with a timeline and target/takeover-demo.svg (needs root)
+  demo [failover|service|gate]
+                 setup, build, then show a failover and a service failing alone (partial
+                 takeover), or one of them, or the gate alone, on a namespace topology, with
+                 timelines and target/takeover-demo.svg, target/takeover-service-demo.svg
+                 (needs root)
   bench gate|failover  setup, build, then measure the gate's cost or failovers; writes BENCHMARKS.md";
 
 fn main() -> Result<()> {

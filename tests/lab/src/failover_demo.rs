@@ -152,22 +152,27 @@ pub fn run(t: &Takeover) -> Result<()> {
     );
 
     let svg = Path::new("target/takeover-demo.svg");
-    draw(svg, &seen, crash, back)?;
+    draw(
+        svg,
+        &seen,
+        &[
+            ("crash of a (t = 0: SIGKILL)", crash, 200),
+            ("a returns (t = 0: links up, agent started)", back, 1600),
+        ],
+    )?;
     println!("\n== Picture of the timeline: {}", svg.display());
     println!("== Cleaning up: agents stopped, namespaces and pins removed");
     Ok(())
 }
 
-/// Replies per millisecond, coloured by the server that answered, around each event.
-fn draw(path: &Path, seen: &Seen, crash: u64, back: u64) -> Result<()> {
-    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+/// Replies per millisecond, coloured by the server that answered, around each event: one
+/// panel per (title, the event's time, how many milliseconds after it to show).
+pub(crate) fn draw(path: &Path, seen: &Seen, events: &[(&str, u64, i64)]) -> Result<()> {
+    let root = SVGBackend::new(path, (1100, 350 * events.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let panels = root.split_evenly((2, 1));
-    for (panel, (title, at)) in panels.iter().zip([
-        ("crash of a (t = 0: SIGKILL)", crash),
-        ("a returns (t = 0: links up, agent started)", back),
-    ]) {
-        let (from, to) = (-100i64, if at == crash { 200i64 } else { 1600i64 });
+    let panels = root.split_evenly((events.len(), 1));
+    for (panel, &(title, at, to)) in panels.iter().zip(events) {
+        let from = -100i64;
         let mut per_ms: BTreeMap<(i64, bool), u32> = BTreeMap::new();
         for (t, who) in seen.replies.values() {
             let x = (*t as i64 - at as i64) / 1000;

@@ -11,6 +11,8 @@ pub mod failover_demo;
 pub mod keepalived;
 pub mod load;
 pub mod previous;
+pub mod service_demo;
+pub mod services;
 pub mod stats;
 pub mod topology;
 pub mod udp;
@@ -285,4 +287,3 @@ impl Takeover {
             .unwrap_or(0))
     }
 }
-pub mod services;
