@@ -548,3 +548,76 @@ fn run_refuses_a_directory_key_file_and_a_missing_fence_program() -> Result<()> 
     assert!(!ns.pin_dir()?.exists());
     Ok(())
 }
+
+#[test]
+fn check_config_names_every_problem_of_a_service_with_its_key_and_line() -> Result<()> {
+    let t = takeover();
+    let dir = Scratch::new("check-services")?;
+    let sample = dir.sample("takeover.toml", &[FENCE])?;
+    let base = std::fs::read_to_string(&sample)?;
+    let ip = base
+        .lines()
+        .find_map(|l| l.strip_prefix("ip = \""))
+        .and_then(|l| l.split(['/', '"']).next())
+        .expect("the sample has an [[address]]")
+        .to_string();
+    let good = format!(
+        "{base}\n[[service]]\nname = \"web\"\naddress = \"{ip}\"\nprotocol = \"tcp\"\nport = 80\n\
+         run = {{ command = [\"/usr/sbin/nginx\", \"-g\", \"daemon off;\"] }}\n\n\
+         [[service.check]]\ntype = \"http\"\ninterval = \"50ms\"\ntimeout = \"50ms\"\n"
+    );
+    let file = dir.0.join("good.toml");
+    std::fs::write(&file, &good)?;
+    let out = check_config(&t, &file)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = format!(
+        "{base}\n[[service]]\nname = \"web\"\naddress = \"192.0.2.250\"\nprotocol = \"sctp\"\nport = 0\n\
+         run = {{ command = [\"/usr/sbin/nginx\"] }}\nwatch = {{ pid_file = \"/run/nginx.pid\" }}\n\n\
+         [[service.check]]\ntype = \"ping\"\n\n\
+         [[service.check]]\ntype = \"tcp\"\ninterval = \"10ms\"\ntimeout = \"1s\"\n"
+    );
+    let file = dir.0.join("bad.toml");
+    std::fs::write(&file, &bad)?;
+    let before = std::fs::read(&file)?;
+    let out = check_config(&t, &file)?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| {
+        bad.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(i, _)| i + 1)
+            .last()
+            .unwrap()
+    };
+    for (key, needle) in [
+        ("service[0].address", "192.0.2.250"),
+        ("service[0].protocol", "sctp"),
+        ("service[0].port", "port = 0"),
+        ("service[0].check[0].type", "\"ping\""),
+        ("service[0].check[1].timeout", "timeout = \"1s\""),
+    ] {
+        let line = line_of(needle);
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("line {line},")) && l.contains(key)),
+            "{key} at line {line}:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("watch"),
+        "run and watch both given:\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file)?,
+        before,
+        "check-config changes nothing"
+    );
+    Ok(())
+}
