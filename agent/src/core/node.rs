@@ -166,8 +166,9 @@ pub struct Core {
     components: Vec<Component>,
     /// What the peers were last told of each (`Health::code`; `None`: no instance here).
     told: Vec<Option<u8>>,
-    /// Per address resource, its services' resources.
+    /// Per address resource, its services' resources; and every service's resource.
     services_of: Vec<Vec<ResId>>,
+    service_res: Vec<ResId>,
 }
 
 impl Core {
@@ -199,9 +200,11 @@ impl Core {
             };
         }
         let mut services_of = vec![Vec::new(); cfg.resources.len()];
+        let mut service_res = Vec::new();
         for (s, r) in cfg.resources.iter().enumerate() {
             if let Some(sv) = r.service {
                 services_of[sv.address].push(s);
+                service_res.push(s);
             }
         }
         let components: Vec<Component> = cfg
@@ -248,6 +251,7 @@ impl Core {
             components,
             told,
             services_of,
+            service_res,
             cfg,
         };
         for a in 0..core.res.len() {

@@ -102,10 +102,8 @@ impl Core {
     /// Sets every service's gate to what it must be now. The first time a service's instance
     /// here fails with no peer's able to serve, that is said once.
     pub(super) fn derive_services(&mut self, now: Duration) {
-        for s in 0..self.res.len() {
-            if !self.is_service(s) {
-                continue;
-            }
+        for i in 0..self.service_res.len() {
+            let s = self.service_res[i];
             let gate = self.service_gate(s, now);
             let (a, _) = self.service_of(s).unwrap();
             let stranded = gate == Gate::Open
@@ -209,6 +207,9 @@ impl Core {
 
     /// Restarts whose backoff ended, holds that ended.
     pub(super) fn components_tick(&mut self, now: Duration) {
+        if self.components.is_empty() {
+            return;
+        }
         for c in 0..self.components.len() {
             let mut todo = Vec::new();
             self.components[c].timeout(now, &mut todo);
