@@ -526,4 +526,54 @@ mod tests {
         let text = st.render();
         assert!(text.contains("10.77.0.100") && text.contains(&st.config_digest));
     }
+
+    #[test]
+    fn the_component_table_shows_each_service_its_peers_and_the_links() {
+        use crate::core::sim::{self, Sim};
+        let ms = Duration::from_millis;
+        let cfg =
+            sim::config_with_services(2, ms(1), None, 1, sim::service_policy(3, false, false));
+        let mut s = Sim::with_config(cfg, 1);
+        let t = s.now + ms(100);
+        s.run_until(t);
+        s.kill_service(0, 0);
+        let core = s.nodes[0].core.as_ref().unwrap();
+        let notes = [
+            InstanceNotes {
+                pid: Some(42),
+                checks: vec![Some(Err("connection refused".into()))],
+                ..InstanceNotes::default()
+            },
+            InstanceNotes::default(),
+        ];
+        let st = Status::of(core, s.now, "lan", &Received::default(), &notes);
+        let json = serde_json::to_string(&st).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), st);
+        let web = &st.components[0];
+        assert_eq!((web.name.as_str(), web.kind.as_str()), ("s0.0", "service"));
+        assert_eq!(web.state, "recovering");
+        assert_eq!(web.fault.as_deref(), Some("exited"));
+        assert_eq!(web.peers["n1"], "normal");
+        let kinds: Vec<&str> = st.components.iter().map(|c| c.kind.as_str()).collect();
+        assert_eq!(kinds, ["service", "service", "lan", "line"]);
+        // Its traffic goes to n1's instance; the address stays.
+        let svc = st
+            .addresses
+            .iter()
+            .find(|a| a.service.as_deref() == Some("tcp/80") && a.address == "10.77.0.100")
+            .unwrap();
+        assert_eq!(svc.gate, "forward to n1");
+        let text = st.render();
+        let rows = table_of(&text, "COMPONENT");
+        assert!(
+            rows[1].starts_with("s0.0") && rows[1].contains("recovering"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains("n1: normal") && rows[1].contains("pid 42"),
+            "{text}"
+        );
+        assert!(rows[1].contains("check 1: connection refused"), "{text}");
+        assert!(rows.iter().any(|r| r.starts_with("line to n1")), "{text}");
+    }
 }
