@@ -562,7 +562,7 @@ fn check_config_names_every_problem_of_a_service_with_its_key_and_line() -> Resu
         .expect("the sample has an [[address]]")
         .to_string();
     let good = format!(
-        "{base}\n[[service]]\nname = \"web\"\naddress = \"{ip}\"\nprotocol = \"tcp\"\nport = 80\n\
+        "{base}\n[[service]]\nname = \"api\"\naddress = \"{ip}\"\nprotocol = \"tcp\"\nport = 8080\n\
          run = {{ command = [\"/usr/sbin/nginx\", \"-g\", \"daemon off;\"] }}\n\n\
          [[service.check]]\ntype = \"http\"\ninterval = \"50ms\"\ntimeout = \"50ms\"\n"
     );
@@ -576,7 +576,7 @@ fn check_config_names_every_problem_of_a_service_with_its_key_and_line() -> Resu
     );
 
     let bad = format!(
-        "{base}\n[[service]]\nname = \"web\"\naddress = \"192.0.2.250\"\nprotocol = \"sctp\"\nport = 0\n\
+        "{base}\n[[service]]\nname = \"bad\"\naddress = \"192.0.2.250\"\nprotocol = \"sctp\"\nport = 0\n\
          run = {{ command = [\"/usr/sbin/nginx\"] }}\nwatch = {{ pid_file = \"/run/nginx.pid\" }}\n\n\
          [[service.check]]\ntype = \"ping\"\n\n\
          [[service.check]]\ntype = \"tcp\"\ninterval = \"10ms\"\ntimeout = \"1s\"\n"
@@ -595,18 +595,21 @@ fn check_config_names_every_problem_of_a_service_with_its_key_and_line() -> Resu
             .last()
             .unwrap()
     };
+    // The sample's own services come first.
+    let n = base.matches("\n[[service]]").count();
     for (key, needle) in [
-        ("service[0].address", "192.0.2.250"),
-        ("service[0].protocol", "sctp"),
-        ("service[0].port", "port = 0"),
-        ("service[0].check[0].type", "\"ping\""),
-        ("service[0].check[1].timeout", "timeout = \"1s\""),
+        ("address", "192.0.2.250"),
+        ("protocol", "sctp"),
+        ("port", "port = 0"),
+        ("check[0].type", "\"ping\""),
+        ("check[1].timeout", "timeout = \"1s\""),
     ] {
+        let key = format!("service[{n}].{key}");
         let line = line_of(needle);
         assert!(
             stderr
                 .lines()
-                .any(|l| l.contains(&format!("line {line},")) && l.contains(key)),
+                .any(|l| l.contains(&format!("line {line},")) && l.contains(&key)),
             "{key} at line {line}:\n{stderr}"
         );
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{
     event::{path_name, resource_name},
-    node::{Core, FenceState},
+    node::{Core, FenceState, Gate},
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,8 +155,16 @@ impl Status {
                 owner: name(spec.preference[0]),
                 preference: spec.preference.iter().map(|&n| name(n)).collect(),
                 gate: core.gate(a).describe(cfg),
-                served_by: core.server(a).map(name),
-                epoch: core.epoch(a),
+                // A service is served where its traffic goes: here, the peer it is handed
+                // to, or its address's server; in its address's epoch.
+                served_by: match (spec.service, core.gate(a)) {
+                    (None, _) => core.server(a),
+                    (Some(_), Gate::Open) => Some(cfg.me),
+                    (Some(_), Gate::Forward(p)) => Some(p),
+                    (Some(sv), _) => core.server(sv.address),
+                }
+                .map(name),
+                epoch: core.epoch(spec.service.map_or(a, |sv| sv.address)),
                 note: core
                     .stranded(a)
                     .then(|| "its instance here failed and no peer's can serve: stays".into()),
@@ -563,6 +571,8 @@ mod tests {
             .find(|a| a.service.as_deref() == Some("tcp/80") && a.address == "10.77.0.100")
             .unwrap();
         assert_eq!(svc.gate, "forward to n1");
+        assert_eq!(svc.served_by.as_deref(), Some("n1"));
+        assert_eq!(svc.epoch, st.addresses[0].epoch);
         let text = st.render();
         let rows = table_of(&text, "COMPONENT");
         assert!(

@@ -1,14 +1,27 @@
 //! `cargo xtask bench failover`: the client-seen gap and the requests lost, per scenario, over
-//! several trials, each on a fresh topology; and a soak under CPU load that counts takeovers
-//! and measures the agent's footprint. Writes its section of BENCHMARKS.md.
-use std::{fmt::Write as _, path::PathBuf, process::Child, sync::Arc, time::Duration};
+//! several trials, each on a fresh topology; and soaks under CPU load that count takeovers
+//! and measure the agent's footprint. Writes its section of BENCHMARKS.md.
+//!
+//! To look at a few stories only (each variable optional):
+//! `TAKEOVER_BENCH_ONLY=svcfail,svchang` (scenarios, by name), `TAKEOVER_BENCH_TRIALS=1`,
+//! `TAKEOVER_BENCH_SYSTEMS=takeover` (or `keepalived`), `TAKEOVER_BENCH_SOAK=0` (no soak;
+//! or some of `plain,line,services`), `TAKEOVER_BENCH_SOAK_SECS=10`, `TAKEOVER_BENCH_LOGS=1`.
+use std::{
+    fmt::Write as _, net::SocketAddrV4, path::PathBuf, process::Child, sync::Arc, time::Duration,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{
     agents::{Agent, Cluster, Timing, LOGICAL},
+    bench_services::{
+        agent_services, keepalived_track, wait_services_ready, web_pid, Nginx, CHECK_FALL,
+        CHECK_INTERVAL_MS, CHECK_TIMEOUT_MS, WEB_PORT,
+    },
+    http_load::HttpLoad,
     keepalived::{Keepalived, Vrrp},
     load::{now_us, Load, Seen},
+    services::http_get,
     stats::{median, range},
     topology::{wait_for, Lan},
     udp::{Client, Responder},
@@ -18,6 +31,11 @@ use crate::{
 const PORT: u16 = 7000;
 const TRIALS: usize = 5;
 const SOAK: Duration = Duration::from_secs(30);
+/// The service scenarios' targets: SvcFail's median gap and lost; SvcHang's median gap is
+/// fall x interval + this.
+const SVCFAIL_GAP_MS: f64 = 2.0;
+const SVCFAIL_LOST: f64 = 1.0;
+const SVCHANG_SLACK_MS: f64 = 2.0;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scenario {
@@ -30,10 +48,27 @@ pub enum Scenario {
     Failback,
     /// `takeover switchover` moves the address from a to b on purpose.
     Switchover,
+    /// nginx on a (the address's server) SIGKILLed, its whole process group, under an HTTP
+    /// load: its traffic goes to b's nginx.
+    SvcFail,
+    /// nginx on a SIGSTOPped, its whole process group: a hang, which only a check finds.
+    SvcHang,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [Self::Crash, Self::Silent, Self::Failback, Self::Switchover];
+    pub const ALL: [Scenario; 6] = [
+        Self::Crash,
+        Self::Silent,
+        Self::Failback,
+        Self::Switchover,
+        Self::SvcFail,
+        Self::SvcHang,
+    ];
+
+    /// A service's fault (nginx, the HTTP load), not the node's (the UDP load).
+    fn is_service(self) -> bool {
+        matches!(self, Self::SvcFail | Self::SvcHang)
+    }
 }
 
 fn timing() -> Timing {
@@ -61,15 +96,63 @@ impl System {
         }
     }
 
-    /// keepalived has no switchover command.
+    /// keepalived has no switchover command; a service is watched by a `vrrp_script`, whose
+    /// seconds dwarf the adverts: only its fastest VRRP is run.
     fn runs(self, sc: Scenario) -> bool {
-        self == System::Takeover || sc != Scenario::Switchover
+        match self {
+            System::Takeover => true,
+            System::Keepalived(Vrrp::Fast) => sc != Scenario::Switchover,
+            System::Keepalived(Vrrp::Default) => sc != Scenario::Switchover && !sc.is_service(),
+        }
     }
 }
 
+/// What runs on a and b besides the failover software.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Services {
+    /// Nothing: the UDP responders answer the UDP load.
+    None,
+    /// nginx on port 80, answering the HTTP load: the agents' `[[service]]`, or run by the
+    /// bench and watched by keepalived's `vrrp_script`.
+    Web,
+    /// Three nginx (ports 80-82) as the agents' services, each checked; the UDP responders
+    /// answer the UDP load as in `None`.
+    Three,
+}
+
+impl Services {
+    fn ports(self) -> &'static [u16] {
+        match self {
+            Services::None => &[],
+            Services::Web => &[WEB_PORT],
+            Services::Three => &[WEB_PORT, WEB_PORT + 1, WEB_PORT + 2],
+        }
+    }
+}
+
+/// Dropped before the namespaces (the last field of [`Rig`]), whose deletion kills the
+/// services the agents left running: an agent alive then could start them again.
 enum Servers {
-    Agents(Cluster, Vec<Agent>),
-    Keepalived(TempDir, Vec<Keepalived>),
+    /// The cluster's files, the agents, and each node's `[[service]]` sections (a restart
+    /// gets the same).
+    Agents(Cluster, Vec<Agent>, [String; 2]),
+    /// keepalived, and the nginx it watches if any.
+    Keepalived(TempDir, Vec<Keepalived>, Vec<Nginx>),
+}
+
+/// The client's load: UDP requests, or HTTP requests each on a new connection.
+enum ClientLoad {
+    Udp(Load),
+    Http(HttpLoad),
+}
+
+impl ClientLoad {
+    fn served_by(&self, who: &str, after: u64) -> bool {
+        match self {
+            ClientLoad::Udp(l) => l.served_by(who, after),
+            ClientLoad::Http(l) => l.served_by(who, after),
+        }
+    }
 }
 
 /// A directory removed on drop.
@@ -81,22 +164,31 @@ impl Drop for TempDir {
     }
 }
 
-/// One cluster (a serving, b standing by) with a client load running.
+/// One cluster (a serving, b standing by) with a client load running. Dropped in field
+/// order: the load, the servers, the responders, then the namespaces.
 struct Rig {
-    lan: Lan,
+    load: ClientLoad,
     servers: Servers,
     _responders: Vec<Responder>,
-    load: Load,
+    lan: Lan,
 }
 
-fn rig(t: &Takeover, system: System) -> Result<Rig> {
+fn rig(t: &Takeover, system: System, services: Services) -> Result<Rig> {
     let lan = Lan::new(t, &["cli", "a", "b"])?;
     lan.dedicated_line("a", "b")?;
     let (a, b) = (lan.host("a"), lan.host("b"));
     let servers = match system {
         System::Takeover => {
             let cluster = Cluster::new(&lan, timing())?;
-            let agents = vec![cluster.start(t, a, b)?, cluster.start(t, b, a)?];
+            let extra = [
+                agent_services(&cluster.dir, a, services.ports())?,
+                agent_services(&cluster.dir, b, services.ports())?,
+            ];
+            let agents = vec![
+                cluster.start_with(t, a, b, |c| c + &extra[0])?,
+                cluster.start_with(t, b, a, |c| c + &extra[1])?,
+            ];
+            let servers = Servers::Agents(cluster, agents, extra);
             for h in [a, b] {
                 wait_for("the logical address", Duration::from_secs(15), || {
                     Ok(h.ns
@@ -105,7 +197,15 @@ fn rig(t: &Takeover, system: System) -> Result<Rig> {
                         .then_some(()))
                 })?;
             }
-            Servers::Agents(cluster, agents)
+            if services != Services::None {
+                for h in [a, b] {
+                    if let Err(e) = wait_services_ready(t, h, services.ports().len()) {
+                        let (la, lb) = logs(&servers);
+                        bail!("{e}\n-- a:\n{la}-- b:\n{lb}");
+                    }
+                }
+            }
+            servers
         }
         System::Keepalived(vrrp) => {
             let dir = TempDir(std::env::temp_dir().join(format!(
@@ -113,13 +213,41 @@ fn rig(t: &Takeover, system: System) -> Result<Rig> {
                 std::process::id(),
                 lan.switch.name
             )));
+            // The service first: keepalived's check passes from its start.
+            let (nginx, track) = match services {
+                Services::None => (Vec::new(), None),
+                Services::Web => (
+                    vec![Nginx::start(a, &dir.0)?, Nginx::start(b, &dir.0)?],
+                    Some(keepalived_track()),
+                ),
+                Services::Three => bail!("the soak with services is takeover's only"),
+            };
             let k = vec![
-                Keepalived::start(a, vrrp, &dir.0)?,
-                Keepalived::start(b, vrrp, &dir.0)?,
+                Keepalived::start_tracking(a, vrrp, &dir.0, track.clone())?,
+                Keepalived::start_tracking(b, vrrp, &dir.0, track)?,
             ];
-            Servers::Keepalived(dir, k)
+            Servers::Keepalived(dir, k, nginx)
         }
     };
+    if services == Services::Web {
+        let cli = &lan.host("cli").ns;
+        wait_for("a to serve", Duration::from_secs(15), || {
+            Ok(
+                (http_get(cli, LOGICAL, WEB_PORT, Duration::from_millis(100))?.as_deref()
+                    == Some("a"))
+                .then_some(()),
+            )
+        })?;
+        let target = SocketAddrV4::new(LOGICAL.parse()?, WEB_PORT);
+        let load = ClientLoad::Http(HttpLoad::start(cli, target, 1000)?);
+        std::thread::sleep(Duration::from_millis(300));
+        return Ok(Rig {
+            load,
+            servers,
+            _responders: Vec::new(),
+            lan,
+        });
+    }
     let mut responders = Vec::new();
     for h in [a, b] {
         responders.push(Responder::spawn(
@@ -142,14 +270,22 @@ fn rig(t: &Takeover, system: System) -> Result<Rig> {
             == Some("a"))
         .then_some(()))
     })?;
-    let load = Load::start(client, 1000);
+    let load = ClientLoad::Udp(Load::start(client, 1000));
     std::thread::sleep(Duration::from_millis(300));
     Ok(Rig {
-        lan,
+        load,
         servers,
         _responders: responders,
-        load,
+        lan,
     })
+}
+
+/// The logs of a's and b's failover software.
+fn logs(servers: &Servers) -> (String, String) {
+    match servers {
+        Servers::Agents(_, agents, _) => (agents[0].log(), agents[1].log()),
+        Servers::Keepalived(_, k, _) => (k[0].log(), k[1].log()),
+    }
 }
 
 impl Rig {
@@ -159,30 +295,46 @@ impl Rig {
         })
     }
 
+    /// Sends `signal` to the process group of a's nginx, taking the time just before: the
+    /// fault's moment. The pid is asked for first (of the agent, or of the bench's nginx).
+    fn signal_web_a(&self, t: &Takeover, signal: i32) -> Result<u64> {
+        let pid = match &self.servers {
+            Servers::Agents(..) => web_pid(t, self.lan.host("a"))?,
+            Servers::Keepalived(_, _, nginx) => nginx.first().context("no nginx")?.pid(),
+        };
+        let t0 = now_us();
+        if unsafe { libc::kill(-pid, signal) } != 0 {
+            bail!(
+                "kill(-{pid}, {signal}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(t0)
+    }
+
     /// SIGKILL to every process of a's failover software.
     fn kill_a(&mut self) {
         match &mut self.servers {
-            Servers::Agents(_, agents) => agents[0].kill(),
-            Servers::Keepalived(_, k) => k[0].kill(),
+            Servers::Agents(_, agents, _) => agents[0].kill(),
+            Servers::Keepalived(_, k, _) => k[0].kill(),
         }
     }
 
     fn restart_a(&mut self, t: &Takeover) -> Result<()> {
         let (a, b) = (self.lan.host("a"), self.lan.host("b"));
         match &mut self.servers {
-            Servers::Agents(cluster, agents) => agents[0] = cluster.start(t, a, b)?,
-            Servers::Keepalived(dir, k) => {
-                k[0] = Keepalived::start(a, k[0].vrrp, &dir.0)?;
+            Servers::Agents(cluster, agents, extra) => {
+                agents[0] = cluster.start_with(t, a, b, |c| c + &extra[0])?
+            }
+            Servers::Keepalived(dir, k, _) => {
+                k[0] = Keepalived::start_tracking(a, k[0].vrrp, &dir.0, k[0].track.clone())?;
             }
         }
         Ok(())
     }
 
     fn logs(&self) -> (String, String) {
-        match &self.servers {
-            Servers::Agents(_, agents) => (agents[0].log(), agents[1].log()),
-            Servers::Keepalived(_, k) => (k[0].log(), k[1].log()),
-        }
+        logs(&self.servers)
     }
 
     fn crash_a(&mut self) -> Result<u64> {
@@ -199,7 +351,12 @@ impl Rig {
 
 /// One trial: (client-seen gap, requests lost).
 fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)> {
-    let mut r = rig(t, system)?;
+    let services = if sc.is_service() {
+        Services::Web
+    } else {
+        Services::None
+    };
+    let mut r = rig(t, system, services)?;
     let t0 = match sc {
         Scenario::Crash => r.crash_a()?,
         Scenario::Silent => {
@@ -244,11 +401,30 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
             }
             t0
         }
+        Scenario::SvcFail | Scenario::SvcHang => {
+            let signal = if sc == Scenario::SvcFail {
+                libc::SIGKILL
+            } else {
+                libc::SIGSTOP
+            };
+            let t0 = r.signal_web_a(t, signal)?;
+            if let Err(e) = r.wait_served_by("b", t0) {
+                let (la, lb) = r.logs();
+                bail!("{e}\n-- a:\n{la}-- b:\n{lb}");
+            }
+            t0
+        }
     };
+    if sc.is_service() {
+        return service_trial_end(r, t0);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let end = now_us();
     let (la, lb) = r.logs();
-    let seen: Seen = r.load.stop();
+    let ClientLoad::Udp(load) = r.load else {
+        unreachable!("a node's fault runs the UDP load")
+    };
+    let seen: Seen = load.stop();
     if std::env::var_os("TAKEOVER_BENCH_LOGS").is_some() {
         let (gap, at) = seen.longest_gap_at(t0.saturating_sub(100_000), end);
         eprintln!(
@@ -263,6 +439,49 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
     // Requests still in flight at the end are not counted as lost.
     let lost = seen.lost(t0.saturating_sub(50_000), end.saturating_sub(50_000));
     Ok((gap, lost))
+}
+
+/// After a service's fault, b answers: the measure ends 50 ms after its first reply, before
+/// a's restart (its start-up competes for these CPUs; its traffic would come back only after
+/// the hold anyway), and begins at the last reply before the fault: the silence the fault
+/// caused and whatever follows, not a hiccup before it. Every request sent until the end has
+/// had time to finish (the HTTP load drains): the lost are those sent from 50 ms before the
+/// fault to the end.
+fn service_trial_end(r: Rig, t0: u64) -> Result<(Duration, usize)> {
+    std::thread::sleep(Duration::from_millis(100));
+    let (la, lb) = r.logs();
+    let ClientLoad::Http(load) = r.load else {
+        unreachable!("a service's fault runs the HTTP load")
+    };
+    let s = load.stop()?;
+    let first_b = s
+        .seen
+        .first_reply("b", t0)
+        .context("b answered, and then its reply is not in the record")?;
+    let end = first_b + 50_000;
+    let start = s
+        .seen
+        .replies
+        .values()
+        .map(|(t, _)| *t)
+        .filter(|t| *t <= t0)
+        .max()
+        .unwrap_or(t0.saturating_sub(100_000));
+    let from = t0.saturating_sub(50_000);
+    let (gap, at) = s.seen.longest_gap_at(start, end);
+    if std::env::var_os("TAKEOVER_BENCH_LOGS").is_some() {
+        let us = |t: u64| format!("{}.{:06}", t / 1_000_000, t % 1_000_000);
+        eprintln!(
+            "t0 = {}, b's first reply {} (+{:.1} ms), longest gap {gap:?} from {} (the longest since 100 ms before the fault: {:?}); failed requests by reason: {:?}\n-- a:\n{la}-- b:\n{lb}",
+            us(t0),
+            us(first_b),
+            (first_b - t0) as f64 / 1e3,
+            us(at),
+            s.seen.longest_gap(t0.saturating_sub(100_000), end),
+            s.failures(from, end),
+        );
+    }
+    Ok((gap, s.seen.lost(from, end)))
 }
 
 /// Resident memory of `pid`, KiB.
@@ -290,23 +509,73 @@ fn runtime_ns(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// Which soak: the plain one, the dedicated line down, or with services checked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SoakKind {
+    Plain,
+    LineDown,
+    Services,
+}
+
+impl SoakKind {
+    const ALL: [SoakKind; 3] = [Self::Plain, Self::LineDown, Self::Services];
+
+    /// Its name in `TAKEOVER_BENCH_SOAK`.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::LineDown => "line",
+            Self::Services => "services",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Plain => "no services".into(),
+            Self::LineDown => {
+                "no services, the dedicated line down all along (one path left: the LAN alone, with the whole dead time)".into()
+            }
+            Self::Services => format!(
+                "three services: an nginx each on ports {}-{} of the logical address, on both nodes, each checked by HTTP every {CHECK_INTERVAL_MS} ms (timeout {CHECK_TIMEOUT_MS} ms, fall {CHECK_FALL})",
+                WEB_PORT,
+                WEB_PORT + 2
+            ),
+        }
+    }
+}
+
 struct Soak {
     takeovers: usize,
     fences: usize,
+    /// Instances found failed, by either agent (each a false partial takeover).
+    service_faults: usize,
     /// Agents a (serving) and b (standing by), % of a core.
     cpu_percent: [f64; 2],
     rss_kib: u64,
 }
 
-/// 30 s with four CPU-busy processes and no fault (or, with `line_down`, the dedicated line
-/// down from the start: one path left, the LAN confirming with probes): count takeovers,
-/// measure the agent.
-fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
-    let r = rig(t, System::Takeover)?;
-    if line_down {
+/// How long a soak lasts (`TAKEOVER_BENCH_SOAK_SECS` for a shorter look).
+fn soak_time() -> Duration {
+    std::env::var("TAKEOVER_BENCH_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(SOAK, Duration::from_secs)
+}
+
+/// A soak with four CPU-busy processes and no fault (`LineDown`: the dedicated line down from
+/// the start, one path left, the LAN confirming with probes; `Services`: three services
+/// checked every 10 ms): count takeovers and service faults, measure the agent.
+fn soak(t: &Takeover, kind: SoakKind) -> Result<Soak> {
+    let services = if kind == SoakKind::Services {
+        Services::Three
+    } else {
+        Services::None
+    };
+    let r = rig(t, System::Takeover, services)?;
+    if kind == SoakKind::LineDown {
         r.lan.host("a").ns.ip("link set ded down")?;
     }
-    let Servers::Agents(_, agents) = &r.servers else {
+    let Servers::Agents(_, agents, _) = &r.servers else {
         unreachable!("a takeover rig")
     };
     let mut hogs: Vec<Child> = (0..4)
@@ -320,7 +589,8 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
     let pid_b = agents[1].child.id();
     let run0 = runtime_ns(pid)?;
     let run0_b = runtime_ns(pid_b)?;
-    std::thread::sleep(SOAK);
+    let time = soak_time();
+    std::thread::sleep(time);
     let run1 = runtime_ns(pid)?;
     let run1_b = runtime_ns(pid_b)?;
     let rss = rss_kib(pid)?;
@@ -329,12 +599,19 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
         let _ = h.wait();
     }
     let (la, lb) = r.logs();
-    let count =
-        |agent: &Agent, kind: &str| agent.events().iter().filter(|e| e["event"] == kind).count();
+    let count = |i: usize, kind: &str, state: Option<&str>| {
+        agents[i]
+            .events()
+            .iter()
+            .filter(|e| e["event"] == kind && state.is_none_or(|s| e["state"] == s))
+            .count()
+    };
     // b opening anything is a takeover (a serves from the start); a fence by either counts.
-    let takeovers = count(&agents[1], "takeover");
-    let fences = count(&agents[0], "fence_started") + count(&agents[1], "fence_started");
-    if fences > 0 {
+    let takeovers = count(1, "takeover", None);
+    let fences = count(0, "fence_started", None) + count(1, "fence_started", None);
+    let service_faults =
+        count(0, "component", Some("failed")) + count(1, "component", Some("failed"));
+    if fences > 0 || service_faults > 0 {
         let notable = |l: &str| {
             l.lines()
                 .filter(|l| !l.contains("gate on") && !l.contains("threaded"))
@@ -342,7 +619,7 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
                 .join("\n")
         };
         eprintln!(
-            "soak (line down: {line_down}): a fence!\n-- a:\n{}\n-- b:\n{}",
+            "soak ({kind:?}): a fence or a service fault!\n-- a:\n{}\n-- b:\n{}",
             notable(&la),
             notable(&lb)
         );
@@ -350,8 +627,9 @@ fn soak(t: &Takeover, line_down: bool) -> Result<Soak> {
     Ok(Soak {
         takeovers,
         fences,
+        service_faults,
         cpu_percent: [(run0, run1), (run0_b, run1_b)]
-            .map(|(r0, r1)| 100.0 * (r1 - r0) as f64 / 1e9 / SOAK.as_secs_f64()),
+            .map(|(r0, r1)| 100.0 * (r1 - r0) as f64 / 1e9 / time.as_secs_f64()),
         rss_kib: rss,
     })
 }
@@ -391,8 +669,16 @@ fn summary(v: &[(Duration, usize)]) -> (f64, String, f64) {
 
 pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     // TAKEOVER_BENCH_ONLY=Silent TAKEOVER_BENCH_TRIALS=1 TAKEOVER_BENCH_LOGS=1: one look at one
-    // story (TAKEOVER_BENCH_SYSTEMS=takeover leaves keepalived out, TAKEOVER_BENCH_SOAK=0 the soak).
-    let only = std::env::var("TAKEOVER_BENCH_ONLY").ok();
+    // story (TAKEOVER_BENCH_SYSTEMS=takeover leaves keepalived out, TAKEOVER_BENCH_SOAK=0 the
+    // soaks). Scenarios and soaks may be lists: TAKEOVER_BENCH_ONLY=svcfail,svchang.
+    let list = |var: &str| {
+        std::env::var(var).ok().map(|v| {
+            v.split(',')
+                .map(|w| w.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+    };
+    let only = list("TAKEOVER_BENCH_ONLY");
     let systems = std::env::var("TAKEOVER_BENCH_SYSTEMS").ok();
     let trials = std::env::var("TAKEOVER_BENCH_TRIALS")
         .ok()
@@ -401,7 +687,9 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
     let mut results: Vec<(System, Scenario, Trials)> = Vec::new();
     for sc in Scenario::ALL {
         for sys in SYSTEMS {
-            let wanted = only.as_deref().is_none_or(|o| format!("{sc:?}") == o)
+            let wanted = only
+                .as_ref()
+                .is_none_or(|o| o.contains(&format!("{sc:?}").to_ascii_lowercase()))
                 && systems.as_deref().is_none_or(|s| sys.name().starts_with(s));
             if sys.runs(sc) && wanted {
                 results.push((sys, sc, Vec::new()));
@@ -422,12 +710,22 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
             v.push(r);
         }
     }
-    let soak = if std::env::var("TAKEOVER_BENCH_SOAK").as_deref() == Ok("0") {
-        None
-    } else {
-        eprintln!("soak: {SOAK:?} with 4 busy processes, then again with the line down");
-        Some((soak(t, false)?, soak(t, true)?))
+    let soak_kinds: Vec<SoakKind> = match list("TAKEOVER_BENCH_SOAK") {
+        Some(l) if l == ["0"] => Vec::new(),
+        Some(l) => SoakKind::ALL
+            .into_iter()
+            .filter(|k| l.iter().any(|w| w == k.key()))
+            .collect(),
+        None => SoakKind::ALL.to_vec(),
     };
+    let mut soaks = Vec::new();
+    for kind in soak_kinds {
+        eprintln!("soak ({kind:?}): {:?} with 4 busy processes", soak_time());
+        soaks.push((
+            kind,
+            soak(t, kind).with_context(|| format!("soak {kind:?}"))?,
+        ));
+    }
     let mut s = String::new();
     writeln!(s, "## Failover (`cargo xtask bench failover`)\n")?;
     writeln!(
@@ -447,22 +745,38 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
          Ratio = keepalived's median gap / takeover's.\n",
         tm.interval, tm.misses, tm.preempt_delay, keepalived_version()
     )?;
-    writeln!(
-        s,
-        "| scenario | takeover | keepalived VRRPv3, advert 10 ms | keepalived defaults, advert 1 s | ratio (10 ms) | ratio (defaults) |"
-    )?;
-    writeln!(s, "|---|---|---|---|---|---|")?;
+    if results.iter().any(|(_, sc, _)| sc.is_service()) {
+        writeln!(
+            s,
+            "SvcFail and SvcHang fault a service, not the node: nginx (Debian's) answers `GET /` with its host's name on port {WEB_PORT} of the logical address on a and b, \
+             and an HTTP client in `cli` sends 1000 requests/s to it, each on a new TCP connection, none waiting for another (nonblocking sockets in one poll loop); \
+             only a `200` counts as a reply, a refusal, a reset or 2 s without an answer is a lost request. \
+             SvcFail: a's nginx SIGKILLed, its whole process group; SvcHang: SIGSTOPped (a hang: its kernel still accepts connections, nothing answers). \
+             takeover: the agents run nginx as a `[[service]]` checked by HTTP every {CHECK_INTERVAL_MS} ms, timeout {CHECK_TIMEOUT_MS} ms, fall {CHECK_FALL} (an exit is seen at once through a pidfd); \
+             a's gate forwards that port alone to b's nginx over the dedicated line, the address stays on a. \
+             keepalived (VRRPv3, advert 10 ms; not run with its defaults, whose adverts the script's seconds dwarf): the bench runs nginx, a `vrrp_script` \
+             (`curl -sf -m 0.5 http://127.0.0.1/`) every 1 s (whole seconds: the finest 2.2.7 takes), fall 1, rise 1, no weight: a failed script puts a in FAULT, \
+             which gives the address up, and b takes it. Their gap is measured from the client's last reply before the fault (not from 100 ms before it: a hiccup before the fault is not the fault's) to 50 ms after b's first reply, before a restarts its instance (whose traffic comes back only after a hold of 1 s); the requests still open then get 1.5 s to finish.\n"
+        )?;
+    }
+    if !results.is_empty() {
+        writeln!(
+            s,
+            "| scenario | takeover | keepalived VRRPv3, advert 10 ms | keepalived defaults, advert 1 s | ratio (10 ms) | ratio (defaults) |"
+        )?;
+        writeln!(s, "|---|---|---|---|---|---|")?;
+    }
+    let cell = |sys: System, sc: Scenario| {
+        results
+            .iter()
+            .find(|(y, c, v)| *y == sys && *c == sc && !v.is_empty())
+            .map(|(_, _, v)| summary(v))
+    };
     for sc in Scenario::ALL {
-        let cell = |sys: System| {
-            results
-                .iter()
-                .find(|(y, c, v)| *y == sys && *c == sc && !v.is_empty())
-                .map(|(_, _, v)| summary(v))
-        };
-        let ours = cell(System::Takeover);
+        let ours = cell(System::Takeover, sc);
         let (fast, slow) = (
-            cell(System::Keepalived(Vrrp::Fast)),
-            cell(System::Keepalived(Vrrp::Default)),
+            cell(System::Keepalived(Vrrp::Fast), sc),
+            cell(System::Keepalived(Vrrp::Default), sc),
         );
         if ours.is_none() && fast.is_none() && slow.is_none() {
             continue;
@@ -484,26 +798,63 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
             ratio(&slow)
         )?;
     }
-    if let Some((soak, line)) = soak {
+    let hang_target = f64::from(CHECK_FALL * CHECK_INTERVAL_MS) + SVCHANG_SLACK_MS;
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    let mut targets = Vec::new();
+    if let Some((gap, _, lost)) = cell(System::Takeover, Scenario::SvcFail) {
+        targets.push(format!(
+            "SvcFail median gap ≤ {SVCFAIL_GAP_MS} ms and median lost ≤ {SVCFAIL_LOST} ({}: {gap:.1} ms, lost {lost})",
+            verdict(gap <= SVCFAIL_GAP_MS && lost <= SVCFAIL_LOST)
+        ));
+    }
+    if let Some((gap, _, _)) = cell(System::Takeover, Scenario::SvcHang) {
+        targets.push(format!(
+            "SvcHang median gap ≤ fall × interval + {SVCHANG_SLACK_MS} ms = {hang_target} ms ({}: {gap:.1} ms)",
+            verdict(gap <= hang_target)
+        ));
+    }
+    if !targets.is_empty() {
         writeln!(
             s,
-            "\nSoak (takeover), {} s with 4 CPU-busy processes on {} cores and no fault: {} takeovers, {} fence commands; agent a (serving) used {:.2} % of a core, agent b (standing by) {:.2} % (their run time in /proc/PID/task/*/schedstat); RSS of a {:.1} MiB.",
-            SOAK.as_secs(),
+            "\nTargets (takeover): {}. A hang is found by the last of fall ({CHECK_FALL}) failed checks in a row, which fails at its timeout: \
+             between (fall − 1) × interval + timeout and fall × interval + timeout after the hang began ({}–{} ms here, by where in the interval it falls), \
+             then a's gate forwards.",
+            targets.join("; "),
+            (CHECK_FALL - 1) * CHECK_INTERVAL_MS + CHECK_TIMEOUT_MS,
+            CHECK_FALL * CHECK_INTERVAL_MS + CHECK_TIMEOUT_MS,
+        )?;
+    }
+    if !soaks.is_empty() {
+        writeln!(
+            s,
+            "\nSoak (takeover), {} s each with 4 CPU-busy processes on {} cores and no fault, the UDP load running: takeovers (b opening anything), fence commands (either agent), \
+             service faults (an instance either agent found failed: each a false partial takeover); the agents' CPU is their run time in /proc/PID/task/*/schedstat over the soak, \
+             % of a core (the services' own processes not included).\n",
+            soak_time().as_secs(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            soak.takeovers,
-            soak.fences,
-            soak.cpu_percent[0],
-            soak.cpu_percent[1],
-            soak.rss_kib as f64 / 1024.0
         )?;
         writeln!(
             s,
-            "The same with the dedicated line down all along (one path left: the LAN alone, with the whole dead time): {} takeovers, {} fence commands; agents a and b used {:.2} % and {:.2} % of a core.",
-            line.takeovers,
-            line.fences,
-            line.cpu_percent[0],
-            line.cpu_percent[1]
+            "| soak | takeovers | fence commands | service faults | agent a (serving) | agent b (standing by) | RSS of a |"
         )?;
+        writeln!(s, "|---|---|---|---|---|---|---|")?;
+        for (kind, soak) in &soaks {
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} % | {:.2} % | {:.1} MiB |",
+                kind.describe(),
+                soak.takeovers,
+                soak.fences,
+                if *kind == SoakKind::Services {
+                    soak.service_faults.to_string()
+                } else {
+                    "—".into()
+                },
+                soak.cpu_percent[0],
+                soak.cpu_percent[1],
+                soak.rss_kib as f64 / 1024.0
+            )?;
+        }
     }
     Ok(s)
 }

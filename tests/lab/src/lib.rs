@@ -5,9 +5,11 @@
 //! Sockets are opened inside a namespace from a short-lived thread that `setns`es into it; a
 //! socket stays in the namespace it was made in, so the caller can use it from anywhere.
 pub mod agents;
+pub mod bench_services;
 pub mod capture;
 pub mod failover_bench;
 pub mod failover_demo;
+pub mod http_load;
 pub mod keepalived;
 pub mod load;
 pub mod previous;

@@ -147,8 +147,15 @@ impl Task {
             Err(why) => {
                 log::error!("service {}: {why}", self.svc.name);
                 self.notes.lock().unwrap().error = Some(why);
-                self.report(Report::StartFailed { component: c });
-                None
+                if !self.report(Report::StartFailed { component: c }) {
+                    return;
+                }
+                if self.watched() {
+                    // Someone else's, not running yet: found once it runs.
+                    self.find_again(&mut restarts).await
+                } else {
+                    None
+                }
             }
         };
         self.set_pid(instance.as_ref());
@@ -189,7 +196,7 @@ impl Task {
                             log::info!("service {}: the rest of it: {e}", self.svc.name);
                         }
                     }
-                    if !matches!(self.svc.how, Supervision::Run(_) | Supervision::Ocf(_)) {
+                    if self.watched() {
                         // Someone else's: found again once it runs again (its checks bring
                         // it back to Normal).
                         instance = self.find_again(&mut restarts).await;
@@ -236,6 +243,11 @@ impl Task {
 }
 
 impl Task {
+    /// Run by someone else (a pid file, a systemd unit): never started nor stopped here.
+    fn watched(&self) -> bool {
+        !matches!(self.svc.how, Supervision::Run(_) | Supervision::Ocf(_))
+    }
+
     /// Looks for a watched instance until it runs again (a restart order meanwhile only
     /// looks at once).
     async fn find_again(&self, restarts: &mut mpsc::UnboundedReceiver<()>) -> Option<Instance> {

@@ -299,13 +299,38 @@ impl Process {
     }
 }
 
-/// Whether the process group `pgid` is empty by `deadline`.
+/// Whether anyone of process group `pgid` still runs. Zombies do not count: what the
+/// leader left behind is reparented to init, which (in a container, say) may be slow to
+/// reap it, and a zombie holds no port.
+fn group_runs(pgid: u32) -> bool {
+    // SAFETY: no pointers; signal 0 only asks whether anyone is there.
+    if unsafe { libc::kill(-(pgid as libc::pid_t), 0) } < 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .any(|st| {
+            // After the command's closing parenthesis: state, ppid, pgrp.
+            let mut f = st
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|g| g.parse::<u32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
+}
+
+/// Whether the process group `pgid` is empty (or only zombies) by `deadline`.
 async fn group_empties_by(pgid: u32, deadline: Instant) -> bool {
     loop {
-        // SAFETY: no pointers; signal 0 only asks whether anyone is there.
-        if unsafe { libc::kill(-(pgid as libc::pid_t), 0) } < 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
+        if !group_runs(pgid) {
             return true;
         }
         if Instant::now() >= deadline {
