@@ -90,7 +90,10 @@ pub fn wait_services_ready(t: &Takeover, host: &Host, n: usize) -> Result<()> {
         &format!("{}'s services ready", host.name),
         Duration::from_secs(15),
         || {
-            let comps = components(t, host)?;
+            // Not answering yet (still starting) is not ready, not a failure.
+            let Ok(comps) = components(t, host) else {
+                return Ok(None);
+            };
             let ready = (0..n).all(|i| {
                 comps.iter().any(|c| {
                     c["name"] == service_name(i).as_str()
