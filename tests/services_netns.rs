@@ -569,3 +569,34 @@ hold = "300ms"
     assert_eq!(s.component("a", "web")?["state"], "normal");
     Ok(())
 }
+
+/// Continues a stopped process when dropped (also when the test fails).
+struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = signal(self.0, libc::SIGCONT);
+    }
+}
+
+#[test]
+fn a_service_that_exits_goes_to_the_peer_even_while_its_agent_is_frozen() -> Result<()> {
+    let s = Setup::new(&[Recovery::default(), Recovery::default()], [None, None])?;
+    // The data plane holds what to do when the process exits.
+    wait_for("a's exit plan for web armed", WAIT, || {
+        Ok((s.component("a", "web")?["exit_plan"] == "forward to b").then_some(()))
+    })?;
+    let pid = s.pid("a", "web")?;
+    let agent = s.agents[0].child.id() as i32;
+    signal(agent, libc::SIGSTOP)?;
+    let frozen = Frozen(agent);
+    signal(-pid, libc::SIGKILL)?;
+    // Served by b while a's agent cannot have done anything: the exit tracepoint did it.
+    s.logged(s.wait_web("b"))?;
+    drop(frozen);
+    // The agent catches up: restarts its instance and takes the traffic back.
+    s.logged(s.wait_web("a"))?;
+    let web = s.component("a", "web")?;
+    assert_eq!(web["fault"], "exited", "{web}");
+    Ok(())
+}

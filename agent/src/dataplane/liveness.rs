@@ -4,12 +4,12 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, Map, MapData},
+    maps::{Array, HashMap, Map, MapData},
     programs::{links::FdLink, RawTracePoint},
 };
 use takeover_common::{
-    Liveness, AGENT_RUNNING, AGENT_STOPPING, EXIT_LINK_PIN, EXIT_PROGRAM, HEARD_MAP, LIVENESS_MAP,
-    NOTICE_LEN,
+    ExitPlan, ExitPlanKey, Liveness, AGENT_RUNNING, AGENT_STOPPING, EXIT_LINK_PIN, EXIT_PLANS_MAP,
+    EXIT_PROGRAM, HEARD_MAP, LIVENESS_MAP, MAX_PLANS_PER_PROCESS, NOTICE_LEN,
 };
 
 use super::{attach::loader, heard::HeardRing, pins::PinDir, OBJECT};
@@ -19,6 +19,10 @@ use super::{attach::loader, heard::HeardRing, pins::PinDir, OBJECT};
 pub struct Registration {
     map: Array<MapData, Liveness>,
     entry: Liveness,
+    /// The exit tracepoint's plans (see `takeover_common::ExitPlan`), and how many are armed
+    /// per process.
+    plans: HashMap<MapData, ExitPlanKey, ExitPlan>,
+    armed: std::collections::BTreeMap<u32, u32>,
 }
 
 /// Registers the calling process as the agent of this network namespace: peers' heartbeats
@@ -62,7 +66,12 @@ pub fn register(
     let map = ebpf
         .take_map(LIVENESS_MAP)
         .context("the eBPF object has no LIVENESS map")?;
+    let plans = ebpf
+        .take_map(EXIT_PLANS_MAP)
+        .context("the eBPF object has no EXIT_PLANS map")?;
     let mut reg = Registration {
+        plans: HashMap::try_from(plans)?,
+        armed: Default::default(),
         map: Array::try_from(map)?,
         entry: Liveness {
             tgid: std::process::id(),
@@ -81,6 +90,32 @@ impl Registration {
         self.map
             .set(0, self.entry, 0)
             .context("writing the agent's liveness entry")
+    }
+
+    /// Arms what the gate table gets the moment process `tgid` exits (`plans` empty: nothing;
+    /// at most `MAX_PLANS_PER_PROCESS`, the rest is left to the agent).
+    pub fn arm_exit(&mut self, tgid: u32, plans: &[ExitPlan]) -> Result<()> {
+        let n = plans.len().min(MAX_PLANS_PER_PROCESS as usize) as u32;
+        for (index, plan) in plans.iter().take(n as usize).enumerate() {
+            let key = ExitPlanKey {
+                tgid,
+                index: index as u32,
+            };
+            self.plans
+                .insert(key, plan, 0)
+                .context("writing an exit plan")?;
+        }
+        let before = self.armed.get(&tgid).copied().unwrap_or(0);
+        // From the end: the tracepoint stops at the first missing index.
+        for index in (n..before).rev() {
+            let _ = self.plans.remove(&ExitPlanKey { tgid, index });
+        }
+        if n == 0 {
+            self.armed.remove(&tgid);
+        } else {
+            self.armed.insert(tgid, n);
+        }
+        Ok(())
     }
 
     /// The agent is about to exit for a restart (its peers were told): no exit notice.

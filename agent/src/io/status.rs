@@ -80,6 +80,10 @@ pub struct Component {
     /// Per peer: the state of its instance, as its heartbeats say.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
+    /// What the data plane does by itself the moment its process exits (armed on the exit
+    /// tracepoint): `forward to NODE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_plan: Option<String>,
 }
 
 /// What the shell knows of an instance beyond the core's state.
@@ -264,6 +268,9 @@ impl Status {
             if let Some(e) = &c.error {
                 detail.push(e.clone());
             }
+            if let Some(p) = &c.exit_plan {
+                detail.push(format!("on exit: {p}"));
+            }
             let peers: Vec<String> = c.peers.iter().map(|(n, s)| format!("{n}: {s}")).collect();
             components.push([
                 c.name.clone(),
@@ -390,6 +397,7 @@ fn components(core: &Core, now: Duration, lan: &str, notes: &[InstanceNotes]) ->
             restarts: note.restarts,
             error: note.error.clone().or(failing),
             peers,
+            exit_plan: None,
         });
     }
     let link = |name: String, kind: &str, up: bool| Component {
@@ -404,6 +412,7 @@ fn components(core: &Core, now: Duration, lan: &str, notes: &[InstanceNotes]) ->
         restarts: 0,
         error: None,
         peers: BTreeMap::new(),
+        exit_plan: None,
     };
     out.push(link(lan.to_string(), "lan", core.lan_up()));
     if cfg.paths > 1 {

@@ -20,6 +20,14 @@ pub const LIVENESS_MAP: &str = "LIVENESS";
 /// One per network namespace, beside [`LIVENESS_MAP`]: the ring of [`Heard`] heartbeats.
 pub const HEARD_MAP: &str = "HEARD";
 
+/// Of the exit tracepoint's object, not pinned (it lives as long as the tracepoint's link):
+/// per process the agent watches, the gate entries to write the moment it exits
+/// ([`ExitPlanKey`] -> [`ExitPlan`]).
+pub const EXIT_PLANS_MAP: &str = "EXIT_PLANS";
+/// Plans per process (a service's ports on its addresses), and processes watched.
+pub const MAX_PLANS_PER_PROCESS: u32 = 16;
+pub const MAX_EXIT_PLANS: u32 = 4096;
+
 /// Program names (the `fn` names in `ebpf/gate`).
 pub const XDP_PROGRAM: &str = "gate_ingress";
 pub const TC_PROGRAM: &str = "gate_egress";
@@ -347,6 +355,24 @@ pub struct Heard {
     pub data: [u8; HEARD_MAX],
 }
 
+/// Key of [`EXIT_PLANS_MAP`]: a process (thread group id) and the plan's number, from 0,
+/// without gaps (the tracepoint reads them in order and stops at the first missing one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExitPlanKey {
+    pub tgid: u32,
+    pub index: u32,
+}
+
+/// What to write in the gate table when that process exits: a service's entry, turned to
+/// forward its traffic to a peer's instance before the agent has even heard of the exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitPlan {
+    pub key: GateKey,
+    pub value: GateValue,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, `#[repr(C)]`, no padding, every bit pattern valid.
@@ -355,6 +381,8 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::Liveness {}
     unsafe impl aya::Pod for super::Heard {}
+    unsafe impl aya::Pod for super::ExitPlanKey {}
+    unsafe impl aya::Pod for super::ExitPlan {}
 }
 
 // The layouts are part of the ABI: fail the build if one changes by accident.
@@ -362,4 +390,6 @@ const _: () = assert!(core::mem::size_of::<GateKey>() == 20);
 const _: () = assert!(core::mem::size_of::<GateValue>() == 20);
 const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 const _: () = assert!(core::mem::size_of::<Liveness>() == 48);
+const _: () = assert!(core::mem::size_of::<ExitPlanKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ExitPlan>() == 40);
 const _: () = assert!(core::mem::size_of::<Heard>() == 48 + HEARD_MAX);

@@ -18,10 +18,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use takeover_common::{
-    Action, Counters, GateKey, GateValue, Heard, Liveness, ACTION_NONE, AGENT_EXITED, AGENT_NONE,
-    AGENT_RUNNING, FLAG_SERVICES, HEARD_MAX, HEARD_RING_BYTES, MAX_GATES, MAX_REDIRECT_IFACES,
-    NOTICE_LEN, PROTO_UDP, WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER,
-    WIRE_MAGIC,
+    Action, Counters, ExitPlan, ExitPlanKey, GateKey, GateValue, Heard, Liveness, ACTION_NONE,
+    AGENT_EXITED, AGENT_NONE, AGENT_RUNNING, FLAG_SERVICES, HEARD_MAX, HEARD_RING_BYTES,
+    MAX_EXIT_PLANS, MAX_GATES, MAX_PLANS_PER_PROCESS, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP,
+    WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER, WIRE_MAGIC,
 };
 
 use parse::{Frame, Packet, SkbFrame, XdpFrame};
@@ -45,6 +45,9 @@ static INFO: Array<u32> = Array::pinned(1, 0);
 
 /// Slot 0: the agent of this network namespace (see `takeover_common::Liveness`). Shared by
 /// every interface's gate and by `agent_exit`: the agent pins it per namespace.
+#[map(name = "EXIT_PLANS")]
+static EXIT_PLANS: HashMap<ExitPlanKey, ExitPlan> = HashMap::with_max_entries(MAX_EXIT_PLANS, 0);
+
 #[map(name = "LIVENESS")]
 static LIVENESS: Array<Liveness> = Array::pinned(1, 0);
 
@@ -413,11 +416,23 @@ fn take_heartbeat(
 }
 
 /// `sched_process_exit`: the registered agent's main thread is exiting. Unless the agent said
-/// it was stopping (a planned restart), mark it dead, for `exit_notice`.
+/// it was stopping (a planned restart), mark it dead, for `exit_notice`. A service's process
+/// exiting: its exit plans go into the gate table now, at the start of its exit, before its
+/// files are closed and long before the agent hears of it.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn agent_exit(_ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
     let (tgid, pid) = ((id >> 32) as u32, id as u32);
+    if pid == tgid {
+        for index in 0..MAX_PLANS_PER_PROCESS {
+            // SAFETY: a map value, copied out at once.
+            let Some(plan) = (unsafe { EXIT_PLANS.get(&ExitPlanKey { tgid, index }) }).copied()
+            else {
+                break;
+            };
+            let _ = GATES.insert(&plan.key, &plan.value, 0);
+        }
+    }
     if let Some(live) = LIVENESS.get_ptr_mut(0) {
         // SAFETY: a map value; a racing writer can only be the agent registering anew.
         unsafe {

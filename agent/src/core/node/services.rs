@@ -58,6 +58,34 @@ impl Core {
         rank
     }
 
+    /// The peer that takes service `s` (on address `a`, served here) if its instance here
+    /// fails: the first in the address's preference whose instance can serve, said in a
+    /// heartbeat written after it heard that this node serves the address (so its gate
+    /// receives from this one: nothing is forwarded into a closed gate, nor back and forth
+    /// with a node that has not yet heard of a handover).
+    fn taker(&self, s: ResId, a: ResId, now: Duration) -> Option<NodeId> {
+        let me = self.cfg.me;
+        self.cfg.resources[a].preference.iter().copied().find(|&p| {
+            p != me
+                && self.lan_up
+                && self.eligible(p)
+                && self.peers[p].res[a].acked_us >= self.res[a].opened_us
+                && self.health(p, s, now).is_some_and(|h| h.can_serve)
+        })
+    }
+
+    /// What service `s`'s gate becomes if its instance here exits now, while it is served
+    /// here: the data plane writes it the moment the process exits (the shell arms it), and
+    /// the core decides the same once it hears.
+    pub fn exit_plan(&self, s: ResId) -> Option<Gate> {
+        let (a, _) = self.service_of(s)?;
+        let now = self.fed;
+        (self.res[a].open && self.res[s].derived == Gate::Open)
+            .then(|| self.taker(s, a, now))
+            .flatten()
+            .map(Gate::Forward)
+    }
+
     /// The gate service resource `s` must have here now.
     fn service_gate(&self, s: ResId, now: Duration) -> Gate {
         let Some((a, _)) = self.service_of(s) else {
@@ -69,23 +97,8 @@ impl Core {
             if !mine.is_some_and(|h| h.faulty) {
                 return Gate::Open;
             }
-            // Over the LAN to the first peer whose instance can serve, said in a heartbeat
-            // written after it heard that this node serves the address (so its gate receives
-            // from this one: nothing is forwarded into a closed gate, nor back and forth
-            // with a node that has not yet heard of a handover). If none can, it stays
-            // (nothing moves: the status says so).
-            return self.cfg.resources[a]
-                .preference
-                .iter()
-                .copied()
-                .find(|&p| {
-                    p != me
-                        && self.lan_up
-                        && self.eligible(p)
-                        && self.peers[p].res[a].acked_us >= self.res[a].opened_us
-                        && self.health(p, s, now).is_some_and(|h| h.can_serve)
-                })
-                .map_or(Gate::Open, Gate::Forward);
+            // If none can take it, it stays (nothing moves: the status says so).
+            return self.taker(s, a, now).map_or(Gate::Open, Gate::Forward);
         }
         let server = self
             .current(a)

@@ -52,6 +52,14 @@ impl Shell {
             if found == Some(want) {
                 continue;
             }
+            // A service's exit plan written by the data plane at its process's exit: the
+            // core hears of the exit within the next wake-up and holds the same.
+            if found == Some(GateAction::Forward)
+                && gate == Gate::Open
+                && self.core.exit_plan(r).is_some()
+            {
+                continue;
+            }
             log::warn!(
                 "gate of {} was changed behind the agent (found {}, the agent holds {}): written again",
                 resource_name(&self.core_cfg, r),

@@ -183,8 +183,12 @@ struct Shell {
     refused: arrivals::RefusedLog,
     /// The next gate entry the audit reads.
     audit_next: usize,
-    /// The services' instances here.
+    /// The services' instances here, and per component the exit plans armed for its
+    /// process (its pid, 0: none).
     services: services::Services,
+    exit_armed: Vec<(u32, Vec<takeover_common::ExitPlan>)>,
+    /// Per component, its services' resources.
+    component_res: Vec<Vec<usize>>,
     start: Instant,
 }
 
@@ -214,6 +218,7 @@ impl Shell {
         let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
         loop {
             self.perform(rt, &poller, &mut out)?;
+            self.arm_exit_plans();
             let mut wake = self.start + self.core.poll_timeout();
             for f in &self.fencing {
                 let check = if f.has_pidfd() {
@@ -350,14 +355,25 @@ impl Shell {
 
     fn control(&mut self, command: control::Command, now: Duration) -> serde_json::Value {
         match command {
-            control::Command::Status => serde_json::to_value(super::status::Status::of(
-                &self.core,
-                now,
-                &self.lan.name,
-                &self.received,
-                &self.services.notes(),
-            ))
-            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+            control::Command::Status => {
+                let mut st = super::status::Status::of(
+                    &self.core,
+                    now,
+                    &self.lan.name,
+                    &self.received,
+                    &self.services.notes(),
+                );
+                for (c, (tgid, plans)) in self.exit_armed.iter().enumerate() {
+                    let gate = self.component_res[c]
+                        .iter()
+                        .find_map(|&r| self.core.exit_plan(r));
+                    if *tgid != 0 && !plans.is_empty() {
+                        st.components[c].exit_plan = gate.map(|g| g.describe(&self.core_cfg));
+                    }
+                }
+                serde_json::to_value(st)
+                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+            }
             control::Command::Switchover { addr, to } => {
                 let a = addr.parse::<IpAddr>().ok().and_then(|ip| {
                     self.core_cfg

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use takeover_common::{Action as GateAction, GateValue};
+use takeover_common::{Action as GateAction, ExitPlan, GateValue};
 
 use super::Shell;
 use crate::{
@@ -68,7 +68,16 @@ impl Shell {
     }
 
     fn set_gate(&mut self, res: ResId, gate: Gate) -> Result<()> {
-        let value = match gate {
+        let value = self.gate_value(res, gate);
+        for t in &self.targets[res] {
+            self.gates.set(t, value)?;
+        }
+        Ok(())
+    }
+
+    /// The data plane's value for `gate` of resource `res`.
+    fn gate_value(&self, res: ResId, gate: Gate) -> GateValue {
+        match gate {
             Gate::Open => GateValue::new(GateAction::Open),
             Gate::Closed => GateValue::new(GateAction::Closed),
             // Without the peer's MAC nothing can be forwarded to it, nor told apart from what
@@ -84,11 +93,49 @@ impl Shell {
             Gate::Receive(from) => self
                 .peer_mac(from)
                 .map_or(GateValue::new(GateAction::Closed), GateValue::receive),
-        };
-        for t in &self.targets[res] {
-            self.gates.set(t, value)?;
         }
-        Ok(())
+    }
+
+    /// Arms, for each service instance here, what its gate entries become the moment its
+    /// process exits (the core's `exit_plan`): the data plane writes them from the exit
+    /// tracepoint, before the agent hears. Written only when they change.
+    pub(super) fn arm_exit_plans(&mut self) {
+        if self.registration.is_none() {
+            return;
+        }
+        for c in 0..self.core_cfg.components.len() {
+            let tgid = self.services.pid(c).unwrap_or(0);
+            let mut plans = Vec::new();
+            if tgid != 0 {
+                for &res in &self.component_res[c] {
+                    let Some(gate @ Gate::Forward(to)) = self.core.exit_plan(res) else {
+                        continue;
+                    };
+                    // Without the peer's MAC there is nothing to arm (set_gate says so).
+                    if self.peer_macs[to].is_none() {
+                        continue;
+                    }
+                    let value = self.gate_value(res, gate);
+                    plans.extend(self.targets[res].iter().map(|t| ExitPlan {
+                        key: t.key(),
+                        value,
+                    }));
+                }
+            }
+            if self.exit_armed[c].0 == tgid && self.exit_armed[c].1 == plans {
+                continue;
+            }
+            let (old, _) = std::mem::replace(&mut self.exit_armed[c], (tgid, plans));
+            let reg = self.registration.as_mut().expect("checked above");
+            if old != 0 && old != tgid {
+                let _ = reg.arm_exit(old, &[]);
+            }
+            if tgid != 0 {
+                if let Err(e) = reg.arm_exit(tgid, &self.exit_armed[c].1) {
+                    log::warn!("{e:#}: the agent alone acts on this service's exit");
+                }
+            }
+        }
     }
 
     /// A service handed to peer `to` goes over the dedicated line while its carrier is up

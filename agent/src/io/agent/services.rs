@@ -98,6 +98,11 @@ impl Services {
             .collect()
     }
 
+    /// The pid of component `c`'s instance here, if it runs and is known.
+    pub fn pid(&self, c: usize) -> Option<u32> {
+        self.notes.get(c)?.lock().unwrap().pid
+    }
+
     /// The core's `Restart` of component `c`.
     pub fn restart(&self, c: usize) {
         match self.restart.get(c) {

@@ -381,6 +381,12 @@ impl Shell {
             }
         }
         let here: Vec<bool> = c.core_cfg.components.iter().map(|x| x.here).collect();
+        let mut component_res = vec![Vec::new(); here.len()];
+        for (r, spec) in c.core_cfg.resources.iter().enumerate() {
+            if let Some(sv) = spec.service {
+                component_res[sv.component].push(r);
+            }
+        }
         let services = services::Services::start(
             &cfg.services,
             &here,
@@ -464,6 +470,8 @@ impl Shell {
             announcer,
             refused: Default::default(),
             audit_next: 0,
+            exit_armed: vec![(0, Vec::new()); here.len()],
+            component_res,
             services,
             peer_macs: macs.lan,
             peer_line_macs: macs.line,
