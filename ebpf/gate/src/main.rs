@@ -431,6 +431,8 @@ pub fn agent_exit(_ctx: RawTracePointContext) -> i32 {
                 break;
             };
             let _ = GATES.insert(&plan.key, &plan.value, 0);
+            // Once: a later process given the same pid (the agent dead, say) is not this one.
+            let _ = EXIT_PLANS.remove(&ExitPlanKey { tgid, index });
         }
     }
     if let Some(live) = LIVENESS.get_ptr_mut(0) {
