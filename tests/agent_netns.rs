@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use takeover_lab::{
-    agents::{Agent, Cluster, Timing, LOGICAL},
+    agents::{with_logs, Agent, Cluster, Timing, LOGICAL},
     topology::{wait_for, Host, Lan},
     udp::{Client, Responder},
     Takeover,
@@ -50,13 +50,7 @@ struct Setup {
 impl Setup {
     /// Adds both agents' logs to an error.
     fn logged<T>(&self, r: Result<T>) -> Result<T> {
-        r.map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\na:\n{}\nb:\n{}",
-                self.agents[0].log(),
-                self.agents[1].log()
-            )
-        })
+        with_logs(&self.agents, r)
     }
 }
 

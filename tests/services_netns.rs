@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 use takeover_lab::{
-    agents::{Agent, Cluster, Timing, LOGICAL},
+    agents::{with_logs, Agent, Cluster, Timing, LOGICAL},
     services::{dns_who, dnsmasq_conf, http_get, nginx_conf, nginx_daemon_conf},
     topology::{wait_for, Host, Lan},
     Takeover,
@@ -145,13 +145,7 @@ impl Setup {
 
     /// Adds both agents' logs to an error.
     fn logged<T>(&self, r: Result<T>) -> Result<T> {
-        r.map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\na:\n{}\nb:\n{}",
-                self.agents[0].log(),
-                self.agents[1].log()
-            )
-        })
+        with_logs(&self.agents, r)
     }
 
     fn web(&self) -> Result<Option<String>> {
@@ -220,6 +214,14 @@ impl Setup {
             .skip_while(|w| *w != "lladdr")
             .nth(1)
             .map(String::from))
+    }
+
+    /// SIGKILLs a's nginx and waits until both services are answered by `host` (the whole
+    /// address went there).
+    fn kill_web_and_wait_both_on(&self, host: &str) -> Result<()> {
+        signal(self.pid("a", "web")?, libc::SIGKILL)?;
+        self.logged(self.wait_dns(host))?;
+        self.logged(self.wait_web(host))
     }
 
     /// The interface `host`'s gate sends web's traffic on by (None: the LAN port it came
@@ -427,11 +429,8 @@ fn a_service_that_cannot_recover_escalates_to_a_takeover_of_the_whole_address() 
         ..Recovery::default()
     };
     let s = Setup::new(&[give_up, Recovery::default()], [None, None])?;
-    let pid = s.pid("a", "web")?;
-    signal(pid, libc::SIGKILL)?;
     // The whole address goes to b: both services answered there, the client told.
-    s.logged(s.wait_dns("b"))?;
-    s.logged(s.wait_web("b"))?;
+    s.kill_web_and_wait_both_on("b")?;
     assert_eq!(s.gate("b", None)?, "open");
     assert!(s.agents[0].logged("escalated", &[("service", "web")]));
     wait_for("the client's ARP entry on b", WAIT, || {
@@ -447,10 +446,7 @@ fn a_critical_service_takes_the_address_over_at_its_first_failure() -> Result<()
         ..Recovery::default()
     };
     let s = Setup::new(&[critical.clone(), critical], [None, None])?;
-    let pid = s.pid("a", "web")?;
-    signal(pid, libc::SIGKILL)?;
-    s.logged(s.wait_dns("b"))?;
-    s.logged(s.wait_web("b"))?;
+    s.kill_web_and_wait_both_on("b")?;
     // Restarted and past its hold, a is fit again: its address comes back by preempt, as
     // in any failback.
     s.logged(s.wait_web("a"))?;

@@ -78,6 +78,18 @@ impl Agent {
     }
 }
 
+/// `r`, with every agent's log (named a, b, ... in order) added to its error.
+pub fn with_logs<T>(agents: &[Agent], r: Result<T>) -> Result<T> {
+    r.map_err(|e| {
+        let logs: String = agents
+            .iter()
+            .zip('a'..)
+            .map(|(a, name)| format!("\n{name}:\n{}", a.log()))
+            .collect();
+        anyhow::anyhow!("{e}{logs}")
+    })
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();

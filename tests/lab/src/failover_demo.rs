@@ -49,6 +49,18 @@ fn wait_address(host: &Host) -> Result<()> {
     )
 }
 
+/// A client of `LOGICAL:port` in `cli`, for the load, once `a` answers there.
+pub(crate) fn client_once_a_serves(cli: &Host, port: u16) -> Result<Arc<Client>> {
+    let target = format!("{LOGICAL}:{port}");
+    let probe = Client::new(&cli.ns, "0.0.0.0:0", &target)?;
+    let mut n = 0;
+    wait_for("a to serve", Duration::from_secs(15), || {
+        n += 1;
+        Ok((probe.request(n, Duration::from_millis(100))?.as_deref() == Some("a")).then_some(()))
+    })?;
+    Ok(Arc::new(Client::new(&cli.ns, "0.0.0.0:0", &target)?))
+}
+
 pub fn run(t: &Takeover) -> Result<()> {
     println!("== Topology: client `cli`, servers `a` and `b` on a bridge, a dedicated line a<->b");
     let lan = Lan::new(t, &["cli", "a", "b"])?;
@@ -71,17 +83,7 @@ pub fn run(t: &Takeover) -> Result<()> {
     wait_address(b)?;
     let _ra = Responder::spawn(&a.ns, &format!("{LOGICAL}:{PORT}"), "a")?;
     let _rb = Responder::spawn(&b.ns, &format!("{LOGICAL}:{PORT}"), "b")?;
-    let client = Arc::new(Client::new(
-        &cli.ns,
-        "0.0.0.0:0",
-        &format!("{LOGICAL}:{PORT}"),
-    )?);
-    let probe = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL}:{PORT}"))?;
-    let mut n = 0;
-    wait_for("a to serve", Duration::from_secs(15), || {
-        n += 1;
-        Ok((probe.request(n, Duration::from_millis(100))?.as_deref() == Some("a")).then_some(()))
-    })?;
+    let client = client_once_a_serves(cli, PORT)?;
 
     println!("== Client: one UDP request every millisecond to {LOGICAL}:{PORT}");
     let load = Load::start(client, 1000);

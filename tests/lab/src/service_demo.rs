@@ -3,16 +3,15 @@
 //! Its traffic alone goes to the peer's instance, through the active's gate (the address
 //! does not move), until the agent has restarted it and it has held; then it comes back.
 //! Printed as a timeline and drawn (SVG).
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 
 use crate::{
     agents::{Cluster, Timing, LOGICAL},
-    failover_demo::{draw, log_time},
+    failover_demo::{client_once_a_serves, draw, log_time},
     load::{now_us, Load},
     topology::{wait_for, Lan},
-    udp::Client,
     Takeover,
 };
 
@@ -77,25 +76,15 @@ pub fn run(t: &Takeover) -> Result<()> {
     );
     let agent_a = cluster.start_with(t, a, b, |c| c + &service("a", &bin))?;
     let agent_b = cluster.start_with(t, b, a, |c| c + &service("b", &bin))?;
-    let client = Arc::new(Client::new(
-        &cli.ns,
-        "0.0.0.0:0",
-        &format!("{LOGICAL}:{PORT}"),
-    )?);
-    let probe = Client::new(&cli.ns, "0.0.0.0:0", &format!("{LOGICAL}:{PORT}"))?;
-    let mut n = 0;
-    wait_for("a to serve", Duration::from_secs(15), || {
-        n += 1;
-        Ok((probe.request(n, Duration::from_millis(100))?.as_deref() == Some("a")).then_some(()))
-    })?;
-    let arp = |_: ()| -> Result<String> {
+    let client = client_once_a_serves(cli, PORT)?;
+    let arp = || -> Result<String> {
         Ok(cli
             .ns
             .ip(&format!("neigh show {LOGICAL} dev lan"))?
             .trim()
             .to_string())
     };
-    let arp_before = arp(())?;
+    let arp_before = arp()?;
     let status: serde_json::Value = serde_json::from_str(&t.ok(&a.ns, "status --json")?)?;
     let pid = status["components"]
         .as_array()
@@ -118,7 +107,7 @@ pub fn run(t: &Takeover) -> Result<()> {
     })?;
     std::thread::sleep(Duration::from_millis(300));
     let seen = load.stop();
-    let arp_after = arp(())?;
+    let arp_after = arp()?;
 
     let (la, lb) = (agent_a.log(), agent_b.log());
     let resource = format!("{LOGICAL} udp/{PORT}");

@@ -653,17 +653,25 @@ fn random_schedule(seed: u64) {
 
 #[test]
 fn random_fault_schedules_keep_the_invariants() {
-    let base: u64 = std::env::var("TAKEOVER_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    let count: u64 = std::env::var("TAKEOVER_SIM_SCHEDULES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    run_schedules(0x5eed, 2000, random_schedule);
+}
+
+/// Runs `count` schedules from seed `base` (or `TAKEOVER_SIM_SEED`, `TAKEOVER_SIM_SCHEDULES`);
+/// a failing one prints how to run it alone.
+pub(super) fn run_schedules(base: u64, count: u64, schedule: fn(u64)) {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (base, count) = (
+        env("TAKEOVER_SIM_SEED", base),
+        env("TAKEOVER_SIM_SCHEDULES", count),
+    );
     for i in 0..count {
         let seed = base + i;
-        let r = std::panic::catch_unwind(|| random_schedule(seed));
+        let r = std::panic::catch_unwind(|| schedule(seed));
         if let Err(e) = r {
             eprintln!("failing schedule: TAKEOVER_SIM_SEED={seed} TAKEOVER_SIM_SCHEDULES=1");
             std::panic::resume_unwind(e);
@@ -826,15 +834,17 @@ fn a_peer_with_another_configuration_that_dies_is_fenced_and_taken_over() {
     assert_eq!(s.fences_requested, 1);
 }
 
-#[test]
-fn a_version_2_peer_and_this_version_fail_over_both_ways() {
+/// Node 1 runs the cluster's configuration made `older` (an earlier wire version, `spoken`),
+/// node 0 this one: each takes over from the other, a switchover goes both ways, and once
+/// node 1 is upgraded the newest version is spoken between them again.
+fn an_older_peer_and_this_version_fail_over_both_ways(older: fn(&mut CoreConfig), spoken: u8) {
     let mut s = pair(Some(ms(100)));
     let mut old = s.cfg.clone();
-    old.emulate_v2 = true;
-    restart_with(&mut s, 1, Some(old.clone()));
+    older(&mut old);
+    restart_with(&mut s, 1, Some(old));
     after(&mut s, ms(50));
     let c0 = s.nodes[0].core.as_ref().unwrap();
-    assert_eq!(c0.peer_wire_version(1), wire::V2, "{}", s.tail());
+    assert_eq!(c0.peer_wire_version(1), spoken, "{}", s.tail());
     assert!(c0.peer_alive(1) && c0.peer_mismatch(1).is_none());
     assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
     // The new node crashes: the old one takes over; it comes back: failback.
@@ -854,7 +864,7 @@ fn a_version_2_peer_and_this_version_fail_over_both_ways() {
     s.switchover(1, 0, 0);
     time_until(&mut s, ms(100), |s| s.servers(0) == vec![0]);
     assert!(!s.black_hole, "{}", s.tail());
-    // Upgraded: version 3 between them again.
+    // Upgraded: the newest version between them again.
     restart_with(&mut s, 1, None);
     after(&mut s, ms(50));
     assert_eq!(
@@ -864,33 +874,13 @@ fn a_version_2_peer_and_this_version_fail_over_both_ways() {
 }
 
 #[test]
+fn a_version_2_peer_and_this_version_fail_over_both_ways() {
+    an_older_peer_and_this_version_fail_over_both_ways(|c| c.emulate_v2 = true, wire::V2);
+}
+
+#[test]
 fn a_version_3_peer_and_this_version_fail_over_both_ways() {
-    let mut s = pair(Some(ms(100)));
-    let mut old = s.cfg.clone();
-    old.emulate_v3 = true;
-    restart_with(&mut s, 1, Some(old));
-    after(&mut s, ms(50));
-    let c0 = s.nodes[0].core.as_ref().unwrap();
-    assert_eq!(c0.peer_wire_version(1), wire::V3, "{}", s.tail());
-    assert!(c0.peer_alive(1) && c0.peer_mismatch(1).is_none());
-    assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
-    s.crash(0);
-    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
-    s.boot(0);
-    time_until(&mut s, ms(400), |s| s.servers(0) == vec![0]);
-    s.crash(1);
-    time_until(&mut s, ms(100), |s| s.servers(1) == vec![0]);
-    s.boot(1);
-    time_until(&mut s, ms(400), |s| s.servers(1) == vec![1]);
-    s.switchover(0, 0, 1);
-    time_until(&mut s, ms(100), |s| s.servers(0) == vec![1]);
-    assert!(!s.black_hole, "{}", s.tail());
-    restart_with(&mut s, 1, None);
-    after(&mut s, ms(50));
-    assert_eq!(
-        s.nodes[0].core.as_ref().unwrap().peer_wire_version(1),
-        wire::VERSION
-    );
+    an_older_peer_and_this_version_fail_over_both_ways(|c| c.emulate_v3 = true, wire::V3);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::super::{
     component::{Policy, State},
     sim::{self, Rng, Sim},
 };
-use super::tests::{after, ms, time_until, MS};
+use super::tests::{after, ms, run_schedules, time_until, MS};
 use super::*;
 
 /// Two nodes, address 0 on node 0 with services s0.0 (resource 2) and s0.1 (resource 3),
@@ -257,20 +257,5 @@ fn random_schedule(seed: u64) {
 
 #[test]
 fn random_service_fault_schedules_keep_the_invariants() {
-    let base: u64 = std::env::var("TAKEOVER_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5e41);
-    let count: u64 = std::env::var("TAKEOVER_SIM_SCHEDULES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    for i in 0..count {
-        let seed = base + i;
-        let r = std::panic::catch_unwind(|| random_schedule(seed));
-        if let Err(e) = r {
-            eprintln!("failing schedule: TAKEOVER_SIM_SEED={seed} TAKEOVER_SIM_SCHEDULES=1");
-            std::panic::resume_unwind(e);
-        }
-    }
+    run_schedules(0x5e41, 300, random_schedule);
 }

@@ -108,31 +108,30 @@ fn version_3_round_trip_in_runs() {
 
 #[test]
 fn version_4_carries_the_instances_and_version_3_of_the_same_summary_leaves_them_out() {
-    let s = states_v4(40);
-    let parts = v3::pack(&s, VERSION);
-    let got = decode(
-        &v3::encode(&header(5), VERSION, &[9; 8], 40, &parts[0], KEY),
-        KEY,
-    )
-    .unwrap();
-    assert_eq!(got.version, VERSION);
-    assert!(got.header.reads_v3 && got.header.reads_v4);
-    let Body::V3(part) = got.body else {
-        panic!("not version 4")
+    // Packed for `version` in one part, encoded, decoded: the header and the states read.
+    let round_trip = |s: &[v3::State], version: u8| {
+        let parts = v3::pack(s, version);
+        let got = decode(
+            &v3::encode(&header(5), version, &[9; 8], 40, &parts[0], KEY),
+            KEY,
+        )
+        .unwrap();
+        assert_eq!(got.version, version);
+        let Body::V3(part) = got.body else {
+            panic!("not version {version}")
+        };
+        (
+            got.header,
+            part.states().map(|(_, s)| s).collect::<Vec<_>>(),
+        )
     };
-    assert_eq!(part.states().map(|(_, s)| s).collect::<Vec<_>>(), s);
+    let s = states_v4(40);
+    let (h, back) = round_trip(&s, VERSION);
+    assert!(h.reads_v3 && h.reads_v4);
+    assert_eq!(back, s);
     // The same summary for a version-3 peer: everything but the instances, which a
     // version-3 reader would refuse.
-    let older = v3::pack(&s, V3);
-    let got = decode(
-        &v3::encode(&header(6), V3, &[9; 8], 40, &older[0], KEY),
-        KEY,
-    )
-    .unwrap();
-    assert_eq!(got.version, V3);
-    let Body::V3(part) = got.body else {
-        panic!("not version 3")
-    };
+    let (_, back) = round_trip(&s, V3);
     let without: Vec<v3::State> = s
         .iter()
         .map(|x| v3::State {
@@ -140,7 +139,7 @@ fn version_4_carries_the_instances_and_version_3_of_the_same_summary_leaves_them
             ..*x
         })
         .collect();
-    assert_eq!(part.states().map(|(_, s)| s).collect::<Vec<_>>(), without);
+    assert_eq!(back, without);
     // Version 3 with an instance in it (a version-4 body under a version-3 byte) is refused,
     // and so is an instance state with bits nobody defined.
     let mut mislabelled = v4_message(7);

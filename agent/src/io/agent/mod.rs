@@ -98,13 +98,8 @@ pub fn run(cfg: Config, key: Vec<u8>, realtime_priority: bool) -> Result<()> {
     // Nothing this process inherited (a lock its starter holds, say) goes on to what it
     // runs: services that outlive it, OCF agents, checks, fence commands. Its own
     // descriptors are close-on-exec already.
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
-    // SAFETY: no pointers; marks descriptors close-on-exec, closes nothing now.
-    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) } != 0 {
-        log::warn!(
-            "close_range: {}: inherited descriptors pass on to services",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::sys::inherit_nothing() {
+        log::warn!("close_range: {e}: inherited descriptors pass on to services");
     }
     // The heartbeats have this thread to themselves, in a loop of plain system calls
     // (`io::udp`). What is slow or rare (netlink, the control socket, signals, the fence,

@@ -480,10 +480,7 @@ fn spawn(run: &Run, state_dir: &Path, pid_file: &Path) -> Result<Process, String
         check(unsafe { libc::setsid() })?;
         // Nothing the agent inherited (a lock its starter held, say) goes on to the
         // service, which outlives the agent: every descriptor past stderr closes at exec.
-        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
-        check(unsafe {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) as libc::c_int
-        })?;
+        crate::sys::inherit_nothing()?;
         if let Some(u) = &user {
             // Groups and gid before the uid: after it, they could not be changed.
             check(unsafe { libc::setgroups(u.groups.len(), u.groups.as_ptr()) })?;
@@ -744,6 +741,16 @@ mod tests {
         timeout(BOUND, i.exited()).await.unwrap();
     }
 
+    /// Stops `i` once its shell has had time to set its `trap '' TERM` (the SIGTERM must
+    /// meet the trap), and returns the error the forced stop reports.
+    async fn stop_after_traps_are_set(i: Instance) -> String {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        timeout(BOUND, i.stop())
+            .await
+            .expect("stop hung")
+            .unwrap_err()
+    }
+
     #[tokio::test]
     async fn stop_kills_what_ignores_sigterm_after_the_stop_timeout() {
         let s = Scratch::new("trap");
@@ -755,12 +762,7 @@ mod tests {
         let i = Instance::start(&svc, &s.dir).await.unwrap();
         let pid = s.hold(i.pid().unwrap());
         let start = stat(pid).unwrap().start;
-        // Let sh set its trap before the SIGTERM.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let err = timeout(BOUND, i.stop())
-            .await
-            .expect("stop hung")
-            .unwrap_err();
+        let err = stop_after_traps_are_set(i).await;
         assert!(
             err.contains("did not stop within 200ms of SIGTERM") && err.contains("SIGKILL"),
             "{err}"
@@ -783,12 +785,7 @@ mod tests {
         let pid = s.hold(i.pid().unwrap());
         let worker = wait_for_file(&kid).await.trim().parse().unwrap();
         let worker_start = stat(s.hold(worker)).unwrap().start;
-        // Let the worker set its trap before the SIGTERM.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let err = timeout(BOUND, i.stop())
-            .await
-            .expect("stop hung")
-            .unwrap_err();
+        let err = stop_after_traps_are_set(i).await;
         assert!(
             err.starts_with(&format!("process {pid} exited on SIGTERM, but others")),
             "{err}"
