@@ -264,12 +264,20 @@ impl Process {
             return Ok(());
         }
         self.signal_group(libc::SIGKILL);
-        if tokio::time::timeout(KILL_WAIT, self.exited(true))
+        let kill_deadline = Instant::now() + KILL_WAIT;
+        if tokio::time::timeout_at(kill_deadline, self.exited(true))
             .await
             .is_err()
         {
             return Err(format!(
                 "process {pid} is still running {KILL_WAIT:?} after SIGKILL"
+            ));
+        }
+        // A SIGKILLed worker dies when next scheduled, not at once: the instance is stopped
+        // (its port free for a restart) only once its group is empty.
+        if !group_empties_by(pid, kill_deadline).await {
+            return Err(format!(
+                "others of process {pid}'s group are still running {KILL_WAIT:?} after SIGKILL"
             ));
         }
         Err(if leader {
