@@ -7,7 +7,7 @@
 //! `TAKEOVER_BENCH_SYSTEMS=takeover` (or `keepalived`), `TAKEOVER_BENCH_SOAK=0` (no soak;
 //! or some of `plain,line,services`), `TAKEOVER_BENCH_SOAK_SECS=10`, `TAKEOVER_BENCH_LOGS=1`.
 use std::{
-    fmt::Write as _, net::SocketAddrV4, path::PathBuf, process::Child, sync::Arc, time::Duration,
+    fmt::Write as _, net::SocketAddrV4, path::{Path, PathBuf}, process::Child, sync::Arc, time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -499,14 +499,24 @@ fn rss_kib(pid: u32) -> Result<u64> {
 fn runtime_ns(pid: u32) -> Result<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
-        total += stat
-            .split_whitespace()
-            .next()
-            .context("schedstat")?
-            .parse::<u64>()?;
+        total += task_runtime_ns(&task?.path())?;
     }
     Ok(total)
+}
+
+/// Nanoseconds the agent's main thread, its heartbeat loop, has run (the checks and the
+/// supervision run on the runtime's other threads).
+fn loop_runtime_ns(pid: u32) -> Result<u64> {
+    task_runtime_ns(Path::new(&format!("/proc/{pid}/task/{pid}")))
+}
+
+fn task_runtime_ns(task: &Path) -> Result<u64> {
+    let stat = std::fs::read_to_string(task.join("schedstat"))?;
+    Ok(stat
+        .split_whitespace()
+        .next()
+        .context("schedstat")?
+        .parse::<u64>()?)
 }
 
 /// Which soak: the plain one, the dedicated line down, or with services checked.
@@ -551,6 +561,8 @@ struct Soak {
     service_faults: usize,
     /// Agents a (serving) and b (standing by), % of a core.
     cpu_percent: [f64; 2],
+    /// Of that, their heartbeat loops (main threads).
+    loop_percent: [f64; 2],
     rss_kib: u64,
 }
 
@@ -589,10 +601,12 @@ fn soak(t: &Takeover, kind: SoakKind) -> Result<Soak> {
     let pid_b = agents[1].child.id();
     let run0 = runtime_ns(pid)?;
     let run0_b = runtime_ns(pid_b)?;
+    let loop0 = [loop_runtime_ns(pid)?, loop_runtime_ns(pid_b)?];
     let time = soak_time();
     std::thread::sleep(time);
     let run1 = runtime_ns(pid)?;
     let run1_b = runtime_ns(pid_b)?;
+    let loop1 = [loop_runtime_ns(pid)?, loop_runtime_ns(pid_b)?];
     let rss = rss_kib(pid)?;
     for h in &mut hogs {
         let _ = h.kill();
@@ -628,10 +642,15 @@ fn soak(t: &Takeover, kind: SoakKind) -> Result<Soak> {
         takeovers,
         fences,
         service_faults,
-        cpu_percent: [(run0, run1), (run0_b, run1_b)]
-            .map(|(r0, r1)| 100.0 * (r1 - r0) as f64 / 1e9 / time.as_secs_f64()),
+        cpu_percent: [(run0, run1), (run0_b, run1_b)].map(|(r0, r1)| share(r1 - r0, time)),
+        loop_percent: [0, 1].map(|i| share(loop1[i] - loop0[i], time)),
         rss_kib: rss,
     })
+}
+
+/// `ran` over `time`, in % of a core.
+fn share(ran: u64, time: Duration) -> f64 {
+    100.0 * ran as f64 / 1e9 / time.as_secs_f64()
 }
 
 /// Per trial: (client-seen gap, requests lost).
@@ -829,7 +848,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
             s,
             "\nSoak (takeover), {} s each with 4 CPU-busy processes on {} cores and no fault, the UDP load running: takeovers (b opening anything), fence commands (either agent), \
              service faults (an instance either agent found failed: each a false partial takeover); the agents' CPU is their run time in /proc/PID/task/*/schedstat over the soak, \
-             % of a core (the services' own processes not included).\n",
+             % of a core (the services' own processes not included), and in brackets its heartbeat loop's share (the main thread; checks and supervision run on others).\n",
             soak_time().as_secs(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         )?;
@@ -841,7 +860,7 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
         for (kind, soak) in &soaks {
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} % | {:.2} % | {:.1} MiB |",
+                "| {} | {} | {} | {} | {:.2} % ({:.2} %) | {:.2} % ({:.2} %) | {:.1} MiB |",
                 kind.describe(),
                 soak.takeovers,
                 soak.fences,
@@ -851,7 +870,9 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
                     "—".into()
                 },
                 soak.cpu_percent[0],
+                soak.loop_percent[0],
                 soak.cpu_percent[1],
+                soak.loop_percent[1],
                 soak.rss_kib as f64 / 1024.0
             )?;
         }
