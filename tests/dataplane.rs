@@ -1219,3 +1219,55 @@ fn a_registered_agents_data_plane_answers_probes_itself() {
         );
     }
 }
+
+#[test]
+fn a_leased_gate_serves_only_while_the_lease_runs_both_ways() {
+    use takeover::dataplane::{heard::clock_ns, lease::Lease};
+    let mut g = Gate::load();
+    let lease = Lease::new(g.ebpf.take_map(takeover_common::LEASE_MAP).unwrap()).unwrap();
+    g.set(v4(LOGICAL4), None, GateValue::new(Action::Open).leased());
+    g.set(v6(LOGICAL6), None, GateValue::receive(PEER_MAC).leased());
+    g.set(v4(OTHER4), None, GateValue::new(Action::Open));
+    let request = udp4(CLIENT4, LOGICAL4, 1000, 53);
+    let reply = udp4(LOGICAL4, CLIENT4, 53, 1000);
+    let forwarded6 = forwarded(&udp6(CLIENT6, LOGICAL6, 1000, 53), PEER_MAC);
+    let serves = |g: &Gate| {
+        (
+            g.ingress(&request).0,
+            g.egress(&reply),
+            g.ingress(&arp(1, CLIENT4, LOGICAL4)).0,
+            g.ingress(&forwarded6).0,
+        )
+    };
+    let closed = (XDP_DROP, TC_SHOT, XDP_DROP, XDP_DROP);
+    // Never renewed (a fresh map holds zero): lapsed, closed both ways, ARP included.
+    assert_eq!(serves(&g), closed);
+    // An entry written without the flag (the CLI's, an earlier release's) knows no lease.
+    assert_eq!(g.ingress(&udp4(CLIENT4, OTHER4, 1000, 53)).0, XDP_PASS);
+    assert_eq!(g.egress(&udp4(OTHER4, CLIENT4, 53, 1000)), TC_PASS);
+
+    lease.extend(clock_ns() + 60_000_000_000);
+    assert_eq!(serves(&g), (XDP_PASS, TC_PASS, XDP_PASS, XDP_PASS));
+    // The kernel's word at the agent's exit, or time running out: closed again.
+    lease.lapse();
+    assert_eq!(serves(&g), closed);
+    lease.extend(clock_ns() + 60_000_000_000);
+    assert!(
+        lease.extend(clock_ns()) > clock_ns(),
+        "extending never shortens"
+    );
+    assert_eq!(serves(&g).0, XDP_PASS);
+    lease.lapse();
+    lease.extend(clock_ns().saturating_sub(1_000_000));
+    assert_eq!(serves(&g), closed, "an end in the past");
+    let c = g.counters(v4(LOGICAL4), None);
+    assert_eq!(c.rx_drop_packets, 6, "counted as the drops they are");
+
+    // A forward claims nothing and serves nothing here: no lease needed for it.
+    g.set(
+        v4(LOGICAL4),
+        None,
+        GateValue::forward(0, PEER_MAC, SERVER_MAC).leased(),
+    );
+    assert_eq!(g.ingress(&request).0, XDP_TX);
+}

@@ -30,9 +30,19 @@ pub struct Config {
     pub services: Vec<Service>,
     pub heartbeat: Heartbeat,
     pub preempt: Preempt,
+    /// `command` empty: none (allowed only with leases).
     pub fence: Fence,
+    pub lease: Lease,
     pub announce: Announce,
     pub key_file: PathBuf,
+}
+
+/// Gates as leases (docs/design.md, "gates are leases"): the data plane serves this node's
+/// gates only while the agent renews them, so a dead, hung or frozen agent's host stops
+/// serving by itself, and peers can take over with no fence command. On by default.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lease {
+    pub enabled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -175,6 +185,7 @@ struct Raw {
     heartbeat: Option<Spanned<RawHeartbeat>>,
     preempt: Option<Spanned<RawPreempt>>,
     fence: Option<Spanned<RawFence>>,
+    lease: Option<Spanned<RawLease>>,
     announce: Option<Spanned<RawAnnounce>>,
     auth: Spanned<RawAuth>,
 }
@@ -221,6 +232,12 @@ struct RawHeartbeat {
 struct RawPreempt {
     enabled: Option<Spanned<bool>>,
     delay: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    enabled: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -656,9 +673,22 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             (Duration::ZERO, Duration::from_secs(3600)),
         ),
     };
+    let lease = Lease {
+        enabled: raw
+            .lease
+            .as_ref()
+            .and_then(|l| l.get_ref().enabled.as_ref())
+            .is_none_or(|e| *e.get_ref()),
+    };
     let fence = match &raw.fence {
+        // The leases prove a dead, hung or frozen peer gone; a fence command may still prove
+        // it sooner, or where its lease cannot (a peer of a release without leases).
+        None if lease.enabled => Fence {
+            command: vec![],
+            timeout: DEFAULT_FENCE_TIMEOUT,
+        },
         None => {
-            c.error(0..0, "fence.command", "missing: without fencing, a takeover can leave two hosts serving one address; give a command that powers the peer off or cuts it off the LAN (the peer's name replaces {peer} in it, or is appended)");
+            c.error(0..0, "fence.command", "missing: with lease.enabled = false, nothing else proves a dead peer gone, and a takeover can leave two hosts serving one address; give a command that powers the peer off or cuts it off the LAN (the peer's name replaces {peer} in it, or is appended), or turn the leases back on");
             Fence {
                 command: vec![],
                 timeout: DEFAULT_FENCE_TIMEOUT,
@@ -740,6 +770,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             agent_exit,
         },
         preempt,
+        lease,
         fence,
         announce,
         key_file,

@@ -211,11 +211,29 @@ fn all_errors_are_reported_at_once_in_file_order() {
 }
 
 #[test]
-fn missing_fence_is_refused_with_the_reason() {
-    let errors = errors_with("[fence]\ncommand = [\"/bin/true\"]\n", "");
+fn missing_fence_is_refused_with_the_reason_when_the_leases_are_off() {
+    let errors = errors_with(
+        "[fence]\ncommand = [\"/bin/true\"]\n",
+        "[lease]\nenabled = false\n",
+    );
     assert!(errors
         .iter()
         .any(|e| e.key == "fence.command" && e.message.contains("two hosts serving one address")));
+}
+
+#[test]
+fn leases_are_on_by_default_and_need_no_fence_command() {
+    let c = parse(&MINIMAL.replacen("[fence]\ncommand = [\"/bin/true\"]\n", "", 1)).unwrap();
+    assert!(c.lease.enabled);
+    assert!(c.fence.command.is_empty());
+    assert!(parse(MINIMAL).unwrap().lease.enabled);
+    let off = parse(&MINIMAL.replacen("[auth]", "[lease]\nenabled = false\n\n[auth]", 1)).unwrap();
+    assert!(!off.lease.enabled);
+    let errors = errors_with("[auth]", "[lease]\nenable = true\n\n[auth]");
+    assert!(
+        errors.iter().any(|e| e.message.contains("enable")),
+        "{errors:#?}"
+    );
 }
 
 #[test]

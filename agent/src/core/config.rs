@@ -27,6 +27,12 @@ pub struct CoreConfig {
     pub preempt: Option<Duration>,
     /// After a failed fence (or a failed durable write), try again this much later.
     pub fence_retry: Duration,
+    /// A fence command is configured: a dead peer is fenced before its resources are taken
+    /// (with leases, whichever proves it gone first wins).
+    pub fence: bool,
+    /// This node's gates are leases (`node::lease`), renewed as the peers allow; peers that
+    /// say theirs are can be proven gone by them, without a fence.
+    pub lease: bool,
     /// How long a starting node waits to hear its peers before it treats the silent ones as
     /// dead (and fences them). At least the dead time; longer in practice, since agents are
     /// rarely started within milliseconds of each other.

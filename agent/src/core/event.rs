@@ -87,6 +87,18 @@ pub enum Event {
     FenceFailed {
         peer: NodeId,
     },
+    /// Dead peer proven gone by its lease: lapsed for sure, or closed by its kernel at its
+    /// agent's exit (`by_kernel`), with no fence.
+    LeaseLapsed {
+        peer: NodeId,
+        by_kernel: bool,
+    },
+    /// No fence command: this node waits for dead peer's lease to lapse before it takes
+    /// anything of it (`leased` false: the peer does not lease its gates, so it never will).
+    LeaseWait {
+        peer: NodeId,
+        leased: bool,
+    },
     /// This node opened the resource (a takeover, a failback, a first start).
     Takeover {
         res: ResId,
@@ -211,6 +223,8 @@ impl Event {
             Event::FenceStarted { .. } => "fence_started",
             Event::Fenced { .. } => "fenced",
             Event::FenceFailed { .. } => "fence_failed",
+            Event::LeaseLapsed { .. } => "lease_lapsed",
+            Event::LeaseWait { .. } => "lease_wait",
             Event::Takeover { .. } => "takeover",
             Event::Handover { .. } => "handover",
             Event::ForwardEnded { .. } => "forward_ended",
@@ -266,6 +280,12 @@ impl Event {
             }
             Event::FenceStarted { peer } | Event::Fenced { peer } | Event::FenceFailed { peer } => {
                 vec![("peer", node(peer))]
+            }
+            Event::LeaseLapsed { peer, by_kernel } => {
+                vec![("peer", node(peer)), ("by_kernel", by_kernel.to_string())]
+            }
+            Event::LeaseWait { peer, leased } => {
+                vec![("peer", node(peer)), ("leased", leased.to_string())]
             }
             Event::Takeover { res: r, epoch } => {
                 vec![("resource", res(r)), ("epoch", epoch.to_string())]
@@ -337,6 +357,22 @@ impl Event {
             Event::Fenced { peer } => format!("peer {} fenced", node(peer)),
             Event::FenceFailed { peer } => format!(
                 "fencing peer {} failed: not taking over its resources (retried)",
+                node(peer)
+            ),
+            Event::LeaseLapsed { peer, by_kernel: true } => format!(
+                "peer {}'s gates closed at its agent's exit (its kernel said so): gone, no fence needed",
+                node(peer)
+            ),
+            Event::LeaseLapsed { peer, by_kernel: false } => format!(
+                "peer {}'s lease has lapsed: its gates are closed, no fence needed",
+                node(peer)
+            ),
+            Event::LeaseWait { peer, leased: true } => format!(
+                "no fence command: waiting for peer {}'s lease to lapse before taking its resources",
+                node(peer)
+            ),
+            Event::LeaseWait { peer, leased: false } => format!(
+                "no fence command, and peer {} does not lease its gates (an older release): its resources cannot be taken until it is heard again; configure [fence]",
                 node(peer)
             ),
             Event::Takeover { res: r, epoch } => format!("{} open (epoch {epoch})", res(r)),

@@ -28,6 +28,7 @@
 //!   differs is reported, never fenced for it, and freezes every move (7).
 mod election;
 mod heartbeat;
+mod lease;
 mod liveness;
 mod peer;
 mod services;
@@ -76,6 +77,10 @@ pub enum FenceState {
     Fenced,
     /// The fence command failed at this time: nothing is taken from this peer; retried later.
     Failed(Duration),
+    /// No fence command: waiting for the peer's lease to lapse (`lease`).
+    Waiting,
+    /// Proven gone by its lease: lapsed for sure, or closed by its kernel at its agent's exit.
+    Lapsed,
 }
 
 /// A datagram as the shell read it: when it arrived, on which path, where its bytes are in
@@ -327,6 +332,9 @@ impl Core {
             if let FenceState::Failed(at) = peer.fence {
                 consider(at + self.cfg.fence_retry);
             }
+            if let Some(at) = self.lease_deadline(p) {
+                consider(at);
+            }
             if let (Some(since), Some(delay)) = (peer.eligible_since, self.cfg.preempt) {
                 consider(since + delay);
             }
@@ -555,6 +563,11 @@ impl Core {
         self.res[a].open
     }
 
+    /// Does this node serve anything (an open gate, or one receiving a handover)?
+    pub fn serves_any(&self) -> bool {
+        (0..self.res.len()).any(|a| matches!(self.gate(a), Gate::Open | Gate::Receive(_)))
+    }
+
     /// The gate of `a` as this node holds it.
     pub fn gate(&self, a: ResId) -> Gate {
         let r = &self.res[a];
@@ -699,5 +712,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lease;
 #[cfg(test)]
 mod tests_services;

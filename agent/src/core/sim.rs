@@ -48,8 +48,13 @@ impl Rng {
 }
 
 impl SimNode {
-    fn is_open(&self, a: usize) -> bool {
+    pub fn is_open(&self, a: usize) -> bool {
         self.gates[a] == Gate::Open
+    }
+
+    /// Do its gates serve at `now`, as far as its lease goes (`leased`: the configuration's)?
+    fn lease_runs(&self, leased: bool, now: Duration) -> bool {
+        !leased || now < self.lease
     }
 
     /// The node this one's gate for `a` receives from, if it does.
@@ -81,6 +86,11 @@ pub struct SimNode {
     pub waiting: Vec<(Duration, usize, Vec<u8>)>,
     /// Per component: its instance on this machine.
     pub instances: Vec<Instance>,
+    /// The data plane's lease (with `CoreConfig::lease`): leased gates serve until then.
+    pub lease: Duration,
+    /// The agent while it is frozen (SIGSTOP): it runs nothing, its gates stay, its kernel
+    /// answers probes (and no exit notice: the process lives).
+    pub frozen: Option<Core>,
 }
 
 /// A service's instance on a simulated machine (outlives its agent, not the machine).
@@ -234,6 +244,8 @@ pub fn config(
         lan_every: 2,
         preempt,
         fence_retry: Duration::from_millis(50),
+        fence: true,
+        lease: false,
         startup_grace: interval * 5,
         restart_grace: Duration::from_millis(500),
         exit_takes_over: true,
@@ -309,6 +321,8 @@ impl Sim {
                 lan_up: true,
                 mute: false,
                 exited: false,
+                lease: Duration::ZERO,
+                frozen: None,
             });
             sim.start_agent(n);
         }
@@ -334,6 +348,10 @@ impl Sim {
             .filter(|&a| node.is_open(a))
             .map(|a| (a, node.epochs[a]))
             .collect();
+        if cfg.lease {
+            // As the shell: gates found open serve on for the dead time from now.
+            node.lease = node.lease.max(self.now + cfg.interval * cfg.misses);
+        }
         let mut core = Core::new(cfg, node.incarnation, self.now, &open);
         node.exited = false;
         core.set_exit_commit(wire::commit(&Self::token(n, node.incarnation)));
@@ -368,6 +386,15 @@ impl Sim {
     pub fn stop_agent(&mut self, n: NodeId) {
         let now = self.now;
         self.feed_waiting(n);
+        if self.cfg.lease {
+            // As the shell: the gates serve on over the restart.
+            let over = now
+                + self
+                    .cfg
+                    .restart_grace
+                    .max(self.cfg.interval * self.cfg.misses);
+            self.nodes[n].lease = self.nodes[n].lease.max(over);
+        }
         if let Some(c) = self.nodes[n].core.as_mut() {
             c.shutdown(now);
         }
@@ -383,7 +410,27 @@ impl Sim {
         self.nodes[n].core = None;
         self.nodes[n].waiting.clear();
         self.nodes[n].exited = true;
+        // Its kernel ends the lease at the exit.
+        self.nodes[n].lease = Duration::ZERO;
         self.trace.push(format!("{:?} n{n} agent killed", self.now));
+    }
+
+    /// The agent is frozen (SIGSTOP) or thawed (SIGCONT); a thawed agent reads what waited.
+    pub fn freeze_agent(&mut self, n: NodeId, frozen: bool) {
+        let node = &mut self.nodes[n];
+        if frozen {
+            node.frozen = node.core.take();
+            node.waiting.clear();
+            self.trace.push(format!("{:?} n{n} agent frozen", self.now));
+        } else if let Some(c) = node.frozen.take() {
+            node.core = Some(c);
+            self.trace.push(format!("{:?} n{n} agent thawed", self.now));
+            let now = self.now;
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_timeout(now);
+            }
+            self.drain(n);
+        }
     }
 
     /// The machine goes down: agent gone, gates gone.
@@ -626,6 +673,14 @@ impl Sim {
                 self.send(n, peer, path, bytes, kind == 0);
             }
         }
+        // As the shell after every wake-up: the lease extended as far as the core allows.
+        if let Some(until) = self.nodes[n]
+            .core
+            .as_ref()
+            .and_then(|c| c.lease_until(self.now))
+        {
+            self.nodes[n].lease = self.nodes[n].lease.max(until);
+        }
         self.check_invariant_1();
         self.check_black_holes();
         self.check_forward_window();
@@ -777,7 +832,9 @@ impl Sim {
     /// a powered node forwards to it (a handover under way).
     fn check_invariant_1(&self) {
         for a in 0..self.cfg.resources.len() {
-            let on = |n: NodeId| self.nodes[n].powered;
+            let on = |n: NodeId| {
+                self.nodes[n].powered && self.nodes[n].lease_runs(self.cfg.lease, self.now)
+            };
             let open: Vec<NodeId> = (0..self.nodes.len())
                 .filter(|&n| {
                     on(n)
@@ -959,7 +1016,11 @@ impl Sim {
     /// Which powered nodes have address `a` open.
     pub fn servers(&self, a: usize) -> Vec<NodeId> {
         (0..self.nodes.len())
-            .filter(|&n| self.nodes[n].powered && self.nodes[n].is_open(a))
+            .filter(|&n| {
+                self.nodes[n].powered
+                    && self.nodes[n].is_open(a)
+                    && self.nodes[n].lease_runs(self.cfg.lease, self.now)
+            })
             .collect()
     }
 

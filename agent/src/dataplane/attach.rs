@@ -13,7 +13,9 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use takeover_common::{ABI_VERSION, HEARD_MAP, INFO_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM};
+use takeover_common::{
+    ABI_VERSION, HEARD_MAP, INFO_MAP, LEASE_MAP, LIVENESS_MAP, TC_PROGRAM, XDP_PROGRAM,
+};
 
 use super::{pinned_link, pins::PinDir, stale, upgrade, OBJECT};
 use crate::sys::{bpffs, iface::Iface};
@@ -117,6 +119,8 @@ pub fn attach_at(pins: &PinDir, iface: &Iface, mode: AttachMode) -> Result<Attac
     check_abi(pins)?;
     let xdp_live = live_link(&pins.xdp_link(), iface)?;
     let tc_live = live_link(&pins.tc_link(), iface)?;
+    // A gate of a release before the lease has no LEASE pin: the programs are swapped below
+    // all the same (the object's loader creates and pins it).
     let maps_pinned = PinDir::MAPS.iter().all(|m| pins.map(m).exists())
         && pins.liveness_map().exists()
         && pins.heard_map().exists();
@@ -176,7 +180,8 @@ pub(super) fn loader(pins: &PinDir) -> EbpfLoader<'_> {
     let mut l = EbpfLoader::new();
     l.default_map_pin_directory(&pins.path)
         .map_pin_path(LIVENESS_MAP, pins.liveness_map())
-        .map_pin_path(HEARD_MAP, pins.heard_map());
+        .map_pin_path(HEARD_MAP, pins.heard_map())
+        .map_pin_path(LEASE_MAP, pins.lease_map());
     l
 }
 
@@ -379,8 +384,9 @@ pub(super) fn remove_pins(pins: &PinDir) {
         .unwrap_or(false);
     if !others {
         let _ = std::fs::remove_file(pins.exit_link());
-        let _ = std::fs::remove_file(pins.liveness_map());
-        let _ = std::fs::remove_file(pins.heard_map());
+        for m in pins.namespace_maps() {
+            let _ = std::fs::remove_file(m);
+        }
         let _ = std::fs::remove_dir(ns);
     }
 }

@@ -130,7 +130,7 @@ fn remove(pins: &Path, run: &PathBuf) -> Result<()> {
         // Namespace-wide pins left without a gate (remove_pins takes them with the last one).
         let any = PinDir::under(pins, "-");
         let _ = pinned_link::detach(&any.exit_link());
-        for p in [any.liveness_map(), any.heard_map()] {
+        for p in any.namespace_maps() {
             let _ = std::fs::remove_file(p);
         }
         std::fs::remove_dir(pins).with_context(|| {

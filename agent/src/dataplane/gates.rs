@@ -6,8 +6,8 @@ use aya::{
     Ebpf,
 };
 use takeover_common::{
-    Action, Counters, GateKey, GateValue, ACTION_NONE, COUNTERS_MAP, FLAG_SERVICES, GATES_MAP,
-    REDIRECT_MAP,
+    Action, Counters, GateKey, GateValue, ACTION_NONE, COUNTERS_MAP, FLAG_LEASED, FLAG_SERVICES,
+    GATES_MAP, REDIRECT_MAP,
 };
 
 use super::{pins::PinDir, target::Target};
@@ -73,10 +73,11 @@ impl Gates {
     pub fn set(&mut self, target: &Target, mut value: GateValue) -> Result<()> {
         let addr_key = target.key().address();
         let existing = self.raw(&addr_key)?;
-        value.flags = 0;
+        // The caller says whether it is leased; the table says whether it has services.
+        value.flags &= FLAG_LEASED;
         if target.service.is_none() {
             // An address verdict keeps the address's service flag.
-            value.flags = existing.map_or(0, |e| e.flags & FLAG_SERVICES);
+            value.flags |= existing.map_or(0, |e| e.flags & FLAG_SERVICES);
             return self.write(target, &addr_key, value);
         }
         self.write(target, &target.key(), value)?;

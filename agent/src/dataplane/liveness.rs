@@ -9,10 +9,10 @@ use aya::{
 };
 use takeover_common::{
     ExitPlan, ExitPlanKey, Liveness, AGENT_RUNNING, AGENT_STOPPING, EXIT_LINK_PIN, EXIT_PLANS_MAP,
-    EXIT_PROGRAM, HEARD_MAP, LIVENESS_MAP, MAX_PLANS_PER_PROCESS, NOTICE_LEN,
+    EXIT_PROGRAM, HEARD_MAP, LEASE_MAP, LIVENESS_MAP, MAX_PLANS_PER_PROCESS, NOTICE_LEN,
 };
 
-use super::{attach::loader, heard::HeardRing, pins::PinDir, OBJECT};
+use super::{attach::loader, heard::HeardRing, lease::Lease, pins::PinDir, OBJECT};
 
 /// This agent's registration; dropping it leaves the registration as it is (the kernel
 /// reports the exit that follows, unless [`Registration::stopping`] said it is planned).
@@ -23,6 +23,8 @@ pub struct Registration {
     /// per process.
     plans: HashMap<MapData, ExitPlanKey, ExitPlan>,
     armed: std::collections::BTreeMap<u32, u32>,
+    /// The lease on the gates marked leased (see `lease`).
+    pub lease: Lease,
 }
 
 /// Registers the calling process as the agent of this network namespace: peers' heartbeats
@@ -69,7 +71,12 @@ pub fn register(
     let plans = ebpf
         .take_map(EXIT_PLANS_MAP)
         .context("the eBPF object has no EXIT_PLANS map")?;
+    let lease = Lease::new(
+        ebpf.take_map(LEASE_MAP)
+            .context("the eBPF object has no LEASE map")?,
+    )?;
     let mut reg = Registration {
+        lease,
         plans: HashMap::try_from(plans)?,
         armed: Default::default(),
         map: Array::try_from(map)?,

@@ -4,6 +4,7 @@ pub mod attach;
 pub mod cleanup;
 pub mod gates;
 pub mod heard;
+pub mod lease;
 pub mod liveness;
 pub mod pinned_link;
 pub mod pins;

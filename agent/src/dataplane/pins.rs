@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use takeover_common::{
-    COUNTERS_MAP, EXIT_LINK_PIN, GATES_MAP, HEARD_MAP, INFO_MAP, LIVENESS_MAP, PIN_ROOT,
+    COUNTERS_MAP, EXIT_LINK_PIN, GATES_MAP, HEARD_MAP, INFO_MAP, LEASE_MAP, LIVENESS_MAP, PIN_ROOT,
     REDIRECT_MAP, TC_LINK_PIN, XDP_LINK_PIN,
 };
 
@@ -55,6 +55,16 @@ impl PinDir {
     /// The namespace's ring of heartbeats the gates took for the agent.
     pub fn heard_map(&self) -> PathBuf {
         self.namespace().join(HEARD_MAP)
+    }
+
+    /// The namespace's lease of the agent (see `takeover_common::LEASE_MAP`).
+    pub fn lease_map(&self) -> PathBuf {
+        self.namespace().join(LEASE_MAP)
+    }
+
+    /// The maps every interface's gate of the namespace shares.
+    pub fn namespace_maps(&self) -> [PathBuf; 3] {
+        [self.liveness_map(), self.heard_map(), self.lease_map()]
     }
 
     /// The namespace's link of the agent-exit tracepoint.

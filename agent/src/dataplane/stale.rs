@@ -60,7 +60,8 @@ pub fn gate_dirs(ns_dir: &Path) -> Vec<PinDir> {
 /// one sentence each, for the operator.
 pub fn sweep(ns_dir: &Path) -> Result<Vec<String>> {
     let any = PinDir::under(ns_dir, "-");
-    let wide = [any.liveness_map(), any.heard_map(), any.exit_link()];
+    let [live, heard, lease] = any.namespace_maps();
+    let wide = [live, heard, lease, any.exit_link()];
     let had_wide = wide.iter().any(|p| p.exists());
     let mut notes = Vec::new();
     for pins in gate_dirs(ns_dir) {

@@ -46,6 +46,7 @@ pub fn event(cfg: &CoreConfig, e: &Event, at: SystemTime) {
         e,
         Event::ConfigMismatch { .. }
             | Event::FenceFailed { .. }
+            | Event::LeaseWait { leased: false, .. }
             | Event::PersistFailed { .. }
             | Event::Escalated { .. }
             | Event::NoInstance { .. }

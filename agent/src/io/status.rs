@@ -186,6 +186,8 @@ impl Status {
                     FenceState::Pending => "pending",
                     FenceState::Fenced => "fenced",
                     FenceState::Failed(_) => "failed",
+                    FenceState::Waiting => "waiting for its lease",
+                    FenceState::Lapsed => "lease lapsed",
                 }
                 .into(),
                 config: core

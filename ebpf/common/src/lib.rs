@@ -19,6 +19,11 @@ pub const INFO_MAP: &str = "INFO";
 pub const LIVENESS_MAP: &str = "LIVENESS";
 /// One per network namespace, beside [`LIVENESS_MAP`]: the ring of [`Heard`] heartbeats.
 pub const HEARD_MAP: &str = "HEARD";
+/// One per network namespace, beside [`LIVENESS_MAP`]: the agent's lease, slot 0, a `u64`:
+/// until when (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) the gates marked [`FLAG_LEASED`] serve.
+/// Memory-mapped by the agent (`BPF_F_MMAPABLE`), which renews it with a store, no system
+/// call. Zero: lapsed. The exit tracepoint zeroes it when the agent dies unannounced.
+pub const LEASE_MAP: &str = "LEASE";
 
 /// Of the exit tracepoint's object, not pinned (it lives as long as the tracepoint's link):
 /// per process the agent watches, the gate entries to write the moment it exits
@@ -174,6 +179,11 @@ pub const ACTION_NONE: u8 = 0;
 /// address entry with this flag (with `ACTION_NONE` if the address has no verdict of its own).
 pub const FLAG_SERVICES: u8 = 1;
 
+/// `GateValue::flags`: this `Open` or `Receive` entry serves only while the namespace's lease
+/// ([`LEASE_MAP`]) runs; once it has lapsed the entry acts as `Closed`, both ways (a dead,
+/// hung or frozen agent's host stops serving by itself). Other actions ignore it.
+pub const FLAG_LEASED: u8 = 2;
+
 /// Value of the gate table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +249,18 @@ impl GateValue {
 
     pub const fn has_services(&self) -> bool {
         self.flags & FLAG_SERVICES != 0
+    }
+
+    /// The same entry, serving only while the lease runs (see [`FLAG_LEASED`]).
+    pub const fn leased(self) -> Self {
+        Self {
+            flags: self.flags | FLAG_LEASED,
+            ..self
+        }
+    }
+
+    pub const fn is_leased(&self) -> bool {
+        self.flags & FLAG_LEASED != 0
     }
 }
 

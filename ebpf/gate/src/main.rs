@@ -19,9 +19,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use takeover_common::{
     Action, Counters, ExitPlan, ExitPlanKey, GateKey, GateValue, Heard, Liveness, ACTION_NONE,
-    AGENT_EXITED, AGENT_NONE, AGENT_RUNNING, FLAG_SERVICES, HEARD_MAX, HEARD_RING_BYTES,
-    MAX_EXIT_PLANS, MAX_GATES, MAX_PLANS_PER_PROCESS, MAX_REDIRECT_IFACES, NOTICE_LEN, PROTO_UDP,
-    WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER, WIRE_MAGIC,
+    AGENT_EXITED, AGENT_NONE, AGENT_RUNNING, FLAG_LEASED, FLAG_SERVICES, HEARD_MAX,
+    HEARD_RING_BYTES, MAX_EXIT_PLANS, MAX_GATES, MAX_PLANS_PER_PROCESS, MAX_REDIRECT_IFACES,
+    NOTICE_LEN, PROTO_UDP, WIRE_KIND_HEARTBEAT, WIRE_KIND_PROBE, WIRE_KIND_PROBE_ANSWER,
+    WIRE_MAGIC,
 };
 
 use parse::{Frame, Packet, SkbFrame, XdpFrame};
@@ -50,6 +51,23 @@ static EXIT_PLANS: HashMap<ExitPlanKey, ExitPlan> = HashMap::with_max_entries(MA
 
 #[map(name = "LIVENESS")]
 static LIVENESS: Array<Liveness> = Array::pinned(1, 0);
+
+/// Slot 0: the agent's lease (see `takeover_common::LEASE_MAP`); pinned beside `LIVENESS`,
+/// memory-mapped by the agent.
+#[map(name = "LEASE")]
+static LEASE: Array<u64> = Array::pinned(1, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE` (uapi `linux/bpf.h`).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Has the namespace's lease lapsed? (No lease map entry: lapsed.)
+#[inline(always)]
+fn lease_lapsed() -> bool {
+    match LEASE.get(0) {
+        Some(until) => (unsafe { bpf_ktime_get_ns() }) >= *until,
+        None => true,
+    }
+}
 
 /// Peers' heartbeats for the agent of this namespace (see `takeover_common::Heard`); pinned
 /// beside `LIVENESS`.
@@ -107,14 +125,26 @@ fn lookup(key: GateKey, service: Option<(u8, u16)>) -> Option<(GateKey, GateValu
         if let Some((proto, port)) = service {
             let skey = key.service(proto, port);
             if let Some(v) = unsafe { GATES.get(skey) } {
-                return Some((skey, *v));
+                return Some((skey, unleased(*v)));
             }
         }
     }
     if addr.action == ACTION_NONE {
         return None;
     }
-    Some((key, addr))
+    Some((key, unleased(addr)))
+}
+
+/// A leased entry that serves (`Open`, `Receive`) acts as `Closed` once the lease lapsed.
+#[inline(always)]
+fn unleased(mut v: GateValue) -> GateValue {
+    if v.flags & FLAG_LEASED != 0
+        && (v.action == Action::Open as u8 || v.action == Action::Receive as u8)
+        && lease_lapsed()
+    {
+        v.action = Action::Closed as u8;
+    }
+    v
 }
 
 #[xdp]
@@ -443,6 +473,11 @@ pub fn agent_exit(_ctx: RawTracePointContext) -> i32 {
                 && pid == tgid
                 && (*live).state == AGENT_RUNNING
             {
+                // Its gates close now, before the state that makes the gates send its exit
+                // notice: the notice proves them closed.
+                if let Some(lease) = LEASE.get_ptr_mut(0) {
+                    *lease = 0;
+                }
                 (*live).state = AGENT_EXITED;
             }
         }

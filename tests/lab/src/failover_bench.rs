@@ -7,7 +7,12 @@
 //! `TAKEOVER_BENCH_SYSTEMS=takeover` (or `keepalived`), `TAKEOVER_BENCH_SOAK=0` (no soak;
 //! or some of `plain,line,services`), `TAKEOVER_BENCH_SOAK_SECS=10`, `TAKEOVER_BENCH_LOGS=1`.
 use std::{
-    fmt::Write as _, net::SocketAddrV4, path::{Path, PathBuf}, process::Child, sync::Arc, time::Duration,
+    fmt::Write as _,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    process::Child,
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};

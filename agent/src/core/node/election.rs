@@ -102,14 +102,28 @@ impl Core {
                 }
                 continue;
             }
-            match peer.fence {
-                FenceState::Fenced => {}
-                FenceState::Pending => safe = false,
+            // Whichever proves it gone first: its lease, or the fence.
+            if !matches!(peer.fence, FenceState::Fenced | FenceState::Lapsed)
+                && self.lease_lapsed(now, p)
+            {
+                self.proven_by_lease(p);
+            }
+            match self.peers[p].fence {
+                FenceState::Fenced | FenceState::Lapsed => {}
+                FenceState::Pending | FenceState::Waiting => safe = false,
                 FenceState::Failed(at) if now < at + self.cfg.fence_retry => safe = false,
-                FenceState::None | FenceState::Failed(_) => {
+                FenceState::None | FenceState::Failed(_) if self.cfg.fence => {
                     self.peers[p].fence = FenceState::Pending;
                     self.actions.push_back(Action::Fence { peer: p });
                     self.event(Event::FenceStarted { peer: p });
+                    safe = false;
+                }
+                FenceState::None | FenceState::Failed(_) => {
+                    // No fence command: only its lease can prove it gone (a peer that does not
+                    // lease its gates, of an older release, cannot be proven gone at all).
+                    self.peers[p].fence = FenceState::Waiting;
+                    let leased = self.peers[p].leased;
+                    self.event(Event::LeaseWait { peer: p, leased });
                     safe = false;
                 }
             }

@@ -236,6 +236,7 @@ impl Core {
         }
         peer.exit_commit =
             (h.exit_commit != [0; wire::TOKEN_LEN]).then_some((h.incarnation, h.exit_commit));
+        peer.acked_us = peer.acked_us.max(h.echo_us);
         let newest = peer.echo[path].is_none_or(|(sent, _)| h.sent_at_us >= sent);
         if newest {
             peer.hears_us[path] = h.echo_us != 0 && u128::from(h.echo_hold_us) <= fresh.as_micros();
@@ -245,9 +246,13 @@ impl Core {
                 ));
             }
         }
+        let (leased, restarting) = (h.leased, h.restarting);
+        self.take_lease(now, p, leased, restarting);
+        let peer = &mut self.peers[p];
         if !peer.alive {
             peer.alive = true;
             peer.since = Some(now);
+            peer.kernel_closed = false;
             // A peer we hear again (restarted, or back after a fence) needs a new fence if it
             // dies again.
             peer.fence = super::FenceState::None;
@@ -425,6 +430,7 @@ impl Core {
                     restarting: self.restarting,
                     reads_v3: self.reads() >= wire::V3,
                     reads_v4: self.reads() >= wire::VERSION,
+                    leased: self.cfg.lease,
                 };
                 let version = self.writes_to(p);
                 let packed = match version {

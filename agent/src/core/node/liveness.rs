@@ -146,6 +146,7 @@ impl Core {
             .others()
             .find(|&p| self.peers[p].exit_commit == proof)
             .ok_or(Rejected::UnknownNotice)?;
+        self.take_exit_notice_lease(p);
         let peer = &mut self.peers[p];
         if !peer.alive || peer.restart_until.is_some() {
             return Ok(());

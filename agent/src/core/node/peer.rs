@@ -48,6 +48,14 @@ pub(super) struct Peer {
     pub known: bool,
     pub mismatch: Option<Mismatch>,
     pub res: Vec<PeerRes>,
+    /// Its heartbeats say its gates are leases (`lease`).
+    pub leased: bool,
+    /// The newest of this node's stamps it echoed (this node's lease extends from it).
+    pub acked_us: u64,
+    /// By when its lease has lapsed for sure, from what was heard of it (this node's clock).
+    pub lapsed_by: Option<Duration>,
+    /// Its kernel's exit notice came while its gates were leased: they closed at its exit.
+    pub kernel_closed: bool,
 }
 
 /// What a peer said of one resource, and when.
@@ -95,6 +103,10 @@ impl Peer {
             known: false,
             mismatch: None,
             res: vec![PeerRes::default(); cfg.resources.len()],
+            leased: false,
+            acked_us: 0,
+            lapsed_by: None,
+            kernel_closed: false,
         }
     }
 
@@ -106,7 +118,7 @@ impl Peer {
 
     pub fn digest(&self) -> String {
         format!(
-            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}{}",
+            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}{}|{}{}{:?}{}",
             self.alive,
             self.last_heard,
             self.known,
@@ -115,7 +127,11 @@ impl Peer {
             self.guard,
             self.exit_commit,
             self.lan_up,
-            self.ready
+            self.ready,
+            self.leased,
+            self.acked_us,
+            self.lapsed_by,
+            self.kernel_closed
         )
     }
 }

@@ -58,6 +58,11 @@ const FLAG_RESTARTING: u8 = 4;
 const FLAG_READS_V3: u8 = 8;
 /// Set by an agent that reads version 4 (version-3 agents ignore flags they do not know).
 const FLAG_READS_V4: u8 = 16;
+/// The sender's gates are leases of the dead time (its configuration's interval times misses,
+/// which the digest makes every reader's too): they close by themselves within the dead time
+/// of the last heartbeat of it a peer heard, and at once when its agent dies unannounced.
+/// (Any version may carry it; older agents ignore it.)
+const FLAG_LEASED: u8 = 32;
 
 /// What every heartbeat says of its sender, whatever its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +97,8 @@ pub struct Header {
     pub reads_v3: bool,
     /// The sender reads version 4 (always true of a version-4 message).
     pub reads_v4: bool,
+    /// The sender's gates are leases ([`FLAG_LEASED`]).
+    pub leased: bool,
 }
 
 /// A decoded heartbeat.
@@ -175,7 +182,8 @@ fn put_header(b: &mut Vec<u8>, version: u8, h: &Header) {
             | flag(h.ready, FLAG_READY)
             | flag(h.restarting, FLAG_RESTARTING)
             | flag(h.reads_v3, FLAG_READS_V3)
-            | flag(h.reads_v4, FLAG_READS_V4),
+            | flag(h.reads_v4, FLAG_READS_V4)
+            | flag(h.leased, FLAG_LEASED),
     );
     b.push(h.sender.len() as u8);
     b.extend_from_slice(h.sender.as_bytes());
@@ -262,6 +270,7 @@ fn header(r: &mut Reader) -> Result<Header, Rejected> {
         restarting: flags & FLAG_RESTARTING != 0,
         reads_v3: flags & FLAG_READS_V3 != 0,
         reads_v4: flags & FLAG_READS_V4 != 0,
+        leased: flags & FLAG_LEASED != 0,
     })
 }
 

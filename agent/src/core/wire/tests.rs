@@ -18,6 +18,7 @@ fn header(seq: u64) -> Header {
         restarting: false,
         reads_v3: true,
         reads_v4: true,
+        leased: true,
     }
 }
 
@@ -79,6 +80,34 @@ fn version_2_round_trip() {
     // An agent of this version says in a version-2 message that it reads versions 3 and 4.
     let got = decode(&v2::encode(&header(5), &v2_summary(), KEY), KEY).unwrap();
     assert!(got.header.reads_v3 && got.header.reads_v4);
+}
+
+#[test]
+fn the_lease_flag_rides_every_version_and_an_older_agents_heartbeat_has_none() {
+    let v2 = Header {
+        reads_v3: false,
+        reads_v4: false,
+        ..header(5)
+    };
+    for (bytes, leased) in [
+        (v2::encode(&v2, &v2_summary(), KEY), true),
+        (v3_message(6), true),
+        (v4_message(7), true),
+        // What an agent before leases writes: the bit clear.
+        (
+            v2::encode(
+                &Header {
+                    leased: false,
+                    ..v2.clone()
+                },
+                &v2_summary(),
+                KEY,
+            ),
+            false,
+        ),
+    ] {
+        assert_eq!(decode(&bytes, KEY).unwrap().header.leased, leased);
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod arrivals;
 mod audit;
 mod epochs;
 mod fence;
+mod lease;
 mod perform;
 mod services;
 mod startup;
@@ -185,6 +186,10 @@ struct Shell {
     /// Per component, its services' resources.
     component_res: Vec<Vec<usize>>,
     start: Instant,
+    /// `start` on CLOCK_MONOTONIC (ns), the data plane's clock: the lease is written on it.
+    start_mono_ns: u64,
+    /// The lease was found lapsed at the last renewal (said once per lapse).
+    lease_lapsed: bool,
 }
 
 impl Shell {
@@ -213,6 +218,7 @@ impl Shell {
         let mut out: Vec<Vec<(SocketAddr, Vec<u8>)>> = vec![Vec::new(); 2 * paths];
         loop {
             self.perform(rt, &poller, &mut out)?;
+            self.renew_lease();
             self.arm_exit_plans();
             let mut wake = self.start + self.core.poll_timeout();
             for f in &self.fencing {
@@ -307,7 +313,12 @@ impl Shell {
     /// Gates stay as they are (pinned): a restart must not drop a packet. The peers are told,
     /// so they wait for the next agent instead of fencing this node.
     fn stop(&mut self, now: Duration, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
+        let over_restart = self.mono_ns(now + self.core_cfg.restart_grace);
         if let Some(r) = self.registration.as_mut() {
+            // The gates serve on over the restart: the peers wait as long for the next agent.
+            if self.core_cfg.lease {
+                r.lease.extend(over_restart);
+            }
             if let Err(e) = r.stopping() {
                 log::warn!("{e:#}: the peers may take this restart for a crash");
             }

@@ -77,6 +77,16 @@ impl Shell {
 
     /// The data plane's value for `gate` of resource `res`.
     fn gate_value(&self, res: ResId, gate: Gate) -> GateValue {
+        let v = self.unleased_gate_value(res, gate);
+        if self.core_cfg.lease {
+            // Flagged on Open and Receive only; the data plane ignores it on the others.
+            v.leased()
+        } else {
+            v
+        }
+    }
+
+    fn unleased_gate_value(&self, res: ResId, gate: Gate) -> GateValue {
         match gate {
             Gate::Open => GateValue::new(GateAction::Open),
             Gate::Closed => GateValue::new(GateAction::Closed),

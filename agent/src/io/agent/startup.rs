@@ -16,7 +16,7 @@ use super::{epochs::Epochs, services, translate, Input, PeerMacs, Shell};
 use crate::{
     config::{Config, XdpMode},
     core::{event::resource_name, node::Core, wire},
-    dataplane::{self, liveness, stale::RUN_ROOT, AttachMode, Gates, PinDir, Target},
+    dataplane::{self, heard, liveness, stale::RUN_ROOT, AttachMode, Gates, PinDir, Target},
     io::{announce, control, inbox::Mailbox, netlink, udp},
     sys::{iface::Iface, napi},
 };
@@ -397,6 +397,8 @@ impl Shell {
         );
 
         let start = Instant::now();
+        // The core's clock on CLOCK_MONOTONIC, the data plane's (`Instant` is the same clock).
+        let start_mono_ns = heard::clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
         let incarnation = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)?
             .as_nanos() as u64;
@@ -418,6 +420,11 @@ impl Shell {
                 core.set_exit_commit(wire::commit(&token));
                 (Some(r), Some(heard))
             }
+            Err(e) if c.core_cfg.lease => {
+                return Err(e.context(
+                    "the gates' lease needs the data plane's registration (set lease.enabled = false in the configuration to run without leases, with a fence command)",
+                ));
+            }
             Err(e) => {
                 log::warn!(
                         "no kernel-assisted liveness (peers will wait out the dead time if this agent dies): {e:#}"
@@ -425,6 +432,19 @@ impl Shell {
                 (None, None)
             }
         };
+        if let Some(reg) = registration.as_ref().filter(|_| c.core_cfg.lease) {
+            // Gates found open serve on: for the dead time from now (what the peers count
+            // from this agent's first heartbeat), or the longer lease a stopping agent left;
+            // an earlier release's unleased entries become leased.
+            let dead = c.core_cfg.interval * c.core_cfg.misses;
+            reg.lease
+                .extend(start_mono_ns + (start.elapsed() + dead).as_nanos() as u64);
+            for &(r, _) in &open {
+                for t in &c.targets[r] {
+                    gates.set(t, GateValue::new(GateAction::Open).leased())?;
+                }
+            }
+        }
         if !lan_up {
             core.handle_lan(start.elapsed(), false);
         }
@@ -477,6 +497,8 @@ impl Shell {
             peer_line_macs: macs.line,
             line,
             start,
+            start_mono_ns,
+            lease_lapsed: false,
         })
     }
 }

@@ -71,6 +71,8 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
         lan_every: cfg.heartbeat.lan_every,
         preempt: cfg.preempt.enabled.then_some(cfg.preempt.delay),
         fence_retry: Duration::from_secs(1),
+        fence: !cfg.fence.command.is_empty(),
+        lease: cfg.lease.enabled,
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
         restart_grace: cfg.heartbeat.restart_grace.max(cfg.heartbeat.dead_after()),
         exit_takes_over: cfg.heartbeat.agent_exit == AgentExit::Takeover,
