@@ -142,10 +142,83 @@ fn a_killed_agent_is_reported_by_its_kernel_and_its_address_taken_over() -> Resu
         !b_agent.logged("peer_dead", &[("reason", "silent")]),
         "{log}"
     );
+    // a's kernel closed its gates at the exit (its lease) before it sent the notice: proof
+    // enough, no fence.
     assert!(
-        b_agent.logged("fence_started", &[("peer", "a")]),
-        "a's gate was open: fence first\n{log}"
+        b_agent.logged("lease_lapsed", &[("peer", "a"), ("by_kernel", "true")]),
+        "{log}"
     );
+    assert!(!b_agent.logged("fence_started", &[]), "{log}");
+    Ok(())
+}
+
+/// Both agents' fence is a command that does nothing and says it worked (what many
+/// keepalived users write): only the leases keep one server.
+fn with_a_fence_that_does_nothing(config: String) -> String {
+    let fence = config
+        .lines()
+        .find(|l| l.starts_with("command = "))
+        .expect("the lab's config has a fence command")
+        .to_string();
+    config.replace(&fence, r#"command = ["/bin/true"]"#)
+}
+
+#[test]
+fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> Result<()> {
+    let t = takeover();
+    let lan = Lan::new(&t, &["cli", "a", "b"])?;
+    lan.dedicated_line("a", "b")?;
+    let cluster = Cluster::new(&lan, Timing::default())?;
+    let (a, b) = (lan.host("a"), lan.host("b"));
+    let agents = vec![
+        cluster.start_with(&t, a, b, with_a_fence_that_does_nothing)?,
+        cluster.start_with(&t, b, a, with_a_fence_that_does_nothing)?,
+    ];
+    let s = Setup {
+        _responders: vec![responder(a)?, responder(b)?],
+        client: Client::new(
+            &lan.host("cli").ns,
+            "0.0.0.0:0",
+            &format!("{LOGICAL}:{PORT}"),
+        )?,
+        lan,
+        cluster,
+        agents,
+    };
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    s.logged(wait_served_by(&s.client, "a", "a to serve its address"))?;
+    only_answerer(&s, a, "a serves")?;
+    // a's agent hangs: its process lives (no exit notice), its links and kernel work, its
+    // gate is still written open. b takes over once a's lease has lapsed for sure.
+    let pid = s.agents[0].child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let frozen = s.logged(wait_served_by(&s.client, "b", "b to take over"));
+    let result = (|| -> Result<()> {
+        frozen?;
+        let log = s.agents[1].log();
+        assert!(
+            s.agents[1].logged("lease_lapsed", &[("peer", "a"), ("by_kernel", "false")]),
+            "{log}"
+        );
+        // The pinned table of a still says open: the lease is what closed it.
+        let map = t.ok(&a.ns, "map show --iface lan --json")?;
+        assert!(map.contains("\"open\""), "{map}");
+        only_answerer(&s, b, "b serves, a's lapsed gate claims nothing")?;
+        for seq in 2000..2050 {
+            assert_eq!(
+                s.client.request(seq, Duration::from_secs(1))?.as_deref(),
+                Some("b"),
+                "request {seq}"
+            );
+        }
+        Ok(())
+    })();
+    // Thawed, a renews nothing it lost (it closes on hearing b's newer epoch); the preempt
+    // delay then gives the address back to a in a handover.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    result?;
+    s.logged(wait_served_by(&s.client, "a", "the failback to a"))?;
+    only_answerer(&s, a, "a serves again")?;
     Ok(())
 }
 

@@ -17,6 +17,9 @@ pub struct Status {
     /// The digest of the configuration's shared part: the same on every node of a cluster.
     #[serde(default)]
     pub config_digest: String,
+    /// The gates' lease (absent: gates are not leased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
     /// One per resource (a logical address, or a service on it).
     pub addresses: Vec<Resource>,
     /// The state management table: this node's services' instances, its LAN link and its
@@ -27,6 +30,13 @@ pub struct Status {
     pub received: Received,
     /// Datagrams refused, by reason.
     pub rejected: BTreeMap<String, u64>,
+}
+
+/// The data plane's lease on this node's open gates, as read when the status was taken.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Milliseconds it still runs (0: lapsed: leased gates are closed).
+    pub remaining_ms: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -214,6 +224,7 @@ impl Status {
                 state: if core.lan_up() { "up" } else { "down" }.into(),
             },
             config_digest: cfg.digest.iter().map(|b| format!("{b:02x}")).collect(),
+            lease: None,
             addresses,
             components,
             peers,
@@ -230,8 +241,17 @@ impl Status {
     /// The table people read.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "node {}  ready {}  LAN {} {}  configuration {}\n",
-            self.node, self.ready, self.lan.interface, self.lan.state, self.config_digest
+            "node {}  ready {}  LAN {} {}  configuration {}{}\n",
+            self.node,
+            self.ready,
+            self.lan.interface,
+            self.lan.state,
+            self.config_digest,
+            match &self.lease {
+                Some(l) if l.remaining_ms > 0.0 => format!("  lease {:.1} ms", l.remaining_ms),
+                Some(_) => "  lease LAPSED (leased gates closed)".into(),
+                None => String::new(),
+            }
         );
         let mut addresses =
             vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];

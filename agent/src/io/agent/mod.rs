@@ -369,6 +369,15 @@ impl Shell {
                     &self.received,
                     &self.services.notes(),
                 );
+                if let Some(reg) = self.registration.as_ref().filter(|_| self.core_cfg.lease) {
+                    let left = reg
+                        .lease
+                        .until_ns()
+                        .saturating_sub(crate::dataplane::heard::clock_ns());
+                    st.lease = Some(super::status::Lease {
+                        remaining_ms: left as f64 / 1e6,
+                    });
+                }
                 for (c, (tgid, plans)) in self.exit_armed.iter().enumerate() {
                     let gate = self.component_res[c]
                         .iter()
