@@ -365,7 +365,8 @@ fn run_refuses_an_invalid_config_with_every_problem() -> Result<()> {
     let t = takeover();
     let ns = takeover_lab::Netns::new("badcfg")?;
     let path = std::env::temp_dir().join(format!("takeover-badcfg-{}.toml", std::process::id()));
-    std::fs::write(&path, "[node]\nname = \"a\"\nlan = \"lan\"\nlisten = [\"10.0.0.1\"]\n[auth]\nkey_file = \"/nonexistent\"\n")?;
+    // Leases off: then a fence command is required too.
+    std::fs::write(&path, "[node]\nname = \"a\"\nlan = \"lan\"\nlisten = [\"10.0.0.1\"]\n[lease]\nenabled = false\n[auth]\nkey_file = \"/nonexistent\"\n")?;
     let out = t
         .cmd(&ns)
         .args(["run", "--no-realtime", "--config"])
