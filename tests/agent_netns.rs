@@ -74,12 +74,21 @@ fn setup() -> Result<Setup> {
 
 /// [`setup`] with node a's agent started by `start_a`.
 fn setup_with(start_a: impl Fn(&Cluster, &Host, &Host) -> Result<Agent>) -> Result<Setup> {
+    setup_starting(start_a, |cluster, b, a| cluster.start(&takeover(), b, a))
+}
+
+/// [`setup`] with node a's agent started by `start_a` and b's by `start_b` (each given its
+/// own host first).
+fn setup_starting(
+    start_a: impl Fn(&Cluster, &Host, &Host) -> Result<Agent>,
+    start_b: impl Fn(&Cluster, &Host, &Host) -> Result<Agent>,
+) -> Result<Setup> {
     let t = takeover();
     let lan = Lan::new(&t, &["cli", "a", "b"])?;
     lan.dedicated_line("a", "b")?;
     let cluster = Cluster::new(&lan, Timing::default())?;
     let (a, b) = (lan.host("a"), lan.host("b"));
-    let agents = vec![start_a(&cluster, a, b)?, cluster.start(&t, b, a)?];
+    let agents = vec![start_a(&cluster, a, b)?, start_b(&cluster, b, a)?];
     let responders = vec![responder(a)?, responder(b)?];
     let client = Client::new(
         &lan.host("cli").ns,
@@ -166,27 +175,11 @@ fn with_a_fence_that_does_nothing(config: String) -> String {
 #[test]
 fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> Result<()> {
     let t = takeover();
-    let lan = Lan::new(&t, &["cli", "a", "b"])?;
-    lan.dedicated_line("a", "b")?;
-    let cluster = Cluster::new(&lan, Timing::default())?;
-    let (a, b) = (lan.host("a"), lan.host("b"));
-    let agents = vec![
-        cluster.start_with(&t, a, b, with_a_fence_that_does_nothing)?,
-        cluster.start_with(&t, b, a, with_a_fence_that_does_nothing)?,
-    ];
-    let s = Setup {
-        _responders: vec![responder(a)?, responder(b)?],
-        client: Client::new(
-            &lan.host("cli").ns,
-            "0.0.0.0:0",
-            &format!("{LOGICAL}:{PORT}"),
-        )?,
-        lan,
-        cluster,
-        agents,
+    let start = |cluster: &Cluster, me: &Host, peer: &Host| {
+        cluster.start_with(&takeover(), me, peer, with_a_fence_that_does_nothing)
     };
+    let s = setup_starting(start, start)?;
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
-    s.logged(wait_served_by(&s.client, "a", "a to serve its address"))?;
     only_answerer(&s, a, "a serves")?;
     // a's agent hangs: its process lives (no exit notice), its links and kernel work, its
     // gate is still written open. b takes over once a's lease has lapsed for sure.

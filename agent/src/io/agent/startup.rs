@@ -436,7 +436,7 @@ impl Shell {
             // Gates found open serve on: for the dead time from now (what the peers count
             // from this agent's first heartbeat), or the longer lease a stopping agent left;
             // an earlier release's unleased entries become leased.
-            let dead = c.core_cfg.interval * c.core_cfg.misses;
+            let dead = core.lease_span();
             reg.lease
                 .extend(start_mono_ns + (start.elapsed() + dead).as_nanos() as u64);
             for &(r, _) in &open {
