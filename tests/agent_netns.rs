@@ -54,12 +54,14 @@ impl Setup {
     }
 }
 
-/// A real crash of `host`, whose agent is `agent`: it sends nothing more (SIGKILL), then its
-/// links go down (an agent that saw its links go first would tell its peer).
+/// A real crash of `host`, whose agent is `agent`: nothing more leaves the host, neither from
+/// its agent nor from its kernel. The agent is stopped first (an agent that saw its links go
+/// would tell its peer), then the links go down, and only then is the agent killed (a kernel
+/// that outlived its agent would report the exit, which is the killed-agent story below).
 fn crash(agent: &mut Agent, host: &Host) -> Result<()> {
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGSTOP) };
+    host.ns.sh("ip link set ded down; ip link set lan down")?;
     agent.kill();
-    host.ns.ip("link set lan down")?;
-    host.ns.ip("link set ded down")?;
     Ok(())
 }
 

@@ -190,6 +190,8 @@ struct Shell {
     start_mono_ns: u64,
     /// The lease was found lapsed at the last renewal (said once per lapse).
     lease_lapsed: bool,
+    /// This node served something at the last renewal: a lapse since then closed open gates.
+    lease_served: bool,
 }
 
 impl Shell {

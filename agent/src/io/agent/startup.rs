@@ -499,6 +499,7 @@ impl Shell {
             start,
             start_mono_ns,
             lease_lapsed: false,
+            lease_served: false,
         })
     }
 }
