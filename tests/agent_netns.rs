@@ -195,9 +195,28 @@ fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> 
             s.agents[1].logged("lease_lapsed", &[("peer", "a"), ("by_kernel", "false")]),
             "{log}"
         );
-        // The pinned table of a still says open: the lease is what closed it.
-        let map = t.ok(&a.ns, "map show --iface lan --json")?;
-        assert!(map.contains("\"open\""), "{map}");
+        // The pinned table of a still says open: the lease is what closed it, and `map show`
+        // says so.
+        let map: serde_json::Value =
+            serde_json::from_str(&t.ok(&a.ns, "map show --iface lan --json")?)?;
+        let entry = &map["interfaces"][0]["entries"][0];
+        assert_eq!(
+            (&entry["state"], &entry["leased"]),
+            (&"open".into(), &true.into()),
+            "{map}"
+        );
+        assert_eq!(map["lease"]["remaining_ms"], 0.0, "{map}");
+        assert!(
+            map["lease"]["lapsed_ms_ago"]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0),
+            "{map}"
+        );
+        let table = t.ok(&a.ns, "map show")?;
+        assert!(
+            table.starts_with("lease: LAPSED") && table.contains("open (lapsed)"),
+            "{table}"
+        );
         only_answerer(&s, b, "b serves, a's lapsed gate claims nothing")?;
         for seq in 2000..2050 {
             assert_eq!(

@@ -262,6 +262,11 @@ enum GateCommand {
 #[derive(Subcommand, Debug)]
 enum MapCommand {
     /// Every address and service entry, its state and its counters.
+    ///
+    /// Entries a running agent wrote are leased: they serve only while the agent renews the
+    /// namespace's lease, which the first line shows. A hung or killed agent's lease lapses
+    /// by itself; its entries still read `open` in the table, shown as `open (lapsed)`, and act
+    /// as closed.
     #[command(
         after_help = "Examples:\n  takeover map show\n  takeover map show --iface eth0 --json"
     )]

@@ -2,7 +2,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use takeover::{
-    dataplane::{pins, target::format_mac, Entry, Gates, PinDir},
+    dataplane::{heard, lease::Lease, pins, target::format_mac, Entry, Gates, PinDir},
     sys::{bpffs, iface, netns},
 };
 use takeover_common::{Action, Counters};
@@ -11,7 +11,21 @@ use takeover_common::{Action, Counters};
 #[derive(Serialize)]
 struct Report {
     netns: String,
+    /// The namespace's lease on its leased entries; `null` if no gate of this release is
+    /// attached (the map is pinned with the first gate).
+    lease: Option<LeaseReport>,
     interfaces: Vec<IfaceReport>,
+}
+
+#[derive(Serialize)]
+struct LeaseReport {
+    /// Its end on CLOCK_MONOTONIC, nanoseconds (0: ended by the kernel at the agent's exit).
+    until_ns: u64,
+    /// Milliseconds it still runs; 0 once lapsed: leased `open`/`receive` entries then act
+    /// as `closed`, whatever the table says.
+    remaining_ms: f64,
+    /// Milliseconds since it lapsed (`null` while it runs or if the kernel ended it).
+    lapsed_ms_ago: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -36,6 +50,8 @@ struct EntryReport {
     forward: Option<ForwardReport>,
     /// `receive`: the MAC of the host handing the address over, whose forwards pass.
     receive_from_mac: Option<String>,
+    /// Written by an agent with leases: serves only while the namespace's lease runs.
+    leased: bool,
     counters: CountersReport,
 }
 
@@ -100,6 +116,7 @@ fn entry_report(e: &Entry) -> EntryReport {
         state,
         forward,
         receive_from_mac: (e.action == Some(Action::Receive)).then(|| format_mac(&e.value.src_mac)),
+        leased: e.value.is_leased(),
         counters: (&e.counters).into(),
     }
 }
@@ -116,6 +133,10 @@ fn collect(only: Option<&str>) -> Result<Report> {
         None if !bpffs::is_mounted() => vec![],
         None => pins::attached()?,
     };
+    let lease = match dirs.first() {
+        Some(p) if p.lease_map().exists() => Some(lease_report(&Lease::open(&p.lease_map())?)),
+        _ => None,
+    };
     let mut interfaces = Vec::new();
     for p in dirs {
         let gates = Gates::open(&p)?;
@@ -129,8 +150,19 @@ fn collect(only: Option<&str>) -> Result<Report> {
     }
     Ok(Report {
         netns: netns::current_id()?,
+        lease,
         interfaces,
     })
+}
+
+fn lease_report(lease: &Lease) -> LeaseReport {
+    let (until_ns, now) = (lease.until_ns(), heard::clock_ns());
+    let ms = |ns: u64| ns as f64 / 1e6;
+    LeaseReport {
+        until_ns,
+        remaining_ms: ms(until_ns.saturating_sub(now)),
+        lapsed_ms_ago: (until_ns != 0 && until_ns <= now).then(|| ms(now - until_ns)),
+    }
 }
 
 pub fn show(only: Option<&str>, json: bool) -> Result<()> {
@@ -148,6 +180,7 @@ fn render(report: &Report) -> String {
         return "no gate is attached in this network namespace (takeover attach --iface IF)\n"
             .into();
     }
+    let lapsed = report.lease.as_ref().is_some_and(|l| l.remaining_ms == 0.0);
     let mut rows: Vec<[String; 9]> = vec![[
         "IFACE",
         "ADDRESS",
@@ -188,7 +221,10 @@ fn render(report: &Report) -> String {
                     .as_ref()
                     .map(|s| format!("{}/{}", s.proto, s.port))
                     .unwrap_or_else(|| "*".into()),
-                e.state.into(),
+                match e.state {
+                    "open" | "receive" if e.leased && lapsed => format!("{} (lapsed)", e.state),
+                    _ => e.state.into(),
+                },
                 e.forward
                     .as_ref()
                     .map(|f| {
@@ -210,7 +246,22 @@ fn render(report: &Report) -> String {
             ]);
         }
     }
-    takeover::io::status::table(&rows)
+    // Only entries an agent wrote are leased: for tables written by hand the lease says nothing.
+    let any_leased = report
+        .interfaces
+        .iter()
+        .any(|i| i.entries.iter().any(|e| e.leased));
+    let lease = match &report.lease {
+        Some(l) if any_leased => match (l.remaining_ms, l.lapsed_ms_ago) {
+            (ms, _) if ms > 0.0 => format!("lease: {ms:.1} ms left\n"),
+            (_, Some(ago)) => {
+                format!("lease: LAPSED {ago:.1} ms ago: leased open entries act as closed\n")
+            }
+            _ => "lease: ENDED (the agent exited): leased open entries act as closed\n".into(),
+        },
+        _ => String::new(),
+    };
+    lease + &takeover::io::status::table(&rows)
 }
 
 /// `packets (bytes)` with bytes in a readable unit.
