@@ -6,4 +6,5 @@ pub mod config;
 pub mod core;
 pub mod dataplane;
 pub mod io;
+pub mod storage;
 pub mod sys;

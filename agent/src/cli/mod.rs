@@ -13,6 +13,7 @@ macro_rules! outln {
 mod check;
 mod events;
 mod show;
+mod storage;
 
 use std::net::IpAddr;
 
@@ -194,6 +195,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Format and inspect the shared storage area: each node's disk heartbeat, its orders to
+    /// other nodes (the poison pill), the resources it claims with their epochs, its services'
+    /// handoff records and its journal. A block device every node reaches (or, for one host,
+    /// a file).
+    #[command(subcommand)]
+    Storage(StorageCommand),
     /// Follow the data plane's rare events on an interface (a forward whose interface is gone,
     /// a full counters table) until interrupted. Nothing is logged per packet.
     #[command(
@@ -203,6 +210,53 @@ enum Command {
         /// Interface whose gate's events to follow (it must be attached).
         #[arg(long, value_name = "IF")]
         iface: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StorageCommand {
+    /// Format DEVICE as a storage area for the given nodes. Refuses (changing nothing) a
+    /// device that holds anything, a formatted area included, unless --force; and, even with
+    /// --force, an area whose disk heartbeats are moving: stop its agents first.
+    #[command(
+        after_help = "Examples:\n  takeover storage init /dev/disk/by-id/wwn-0x5000c500a1b2c3d4 --nodes a,b\n  takeover storage init /dev/sdb --config /etc/takeover/takeover.toml\n  takeover storage init /dev/sdb --nodes a,b --force   # anew: ownership, handoffs and journals are lost"
+    )]
+    Init {
+        /// The block device (or file) every node reaches.
+        device: std::path::PathBuf,
+        /// The nodes that will use it, comma-separated (each gets its own part of the area).
+        #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Take the nodes from this configuration (its node and its peers).
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+        /// Overwrite what DEVICE holds (never an area in use).
+        #[arg(long)]
+        force: bool,
+        /// Blocks (4 KiB) per node for its ownership record (two copies each).
+        #[arg(long, value_name = "N", default_value_t = takeover::storage::layout::DEFAULT_OWNERSHIP_BLOCKS)]
+        ownership_blocks: u32,
+        /// Blocks per node for its handoff record (two copies each).
+        #[arg(long, value_name = "N", default_value_t = takeover::storage::layout::DEFAULT_HANDOFF_BLOCKS)]
+        handoff_blocks: u32,
+        /// Blocks per node for its journal ring (one record each).
+        #[arg(long, value_name = "N", default_value_t = takeover::storage::layout::DEFAULT_JOURNAL_BLOCKS)]
+        journal_blocks: u32,
+        /// Print the new area as `show --json` does.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything in the area: each node's disk heartbeat (generation, when written, what it
+    /// serves), its orders, its claims, its handoffs and its journal's end, each resource's
+    /// owner and epoch, and every damaged record (the other copy is used).
+    #[command(
+        after_help = "Examples:\n  takeover storage show /dev/sdb\n  takeover storage show /dev/sdb --json"
+    )]
+    Show {
+        device: std::path::PathBuf,
+        /// Machine-readable output (stable field names).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -289,6 +343,33 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::CheckConfig { file } = &cli.command {
         return check::check(file);
     }
+    // The area's device says who may: no root needed for a file.
+    if let Command::Storage(cmd) = cli.command {
+        return match cmd {
+            StorageCommand::Init {
+                device,
+                nodes,
+                config,
+                force,
+                ownership_blocks,
+                handoff_blocks,
+                journal_blocks,
+                json,
+            } => storage::init(storage::Init {
+                device: &device,
+                nodes,
+                config,
+                sizes: takeover::storage::admin::Sizes {
+                    ownership_blocks,
+                    handoff_blocks,
+                    journal_blocks,
+                },
+                force,
+                json,
+            }),
+            StorageCommand::Show { device, json } => storage::show(&device, json),
+        };
+    }
     sys::require_root()?;
     match cli.command {
         Command::Attach { iface, mode } => {
@@ -343,7 +424,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::CheckConfig { .. } | Command::Storage(_) => unreachable!("handled above"),
         Command::Run {
             config,
             no_realtime,
