@@ -33,8 +33,34 @@ pub struct Config {
     /// `command` empty: none (allowed only with leases).
     pub fence: Fence,
     pub lease: Lease,
+    /// The shared storage area, if the nodes have one.
+    pub storage: Option<Storage>,
     pub announce: Announce,
     pub key_file: PathBuf,
+}
+
+/// The shared storage area (docs/design.md, "shared storage"): each node writes its disk
+/// heartbeat there, so that a peer silent on every network path but still writing is known
+/// to be alive behind a partition and keeps what it serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Storage {
+    /// The block device (or file) every node reaches, formatted by `takeover storage init`.
+    pub device: PathBuf,
+    /// How often this node writes its disk heartbeat and reads the peers'.
+    pub interval: Duration,
+    /// A peer's disk heartbeat that did not move for this long (by this node's clock, read
+    /// after read) is stale: the peer is gone, or cut off its storage.
+    pub timeout: Duration,
+    /// What this node does when it cannot write its own disk heartbeat.
+    pub on_lost: OnStorageLost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStorageLost {
+    /// Keep serving (the network still tells the peers it is alive); report it.
+    Stay,
+    /// Hand what it serves to a peer that has its storage.
+    HandOver,
 }
 
 /// Gates as leases (docs/design.md, "gates are leases"): the data plane serves this node's
@@ -186,6 +212,7 @@ struct Raw {
     preempt: Option<Spanned<RawPreempt>>,
     fence: Option<Spanned<RawFence>>,
     lease: Option<Spanned<RawLease>>,
+    storage: Option<Spanned<RawStorage>>,
     announce: Option<Spanned<RawAnnounce>>,
     auth: Spanned<RawAuth>,
 }
@@ -242,6 +269,15 @@ struct RawLease {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStorage {
+    device: Spanned<String>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    on_lost: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFence {
     command: Spanned<Vec<String>>,
     timeout: Option<Spanned<String>>,
@@ -273,6 +309,10 @@ pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_PREEMPT_DELAY: Duration = Duration::from_secs(2);
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A 4 KiB write and a few reads every 50 ms cost nothing on any storage that can hold a
+/// database; a node cut off every network path is judged on its disk within half a second.
+pub const DEFAULT_STORAGE_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
 /// Long enough for every client to hear the new server's repeated announcements (and for
 /// requests in flight to drain), short enough that a stale ARP entry is not served for long.
@@ -680,6 +720,52 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             .and_then(|l| l.get_ref().enabled.as_ref())
             .is_none_or(|e| *e.get_ref()),
     };
+    let storage = raw.storage.as_ref().map(|st| {
+        let st = st.get_ref();
+        let device = PathBuf::from(st.device.get_ref());
+        if !device.is_absolute() {
+            c.error(
+                st.device.span(),
+                "storage.device",
+                "must be an absolute path (a block device every node reaches, formatted by `takeover storage init`)",
+            );
+        }
+        let interval = c.duration(
+            &st.interval,
+            "storage.interval",
+            DEFAULT_STORAGE_INTERVAL,
+            (Duration::from_millis(1), Duration::from_secs(10)),
+        );
+        let timeout = c.duration(
+            &st.timeout,
+            "storage.timeout",
+            DEFAULT_STORAGE_TIMEOUT.max(interval * 4),
+            (Duration::from_millis(4), Duration::from_secs(600)),
+        );
+        if let Some(t) = &st.timeout {
+            if timeout < interval * 3 {
+                c.error(
+                    t.span(),
+                    "storage.timeout",
+                    format!("must be at least 3 intervals ({:?}): one late write must not make a live node stale", interval * 3),
+                );
+            }
+        }
+        let on_lost = match st.on_lost.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+            None | Some(("stay", _)) => OnStorageLost::Stay,
+            Some(("hand_over", _)) => OnStorageLost::HandOver,
+            Some((other, span)) => {
+                c.error(span, "storage.on_lost", format!("{other:?} is not stay or hand_over"));
+                OnStorageLost::Stay
+            }
+        };
+        Storage {
+            device,
+            interval,
+            timeout,
+            on_lost,
+        }
+    });
     let fence = match &raw.fence {
         // The leases prove a dead, hung or frozen peer gone; a fence command may still prove
         // it sooner, or where its lease cannot (a peer of a release without leases).
@@ -771,6 +857,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         },
         preempt,
         lease,
+        storage,
         fence,
         announce,
         key_file,

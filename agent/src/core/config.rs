@@ -33,6 +33,13 @@ pub struct CoreConfig {
     /// This node's gates are leases (`node::lease`), renewed as the peers allow; peers that
     /// say theirs are can be proven gone by them, without a fence.
     pub lease: bool,
+    /// The nodes share a storage area (`node::disk`): a peer whose disk heartbeat did not
+    /// move for this long, read after read, is stale; until then a peer silent on every
+    /// network path is alive behind a partition and keeps what it serves.
+    pub disk_timeout: Option<Duration>,
+    /// This node hands what it serves to a peer while it cannot write its disk heartbeat
+    /// (else it stays, and says so).
+    pub storage_hand_over: bool,
     /// How long a starting node waits to hear its peers before it treats the silent ones as
     /// dead (and fences them). At least the dead time; longer in practice, since agents are
     /// rarely started within milliseconds of each other.

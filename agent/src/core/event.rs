@@ -99,6 +99,21 @@ pub enum Event {
         peer: NodeId,
         leased: bool,
     },
+    /// Dead peer's disk heartbeat still moves: it is alive behind a partition of every
+    /// network path, and keeps what it serves; nothing is taken from it, no fence is used.
+    DiskAlive {
+        peer: NodeId,
+    },
+    /// Dead peer's disk heartbeat stopped moving for the storage timeout: gone (or cut off
+    /// its storage too); the usual proofs (lease, fence) now decide.
+    DiskStale {
+        peer: NodeId,
+    },
+    /// This node could not write its disk heartbeat (`lost`), or can again.
+    Storage {
+        lost: bool,
+        error: String,
+    },
     /// This node opened the resource (a takeover, a failback, a first start).
     Takeover {
         res: ResId,
@@ -225,6 +240,9 @@ impl Event {
             Event::FenceFailed { .. } => "fence_failed",
             Event::LeaseLapsed { .. } => "lease_lapsed",
             Event::LeaseWait { .. } => "lease_wait",
+            Event::DiskAlive { .. } => "disk_alive",
+            Event::DiskStale { .. } => "disk_stale",
+            Event::Storage { .. } => "storage",
             Event::Takeover { .. } => "takeover",
             Event::Handover { .. } => "handover",
             Event::ForwardEnded { .. } => "forward_ended",
@@ -286,6 +304,10 @@ impl Event {
             }
             Event::LeaseWait { peer, leased } => {
                 vec![("peer", node(peer)), ("leased", leased.to_string())]
+            }
+            Event::DiskAlive { peer } | Event::DiskStale { peer } => vec![("peer", node(peer))],
+            Event::Storage { lost, error } => {
+                vec![("lost", lost.to_string()), ("error", error.clone())]
             }
             Event::Takeover { res: r, epoch } => {
                 vec![("resource", res(r)), ("epoch", epoch.to_string())]
@@ -375,6 +397,18 @@ impl Event {
                 "no fence command, and peer {} does not lease its gates (an older release): its resources cannot be taken until it is heard again; configure [fence]",
                 node(peer)
             ),
+            Event::DiskAlive { peer } => format!(
+                "peer {} is silent on every network path but its disk heartbeat moves: a partition; it keeps what it serves, nothing is taken from it and it is not fenced",
+                node(peer)
+            ),
+            Event::DiskStale { peer } => format!(
+                "peer {}'s disk heartbeat stopped for the storage timeout: gone, or cut off its storage too",
+                node(peer)
+            ),
+            Event::Storage { lost: true, error } => format!(
+                "STORAGE LOST: cannot write this node's disk heartbeat ({error}); peers cut off every network path would count it gone"
+            ),
+            Event::Storage { lost: false, .. } => "storage back: the disk heartbeat is written again".into(),
             Event::Takeover { res: r, epoch } => format!("{} open (epoch {epoch})", res(r)),
             Event::Handover { res: r, to } => format!(
                 "{} handed over to {}: forwarding what still arrives here",

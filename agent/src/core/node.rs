@@ -26,6 +26,7 @@
 //!   forwarding gate claims nothing (6).
 //! - An authentic heartbeat always proves its sender alive; a peer whose configuration
 //!   differs is reported, never fenced for it, and freezes every move (7).
+mod disk;
 mod election;
 mod heartbeat;
 mod lease;
@@ -137,7 +138,15 @@ pub struct Core {
     incarnation: u64,
     started: Duration,
     ready: bool,
+    /// Fit to serve, as told to the peers: the LAN link up, and the storage written unless
+    /// its loss hands over (`disk`).
     lan_up: bool,
+    lan_link: bool,
+    storage_ok: bool,
+    /// When the shell last read the peers' disk heartbeats (`disk`), and when the last
+    /// successful write of this node's began.
+    disk_read_at: Option<Duration>,
+    disk_written_at: Option<Duration>,
     peers: Vec<Peer>,
     res: Vec<Res>,
     /// Per path: the last sequence number used.
@@ -235,6 +244,10 @@ impl Core {
             started: now,
             ready: false,
             lan_up: true,
+            lan_link: true,
+            storage_ok: true,
+            disk_read_at: None,
+            disk_written_at: None,
             peers: vec![peer; n],
             seq: vec![0; cfg.paths],
             last_stamp: 0,
@@ -481,13 +494,24 @@ impl Core {
     /// Our LAN interface's carrier/operational state changed (netlink).
     pub fn handle_lan(&mut self, now: Duration, up: bool) {
         let now = self.clock(now);
-        if self.lan_up == up {
+        if self.lan_link == up {
             return;
         }
-        self.lan_up = up;
+        self.lan_link = up;
         self.event(Event::LanLink { up });
+        self.refit(now);
+    }
+
+    /// The LAN link or the storage changed: whether this node is fit to serve, and if that
+    /// changed, what follows, told to the peers at once (on the paths that still work), not
+    /// at the next heartbeat.
+    fn refit(&mut self, now: Duration) {
+        let fit = self.lan_link && (self.storage_ok || !self.cfg.storage_hand_over);
+        if fit == self.lan_up {
+            return;
+        }
+        self.lan_up = fit;
         self.decide(now);
-        // Tell the peers at once (on the paths that still work), not at the next heartbeat.
         self.send_heartbeats(now, true);
     }
 
@@ -596,8 +620,9 @@ impl Core {
         self.res[a].epoch
     }
 
-    pub fn lan_up(&self) -> bool {
-        self.lan_up
+    /// This node's LAN link (fit to serve also needs its storage, if its loss hands over).
+    pub fn lan_link(&self) -> bool {
+        self.lan_link
     }
 
     /// Who serves `a` as far as this node knows (itself included).
@@ -712,6 +737,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 #[cfg(test)]
 mod tests_lease;
 #[cfg(test)]

@@ -167,6 +167,18 @@ pub struct Sim {
     /// Restarts under way: when each ends, on which node, of which component.
     restarts: Vec<(Duration, NodeId, usize)>,
     pub restart_takes: Duration,
+    /// The shared storage area, if the nodes have one (`cfg.disk_timeout`).
+    pub disk: Option<SimDisk>,
+}
+
+/// The shared storage area: each node's disk heartbeat generation, written and read every
+/// interval by each running agent that reaches it.
+pub struct SimDisk {
+    pub interval: Duration,
+    pub next: Duration,
+    pub gens: Vec<u64>,
+    /// Per node: cut off the storage (its writes fail, its reads find nothing).
+    pub cut: Vec<bool>,
 }
 
 /// A policy for the simulation's services: one check, fall 2, rise 2, a short hold.
@@ -246,6 +258,8 @@ pub fn config(
         fence_retry: Duration::from_millis(50),
         fence: true,
         lease: false,
+        disk_timeout: None,
+        storage_hand_over: false,
         startup_grace: interval * 5,
         restart_grace: Duration::from_millis(500),
         exit_takes_over: true,
@@ -300,6 +314,12 @@ impl Sim {
             next_check: Duration::from_secs(1),
             restarts: Vec::new(),
             restart_takes: Duration::from_millis(3),
+            disk: cfg.disk_timeout.map(|t| SimDisk {
+                interval: t / 10,
+                next: Duration::from_secs(1),
+                gens: vec![0; nodes],
+                cut: vec![false; nodes],
+            }),
             cfg,
         };
         let components = sim.cfg.components.len();
@@ -887,6 +907,9 @@ impl Sim {
             if !self.cfg.components.is_empty() {
                 next = next.min(self.next_check.max(self.now));
             }
+            if let Some(d) = &self.disk {
+                next = next.min(d.next.max(self.now));
+            }
             for node in &self.nodes {
                 if let Some(c) = &node.core {
                     next = next.min(c.poll_timeout().max(self.now));
@@ -960,6 +983,9 @@ impl Sim {
             self.drain(by);
         }
         self.finish_restarts();
+        if self.disk.as_ref().is_some_and(|d| now >= d.next) {
+            self.disk_round();
+        }
         if !self.cfg.components.is_empty() && now >= self.next_check {
             self.next_check = now + self.check_every;
             self.run_checks();
@@ -976,6 +1002,46 @@ impl Sim {
                 self.drain(n);
             }
         }
+    }
+
+    /// A round of every running agent's disk heartbeat thread: write its own, read the others'.
+    fn disk_round(&mut self) {
+        let now = self.now;
+        let Some(d) = self.disk.as_mut() else {
+            return;
+        };
+        d.next = now + d.interval;
+        let running: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].powered && self.nodes[n].core.is_some())
+            .collect();
+        for &n in &running {
+            if !d.cut[n] {
+                d.gens[n] += 1;
+            }
+        }
+        let (gens, cut) = (d.gens.clone(), d.cut.clone());
+        for n in running {
+            self.feed_waiting(n);
+            let c = self.nodes[n].core.as_mut().unwrap();
+            c.handle_storage(now, now, !cut[n], "cut off");
+            if !cut[n] {
+                let all: Vec<(NodeId, u64)> = gens.iter().copied().enumerate().collect();
+                c.handle_disk(now, &all);
+            }
+            self.drain(n);
+        }
+    }
+
+    /// Cuts node `n` off the storage area, or heals it.
+    pub fn set_storage(&mut self, n: NodeId, up: bool) {
+        if let Some(d) = self.disk.as_mut() {
+            d.cut[n] = !up;
+        }
+        self.trace.push(format!(
+            "{:?} n{n} storage {}",
+            self.now,
+            if up { "back" } else { "cut" }
+        ));
     }
 
     /// Hands node `n`'s agent what waits on its sockets, as the shell does at a wake-up: the

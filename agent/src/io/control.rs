@@ -245,7 +245,7 @@ pub fn switchover_refusal(core: &Core, a: ResId, to: NodeId) -> Option<String> {
         return Some(format!("{ip} is already served by {name}"));
     }
     let (alive, lan_up, ready) = if to == cfg.me {
-        (true, core.lan_up(), core.is_ready())
+        (true, core.lan_link(), core.is_ready())
     } else {
         (
             core.peer_alive(to),

@@ -47,6 +47,7 @@ pub fn event(cfg: &CoreConfig, e: &Event, at: SystemTime) {
         Event::ConfigMismatch { .. }
             | Event::FenceFailed { .. }
             | Event::LeaseWait { leased: false, .. }
+            | Event::Storage { lost: true, .. }
             | Event::PersistFailed { .. }
             | Event::Escalated { .. }
             | Event::NoInstance { .. }

@@ -20,6 +20,10 @@ pub struct Status {
     /// The gates' lease (absent: gates are not leased).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// This node's disk heartbeat (absent: no shared storage): `ok`, or `lost` (its last
+    /// write failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
     /// One per resource (a logical address, or a service on it).
     pub addresses: Vec<Resource>,
     /// The state management table: this node's services' instances, its LAN link and its
@@ -122,6 +126,17 @@ pub struct Peer {
     #[serde(default)]
     pub wire_version: u8,
     pub paths: Vec<PathStatus>,
+    /// Its disk heartbeat (absent: no shared storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<PeerDisk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerDisk {
+    /// The newest generation read (0: never written).
+    pub generation: u64,
+    /// It moved within the storage timeout, read after read (or this node cannot tell).
+    pub fresh: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -214,6 +229,9 @@ impl Status {
                         rtt_ms: rtt.map(ms),
                     })
                     .collect(),
+                disk: core
+                    .peer_disk(p)
+                    .map(|(generation, fresh)| PeerDisk { generation, fresh }),
             })
             .collect();
         Status {
@@ -221,10 +239,13 @@ impl Status {
             ready: core.is_ready(),
             lan: Lan {
                 interface: lan.into(),
-                state: if core.lan_up() { "up" } else { "down" }.into(),
+                state: if core.lan_link() { "up" } else { "down" }.into(),
             },
             config_digest: cfg.digest.iter().map(|b| format!("{b:02x}")).collect(),
             lease: None,
+            storage: core
+                .storage_ok()
+                .map(|ok| if ok { "ok" } else { "lost" }.into()),
             addresses,
             components,
             peers,
@@ -253,6 +274,10 @@ impl Status {
                 None => String::new(),
             }
         );
+        if let Some(st) = &self.storage {
+            out.pop();
+            out += &format!("  storage {}\n", if st == "ok" { "ok" } else { "LOST" });
+        }
         let mut addresses =
             vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];
         for a in &self.addresses {
@@ -322,6 +347,20 @@ impl Status {
                     path.last_heard_ms_ago
                         .map_or("never".into(), |x| format!("{x:.1} ms")),
                     path.rtt_ms.map_or("-".into(), |x| format!("{x:.3} ms")),
+                ]);
+            }
+            if let Some(d) = &p.disk {
+                peers.push([
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    "disk".into(),
+                    format!(
+                        "{} (#{})",
+                        if d.fresh { "fresh" } else { "STALE" },
+                        d.generation
+                    ),
+                    "-".into(),
                 ]);
             }
         }
@@ -436,7 +475,7 @@ fn components(core: &Core, now: Duration, lan: &str, notes: &[InstanceNotes]) ->
         peers: BTreeMap::new(),
         exit_plan: None,
     };
-    out.push(link(lan.to_string(), "lan", core.lan_up()));
+    out.push(link(lan.to_string(), "lan", core.lan_link()));
     if cfg.paths > 1 {
         for &p in &others {
             out.push(link(

@@ -102,8 +102,13 @@ impl Core {
                 }
                 continue;
             }
+            // Still writing its disk heartbeat: alive behind a partition; it keeps them.
+            if self.disk_holds(p) {
+                safe = false;
+                continue;
+            }
             // Whichever proves it gone first: its lease, or the fence.
-            if !matches!(peer.fence, FenceState::Fenced | FenceState::Lapsed)
+            if !matches!(self.peers[p].fence, FenceState::Fenced | FenceState::Lapsed)
                 && self.lease_lapsed(now, p)
             {
                 self.proven_by_lease(p);

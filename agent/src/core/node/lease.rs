@@ -11,13 +11,26 @@
 //! (invariant 3: a stale agent never reopens a gate it lost). The kernel zeroes the lease when
 //! the agent dies unannounced: its exit notice then proves the gates closed at once.
 //!
+//! A peer this node calls dead bounds nothing by its echoes: behind a partition of every
+//! network path it may be alive, and this node renews on. So silence alone never proves a
+//! peer's lease lapsed; one of these must come with it:
+//! - its kernel's exit notice (its agent died; the kernel zeroed the lease first);
+//! - its kernel answering probes while its agent stays silent, for `D` and an interval past
+//!   the first answer: both directions of the LAN work, so a running agent would have heard
+//!   this node and been bounded by its echoes again, and would have been heard; it is stuck,
+//!   and its lease ran out from its last renewal;
+//! - its disk heartbeat stale (`disk`), from a peer seen writing one: a node that shares a
+//!   storage area bounds its lease, while a peer is dead to it, by its own last disk write
+//!   plus the storage timeout (less the clock margin), so a peer that stopped writing for the
+//!   timeout has stopped serving too.
+//!
+//! Without any of these (every path cut, no storage, the peer's kernel silent: a crashed host
+//! and a partition look alike) only a fence proves it gone.
+//!
 //! Margin: the two monotonic clocks may run at different rates. Crystal oscillators are within
 //! 100 ppm and NTP slews a clock by at most 500 ppm; this core assumes at most 1000 ppm between
 //! any two nodes' clocks (`CLOCK_RATE_PPM`), plus `LEASE_SLACK` for stamp rounding (stamps are
 //! microseconds) and the shell's conversion between its clocks.
-//!
-//! Limit: with every peer dead to it (a partition of every network path, no shared storage
-//! yet), a node renews on its own; the peer on the other side then needs a fence to be sure.
 use std::time::Duration;
 
 use super::{Core, Event, FenceState, NodeId};
@@ -30,6 +43,13 @@ pub const LEASE_SLACK: Duration = Duration::from_micros(100);
 /// When a lease of `span` taken no later than `from` (this node's clock) has lapsed for sure.
 pub fn lapsed_by(from: Duration, span: Duration) -> Duration {
     from + span + span * CLOCK_RATE_PPM / 1_000_000 + LEASE_SLACK
+}
+
+/// How far past its last disk write (started, on its clock) a node whose peer is dead may
+/// serve: a peer judges the heartbeat stale no sooner than the storage timeout after it read
+/// that write, on its own clock; both clocks' rates may differ from true time.
+pub fn disk_span(timeout: Duration) -> Duration {
+    timeout.saturating_sub(timeout * 2 * CLOCK_RATE_PPM / 1_000_000 + LEASE_SLACK)
 }
 
 impl Core {
@@ -50,12 +70,19 @@ impl Core {
         let mut until = now + span;
         for p in self.others() {
             let peer = &self.peers[p];
-            // A peer waiting for its agent's restart takes nothing meanwhile; a dead one
-            // cannot take anything before it is heard again (startup waits to hear).
-            if !peer.alive || peer.restart_until.is_some() {
+            // A peer waiting for its agent's restart takes nothing meanwhile.
+            if peer.restart_until.is_some() {
                 continue;
             }
-            until = until.min(Duration::from_micros(peer.acked_us) + span);
+            if peer.alive {
+                until = until.min(Duration::from_micros(peer.acked_us) + span);
+            } else if let Some(timeout) = self.cfg.disk_timeout {
+                // A dead peer may judge this node by its disk heartbeat alone.
+                until = until.min(
+                    self.disk_written_at
+                        .map_or(Duration::ZERO, |w| w + disk_span(timeout)),
+                );
+            }
         }
         Some(until)
     }
@@ -82,18 +109,53 @@ impl Core {
         }
     }
 
-    /// Has dead peer `p`'s lease lapsed for sure (or its kernel closed its gates)?
+    /// Has dead peer `p`'s lease lapsed for sure (or its kernel closed its gates)? Silence
+    /// alone is not enough: its kernel's word, or its stale disk heartbeat, must say that it
+    /// is not merely cut off (see the module's comment).
     pub(super) fn lease_lapsed(&self, now: Duration, p: NodeId) -> bool {
         let peer = &self.peers[p];
-        peer.leased && (peer.kernel_closed || peer.lapsed_by.is_some_and(|t| now >= t))
+        if !peer.leased {
+            return false;
+        }
+        if peer.kernel_closed {
+            return true;
+        }
+        peer.lapsed_by.is_some_and(|t| now >= t)
+            && (self.disk_proves_gone(p) || self.stuck_by(p).is_some_and(|t| now >= t))
     }
 
-    /// When dead peer `p`'s lease will have lapsed for sure, if it is leased and not yet.
+    /// When dead peer `p`'s kernel has answered for long enough that its agent is stuck, not
+    /// cut off: `D` and an interval past its first answer, plus the clock margin.
+    fn stuck_by(&self, p: NodeId) -> Option<Duration> {
+        let span = self.lease_span() + self.cfg.interval;
+        self.peers[p].kernel_since.map(|k| lapsed_by(k, span))
+    }
+
+    /// A dead peer not yet proven gone (nor being fenced to success): probes to its kernel
+    /// may prove its agent stuck.
+    pub(super) fn awaits_proof(&self, p: NodeId) -> bool {
+        let peer = &self.peers[p];
+        peer.leased
+            && !peer.kernel_closed
+            && matches!(
+                peer.fence,
+                FenceState::Waiting | FenceState::Pending | FenceState::Failed(_)
+            )
+    }
+
+    /// When dead peer `p`'s lease will have lapsed for sure, if it is leased and not yet and
+    /// the time is known (the disk's judgement comes with its reads).
     pub(super) fn lease_deadline(&self, p: NodeId) -> Option<Duration> {
         let peer = &self.peers[p];
-        (peer.leased && !peer.alive && !peer.kernel_closed && peer.fence != FenceState::Fenced)
-            .then_some(peer.lapsed_by)
-            .flatten()
+        if !peer.leased || peer.alive || peer.kernel_closed || peer.fence == FenceState::Fenced {
+            return None;
+        }
+        let by = peer.lapsed_by?;
+        match self.stuck_by(p) {
+            Some(stuck) => Some(by.max(stuck)),
+            None if self.disk_proves_gone(p) => Some(by),
+            None => None,
+        }
     }
 
     /// Dead peer `p` is proven gone by its lease: recorded (and said) once.

@@ -7,9 +7,15 @@ use crate::core::wire::{self, Rejected};
 
 impl Core {
     /// Probes go to a peer's data plane on the LAN while its dark line may still be the first
-    /// sign of a crash: from the carrier drop until the short confirmation can no longer apply.
+    /// sign of a crash: from the carrier drop until the short confirmation can no longer apply;
+    /// and to a dead peer that is still to be proven gone, whose kernel's answers prove that
+    /// its agent is stuck, not cut off (`lease`).
     fn probing_peer(&self, p: NodeId, now: Duration) -> bool {
-        self.peers[p].dark_since.is_some_and(|d| {
+        let peer = &self.peers[p];
+        if !peer.alive {
+            return peer.kernel_since.is_none() && self.awaits_proof(p);
+        }
+        peer.dark_since.is_some_and(|d| {
             now < d + self.cfg.dead_after(self.cfg.misses) + self.cfg.probe_confirm
         })
     }
@@ -184,14 +190,18 @@ impl Core {
         }
         peer.probe_answered_seq = seq;
         peer.probe_answered = Some(now);
+        if !peer.alive && peer.kernel_since.is_none() {
+            peer.kernel_since = Some(now);
+        }
         Ok(())
     }
 
-    /// A probe to the data plane of every live peer whose line is dark, on the LAN.
+    /// A probe to the data plane of every live peer whose line is dark, and of every dead
+    /// one still to be proven gone, on the LAN.
     pub(super) fn send_probes(&mut self, now: Duration) {
         let lan = self.cfg.paths - 1;
         for p in self.others_vec() {
-            if !self.peers[p].alive || !self.probing_peer(p, now) {
+            if !self.probing_peer(p, now) {
                 continue;
             }
             self.probe_seq += 1;
@@ -213,6 +223,8 @@ impl Core {
         peer.since = Some(now);
         peer.eligible_since = None;
         peer.restart_until = None;
+        peer.disk_held = false;
+        peer.kernel_since = None;
         self.event(Event::PeerDead { peer: p, reason });
     }
 

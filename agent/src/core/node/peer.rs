@@ -56,6 +56,17 @@ pub(super) struct Peer {
     pub lapsed_by: Option<Duration>,
     /// Its kernel's exit notice came while its gates were leased: they closed at its exit.
     pub kernel_closed: bool,
+    /// Its disk heartbeat's newest generation read, and when (this node's clock) it was
+    /// first read at that generation (`disk`).
+    pub disk_gen: u64,
+    pub disk_moved_at: Option<Duration>,
+    /// Dead, but its disk heartbeat held its resources back (said once).
+    pub disk_held: bool,
+    /// Its disk heartbeat was seen moving: it writes one, so it bounds its lease by it.
+    pub disk_moving: bool,
+    /// Dead: when its data plane first answered a probe since (its kernel and both
+    /// directions of the LAN work while its agent is silent).
+    pub kernel_since: Option<Duration>,
 }
 
 /// What a peer said of one resource, and when.
@@ -107,6 +118,11 @@ impl Peer {
             acked_us: 0,
             lapsed_by: None,
             kernel_closed: false,
+            disk_gen: 0,
+            disk_moved_at: None,
+            disk_held: false,
+            disk_moving: false,
+            kernel_since: None,
         }
     }
 
@@ -118,7 +134,7 @@ impl Peer {
 
     pub fn digest(&self) -> String {
         format!(
-            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}{}|{}{}{:?}{}",
+            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}{}|{}{}{:?}{}|{}{:?}{}{}{:?}",
             self.alive,
             self.last_heard,
             self.known,
@@ -131,7 +147,12 @@ impl Peer {
             self.leased,
             self.acked_us,
             self.lapsed_by,
-            self.kernel_closed
+            self.kernel_closed,
+            self.disk_gen,
+            self.disk_moved_at,
+            self.disk_held,
+            self.disk_moving,
+            self.kernel_since
         )
     }
 }

@@ -7,6 +7,7 @@
 //! configuration as the core sees it), `audit` (the gate table against the core).
 mod arrivals;
 mod audit;
+mod disk;
 mod epochs;
 mod fence;
 mod lease;
@@ -76,6 +77,8 @@ enum Input {
     Audit,
     /// A service's instance: a check's result, its exit, a restart done.
     Service(services::Report),
+    /// A round of the disk heartbeat's thread.
+    Disk(disk::Round),
     Stop,
 }
 
@@ -192,6 +195,10 @@ struct Shell {
     lease_lapsed: bool,
     /// This node served something at the last renewal: a lapse since then closed open gates.
     lease_served: bool,
+    /// The disk heartbeat's thread, if the nodes share a storage area.
+    disk: Option<disk::Disk>,
+    /// Its last round could not read the area (said once).
+    disk_unreadable: bool,
 }
 
 impl Shell {
@@ -221,6 +228,7 @@ impl Shell {
         loop {
             self.perform(rt, &poller, &mut out)?;
             self.renew_lease();
+            self.disk_beat();
             self.arm_exit_plans();
             let mut wake = self.start + self.core.poll_timeout();
             for f in &self.fencing {
@@ -304,6 +312,7 @@ impl Shell {
             }
             Input::Audit => self.audit()?,
             Input::Service(r) => self.service_report(now, r),
+            Input::Disk(round) => self.disk_round(round),
             Input::Stop => {
                 self.stop(now, out);
                 return Ok(false);

@@ -68,6 +68,9 @@ impl Shell {
     }
 
     fn set_gate(&mut self, res: ResId, gate: Gate) -> Result<()> {
+        if let Some(disk) = self.disk.as_mut() {
+            disk.dirty = true;
+        }
         let value = self.gate_value(res, gate);
         for t in &self.targets[res] {
             self.gates.set(t, value)?;

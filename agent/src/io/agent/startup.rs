@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use takeover_common::{Action as GateAction, GateValue};
 
-use super::{epochs::Epochs, services, translate, Input, PeerMacs, Shell};
+use super::{disk, epochs::Epochs, services, translate, Input, PeerMacs, Shell};
 use crate::{
     config::{Config, XdpMode},
     core::{event::resource_name, node::Core, wire},
@@ -183,6 +183,10 @@ impl Shell {
         let (core_cfg, peer_paths) = translate::core_config(&cfg, key);
         let targets = translate::targets(&core_cfg);
         let epochs = Epochs::load(&lan.name)?;
+        let storage = match &cfg.storage {
+            Some(st) => Some(disk::open(st, &cfg.node.name, &core_cfg.nodes)?),
+            None => None,
+        };
 
         // ---- changes, undone on failure ----
         let checked = Checked {
@@ -196,6 +200,7 @@ impl Shell {
             peer_paths,
             targets,
             epochs,
+            storage,
         };
         let mut undo = Undo::default();
         let mut gates = None;
@@ -467,6 +472,15 @@ impl Shell {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
+        let disk = match (c.storage, &cfg.storage) {
+            (Some(opened), Some(st)) => Some(disk::Disk::start(
+                opened,
+                st.interval,
+                realtime_priority,
+                mailbox.clone(),
+            )?),
+            _ => None,
+        };
         let peer_wake = vec![vec![None; c.listen.len()]; c.peer_paths.len()];
         Ok(Shell {
             peer_wake,
@@ -500,6 +514,8 @@ impl Shell {
             start_mono_ns,
             lease_lapsed: false,
             lease_served: false,
+            disk,
+            disk_unreadable: false,
         })
     }
 }
@@ -516,6 +532,8 @@ struct Checked {
     peer_paths: Vec<Vec<SocketAddr>>,
     targets: Vec<Vec<Target>>,
     epochs: Epochs,
+    /// The shared storage area, opened and checked.
+    storage: Option<disk::Opened>,
 }
 
 /// How often the peers' MACs are read again from the neighbour table.

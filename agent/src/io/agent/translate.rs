@@ -73,6 +73,11 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
         fence_retry: Duration::from_secs(1),
         fence: !cfg.fence.command.is_empty(),
         lease: cfg.lease.enabled,
+        disk_timeout: cfg.storage.as_ref().map(|s| s.timeout),
+        storage_hand_over: cfg
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.on_lost == crate::config::OnStorageLost::HandOver),
         startup_grace: cfg.heartbeat.startup_grace.max(cfg.heartbeat.dead_after()),
         restart_grace: cfg.heartbeat.restart_grace.max(cfg.heartbeat.dead_after()),
         exit_takes_over: cfg.heartbeat.agent_exit == AgentExit::Takeover,

@@ -1,0 +1,126 @@
+//! The disk heartbeat (docs/design.md, "shared storage"): what the shared storage area tells
+//! of the peers, and of this node's own access to it.
+//!
+//! The shell reads every peer's disk heartbeat each storage interval and feeds the
+//! generations (`handle_disk`). A peer's heartbeat is fresh until a read at least the timeout
+//! after it was first seen at its newest generation finds it unchanged; only this node's own
+//! clock is used, so the nodes' clocks are never compared. While a peer that every network
+//! path calls dead has a fresh disk heartbeat, it is alive behind a partition: it keeps what
+//! it serves, and this node neither fences it nor takes anything from it (`disk_holds`).
+//! If this node cannot read the area, nothing it read before goes stale: it cannot tell.
+//!
+//! A crashed host stops writing too: its resources move once its heartbeat is stale (at most
+//! the timeout and an interval) and its lease has lapsed or it was fenced.
+use std::time::Duration;
+
+use super::{Core, Event, FenceState, NodeId};
+
+impl Core {
+    /// The shell read the area at `now`: each peer's disk heartbeat generation (0: never
+    /// written or unreadable). Peers not listed keep what was read before.
+    pub fn handle_disk(&mut self, now: Duration, gens: &[(NodeId, u64)]) {
+        let now = self.clock(now);
+        let Some(timeout) = self.cfg.disk_timeout else {
+            return;
+        };
+        self.disk_read_at = Some(now);
+        let mut stale = false;
+        for &(p, gen) in gens {
+            if p == self.cfg.me || p >= self.peers.len() {
+                continue;
+            }
+            let peer = &mut self.peers[p];
+            if peer.disk_moved_at.is_none() || gen != peer.disk_gen {
+                // Moving (not merely found at start): it writes a disk heartbeat, and so
+                // bounds its lease by it (`lease`).
+                peer.disk_moving |= peer.disk_moved_at.is_some() && gen > peer.disk_gen;
+                peer.disk_gen = gen;
+                peer.disk_moved_at = Some(now);
+            } else if peer.disk_held && now >= peer.disk_moved_at.unwrap_or(now) + timeout {
+                peer.disk_held = false;
+                self.event(Event::DiskStale { peer: p });
+                stale = true;
+            }
+        }
+        if stale {
+            self.decide(now);
+        }
+    }
+
+    /// This node's own disk heartbeat write, started at `started`, succeeded (reported at
+    /// `now`), or failed with `error`. While a peer is dead, this node's lease extends only
+    /// the storage timeout past its last write (`lease`).
+    pub fn handle_storage(&mut self, now: Duration, started: Duration, ok: bool, error: &str) {
+        let now = self.clock(now);
+        if self.cfg.disk_timeout.is_none() {
+            return;
+        }
+        if ok {
+            self.disk_written_at = Some(self.disk_written_at.map_or(started, |w| w.max(started)));
+        }
+        if ok == self.storage_ok {
+            return;
+        }
+        self.storage_ok = ok;
+        self.event(Event::Storage {
+            lost: !ok,
+            error: error.to_string(),
+        });
+        self.refit(now);
+    }
+
+    /// Can this node read the area (a round within the timeout)?
+    fn disk_readable(&self) -> bool {
+        match (self.cfg.disk_timeout, self.disk_read_at) {
+            (Some(timeout), Some(read)) => self.fed < read + timeout,
+            _ => false,
+        }
+    }
+
+    /// Is peer `p` still writing its disk heartbeat, as far as this node can tell?
+    fn disk_fresh(&self, p: NodeId) -> bool {
+        let (Some(timeout), Some(read)) = (self.cfg.disk_timeout, self.disk_read_at) else {
+            return false;
+        };
+        self.peers[p]
+            .disk_moved_at
+            .is_none_or(|moved| read < moved + timeout)
+    }
+
+    /// Dead peer `p`, seen writing a disk heartbeat, stopped for the timeout (read after
+    /// read): it stopped serving too (`lease`).
+    pub(super) fn disk_proves_gone(&self, p: NodeId) -> bool {
+        self.disk_readable() && self.peers[p].disk_moving && !self.disk_fresh(p)
+    }
+
+    /// Does dead peer `p`'s disk heartbeat hold its resources back: it still writes, so it is
+    /// alive behind a partition? Not once its kernel said its agent exited (its gates closed
+    /// then) or it was fenced; nor while this node cannot read the area (it cannot tell: the
+    /// other proofs decide, as without storage). Said once.
+    pub(super) fn disk_holds(&mut self, p: NodeId) -> bool {
+        let peer = &self.peers[p];
+        if peer.kernel_closed
+            || peer.fence == FenceState::Fenced
+            || !self.disk_readable()
+            || !self.disk_fresh(p)
+        {
+            return false;
+        }
+        if !peer.disk_held {
+            self.peers[p].disk_held = true;
+            self.event(Event::DiskAlive { peer: p });
+        }
+        true
+    }
+
+    /// Peer `p`'s disk heartbeat generation and whether it is fresh (for `status`).
+    pub fn peer_disk(&self, p: NodeId) -> Option<(u64, bool)> {
+        self.cfg.disk_timeout?;
+        Some((self.peers[p].disk_gen, self.disk_fresh(p)))
+    }
+
+    /// Whether this node writes its disk heartbeat (None: no storage).
+    pub fn storage_ok(&self) -> Option<bool> {
+        self.cfg.disk_timeout.map(|_| self.storage_ok)
+    }
+}

@@ -1,0 +1,175 @@
+//! The disk heartbeat on virtual time: a partition of every network path moves nothing while
+//! the disk heartbeats move (no fence, one server each); a crashed host is taken over once
+//! its disk heartbeat is stale; a node that cannot read the area takes nothing from a peer it
+//! cannot hear; a node cut off its storage hands over if told to.
+use super::super::sim::{self, Sim};
+use super::tests::{after, ms, time_until, MS};
+use super::*;
+
+/// Two nodes, 1 ms heartbeats, leases on, a fence command that works, a storage area with a
+/// 50 ms timeout (written every 5 ms); settled.
+fn pair_with_disk(hand_over: bool) -> Sim {
+    pair_with(hand_over, true)
+}
+
+fn pair_with(hand_over: bool, fence: bool) -> Sim {
+    let mut cfg = sim::config(2, 0, MS, None);
+    cfg.lease = true;
+    cfg.fence = fence;
+    cfg.disk_timeout = Some(ms(50));
+    cfg.storage_hand_over = hand_over;
+    let mut s = Sim::with_config(cfg, 3);
+    after(&mut s, ms(100));
+    assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
+    s
+}
+
+/// Every network path between n0 and n1 cut both ways, with no carrier lost (a switch in the
+/// middle died).
+fn partition(s: &mut Sim) {
+    for (a, b) in [(0, 1), (1, 0)] {
+        s.cut[a][b] = vec![true, true];
+    }
+}
+
+fn held(s: &Sim, by: NodeId) -> usize {
+    s.events_of(by, |e| matches!(e, Event::DiskAlive { .. }))
+}
+
+#[test]
+fn a_partition_of_every_network_path_moves_nothing_while_the_disk_heartbeats_move() {
+    let mut s = pair_with_disk(false);
+    partition(&mut s);
+    for _ in 0..100 {
+        after(&mut s, ms(10));
+        assert_eq!(
+            (s.servers(0), s.servers(1)),
+            (vec![0], vec![1]),
+            "{}",
+            s.tail()
+        );
+    }
+    assert_eq!(s.fences_requested, 0, "{}", s.tail());
+    assert_eq!((held(&s, 0), held(&s, 1)), (1, 1), "{}", s.tail());
+    // Healed: each hears the other again, nothing moved.
+    for (a, b) in [(0, 1), (1, 0)] {
+        s.cut[a][b] = vec![false, false];
+    }
+    after(&mut s, ms(50));
+    assert!(s.nodes[1].core.as_ref().unwrap().peer_alive(0));
+    assert_eq!((s.servers(0), s.servers(1)), (vec![0], vec![1]));
+}
+
+#[test]
+fn without_the_disk_the_same_partition_makes_the_standby_fence_the_owner() {
+    // What the disk heartbeat changes: the same story with no storage ends in a fence.
+    let mut cfg = sim::config(2, 0, MS, None);
+    cfg.lease = true;
+    let mut s = Sim::with_config(cfg, 3);
+    after(&mut s, ms(100));
+    partition(&mut s);
+    after(&mut s, ms(200));
+    assert!(s.fences_requested > 0, "{}", s.tail());
+}
+
+#[test]
+fn a_crashed_host_is_taken_over_once_its_disk_heartbeat_is_stale() {
+    let mut s = pair_with_disk(false);
+    s.crash(0);
+    let t0 = s.now;
+    time_until(&mut s, ms(200), |s| s.servers(0) == vec![1]);
+    let took = s.now - t0;
+    // Not before the timeout (its last write may have been just before the crash), and
+    // within the timeout and two write intervals (5 ms each) after it.
+    assert!(took >= ms(45) && took <= ms(61), "{took:?}\n{}", s.tail());
+    assert_eq!(
+        s.events_of(1, |e| matches!(e, Event::DiskStale { peer: 0 })),
+        1
+    );
+}
+
+#[test]
+fn a_frozen_agent_stops_its_disk_heartbeat_and_is_taken_over_without_a_fence() {
+    let mut s = pair_with_disk(false);
+    s.fence_works = false;
+    s.freeze_agent(0, true);
+    time_until(&mut s, ms(200), |s| s.servers(0) == vec![1]);
+    assert!(s.nodes[0].powered);
+    // Thawed: it serves nothing of what it lost.
+    s.freeze_agent(0, false);
+    after(&mut s, ms(100));
+    assert_eq!(s.servers(0), vec![1], "{}", s.tail());
+}
+
+#[test]
+fn a_node_cut_off_its_storage_and_every_network_path_takes_nothing_and_stops_serving() {
+    // No fence command. n1 cannot read the area, so it cannot tell a partition from a crash:
+    // it takes nothing of n0's. It cannot write either, so while n0 is dead to it its lease
+    // runs out at its last write plus the timeout, and n0, seeing n1's heartbeat stale, takes
+    // n1's address: one server each, at every step.
+    let mut s = pair_with(false, false);
+    s.set_storage(1, false);
+    partition(&mut s);
+    after(&mut s, ms(500));
+    assert_eq!(
+        (s.servers(0), s.servers(1)),
+        (vec![0], vec![0]),
+        "{}",
+        s.tail()
+    );
+    assert_eq!(
+        s.events_of(1, |e| matches!(e, Event::Storage { lost: true, .. })),
+        1
+    );
+    assert_eq!(s.fences_requested, 0);
+    // With a fence command, n1 fences as it would without storage.
+    let mut s = pair_with(false, true);
+    s.set_storage(1, false);
+    partition(&mut s);
+    after(&mut s, ms(500));
+    assert!(s.fences_requested >= 1, "{}", s.tail());
+}
+
+#[test]
+fn a_host_cut_off_every_network_path_and_its_storage_stops_serving_before_the_peer_takes_over() {
+    // n0 loses everything but keeps running: its lease, bounded by its last disk write while
+    // n1 is dead to it, runs out; n1 sees the disk heartbeat stale and takes over. The
+    // simulation checks after every step that no two serve.
+    let mut s = pair_with(false, false);
+    partition(&mut s);
+    s.set_storage(0, false);
+    time_until(&mut s, ms(300), |s| s.servers(0) == vec![1]);
+    assert!(s.nodes[0].powered && s.nodes[0].core.is_some());
+    assert!(s.servers(1) == vec![1]);
+}
+
+#[test]
+fn a_node_cut_off_its_storage_hands_over_when_told_to_and_takes_back_once_healed() {
+    let mut s = pair_with_disk(true);
+    s.set_storage(0, false);
+    time_until(&mut s, ms(200), |s| s.servers(0) == vec![1]);
+    assert_eq!(
+        s.fences_requested,
+        0,
+        "a live peer was fenced:\n{}",
+        s.tail()
+    );
+    s.set_storage(0, true);
+    // Preempt is off in this cluster: it stays with n1; n0 is fit again.
+    after(&mut s, ms(100));
+    assert_eq!(s.servers(0), vec![1]);
+    assert!(s.nodes[1].core.as_ref().unwrap().peer_eligible(0));
+}
+
+#[test]
+fn a_node_cut_off_its_storage_stays_by_default() {
+    let mut s = pair_with_disk(false);
+    s.set_storage(0, false);
+    after(&mut s, ms(300));
+    assert_eq!(
+        (s.servers(0), s.servers(1)),
+        (vec![0], vec![1]),
+        "{}",
+        s.tail()
+    );
+}

@@ -1,0 +1,198 @@
+//! The disk heartbeat's thread (`core::node::disk`): every storage interval it writes this
+//! node's heartbeat into its slot of the shared area and reads the peers', and tells the
+//! heartbeat loop what it found. Block I/O can stall for as long as the storage likes; it
+//! never stalls the loop.
+//!
+//! The thread writes only while the loop runs (the loop bumps `beat` at every wake-up): a
+//! node whose agent hangs looks hung on the disk too, so its peers can take over once its
+//! lease has lapsed.
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use super::{Input, Shell};
+use crate::{
+    config::Storage,
+    core::{event::resource_name, node::NodeId},
+    io::inbox::Mailbox,
+    storage::{area::unix_ms, layout::Slot, payloads::Heartbeat, Area, Device},
+};
+
+/// What the thread found in one round.
+pub(super) struct Round {
+    /// Each peer's disk heartbeat generation (0: never written or unreadable); `None` if the
+    /// area could not be read at all.
+    pub gens: Option<Vec<(NodeId, u64)>>,
+    /// This node's write: `Err` with why it failed.
+    pub write: Result<(), String>,
+    /// When the write began.
+    pub started: Instant,
+}
+
+/// The loop's handle on the thread.
+pub(super) struct Disk {
+    shared: Arc<Shared>,
+    /// What the disk heartbeat says changed: rebuilt at the next wake-up.
+    pub dirty: bool,
+}
+
+struct Shared {
+    beat: AtomicU64,
+    state: Mutex<Heartbeat>,
+    stop: AtomicBool,
+}
+
+/// The area, opened and checked, with this node's index in it and each core peer's.
+pub(super) struct Opened {
+    area: Area,
+    mine: usize,
+    peers: Vec<(NodeId, usize)>,
+}
+
+/// Opens the area named by the configuration and finds this node and its peers in it (a check
+/// before start-up changes anything).
+pub(super) fn open(st: &Storage, me: &str, nodes: &[String]) -> Result<Opened> {
+    let area = Area::open(Device::open(&st.device).context("storage.device")?)
+        .context("storage.device")?;
+    if !area.dev.direct {
+        log::warn!(
+            "storage.device {}: its file system does not take O_DIRECT: reads go through this host's page cache, right only if every node runs on this host",
+            st.device.display()
+        );
+    }
+    let mine = area.index_of(me)?;
+    let mut peers = Vec::new();
+    for (p, name) in nodes.iter().enumerate() {
+        if name != me {
+            peers.push((p, area.index_of(name)?));
+        }
+    }
+    Ok(Opened { area, mine, peers })
+}
+
+impl Disk {
+    /// Starts the thread.
+    pub(super) fn start(
+        opened: Opened,
+        interval: Duration,
+        realtime_priority: bool,
+        mailbox: Mailbox<Input>,
+    ) -> Result<Disk> {
+        let shared = Arc::new(Shared {
+            beat: AtomicU64::new(0),
+            state: Mutex::new(Heartbeat::default()),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let Opened {
+            mut area,
+            mine,
+            peers,
+        } = opened;
+        std::thread::Builder::new()
+            .name("disk heartbeat".into())
+            .spawn(move || {
+                // As the heartbeat loop: a busy host must not make this node look gone.
+                if realtime_priority {
+                    super::fifo();
+                }
+                let mut last_beat = 0;
+                let mut next = Instant::now();
+                while !s.stop.load(Ordering::Relaxed) {
+                    let beat = s.beat.load(Ordering::Relaxed);
+                    // The loop did not run since the last round: write nothing.
+                    if beat != last_beat {
+                        last_beat = beat;
+                        let mut hb = s.state.lock().map(|h| h.clone()).unwrap_or_default();
+                        hb.written_unix_ms = unix_ms();
+                        hb.interval_ms = interval.as_millis() as u64;
+                        let started = Instant::now();
+                        let write = area
+                            .write(mine, Slot::Heartbeat, &hb)
+                            .map(|_| ())
+                            .map_err(|e| format!("{e:#}"));
+                        let gens = peers
+                            .iter()
+                            .map(|&(p, i)| {
+                                let read = area.read::<Heartbeat>(i, Slot::Heartbeat)?;
+                                Ok((p, read.value.map_or(0, |(gen, _)| gen)))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                            .ok();
+                        if !mailbox.send(Input::Disk(Round {
+                            gens,
+                            write,
+                            started,
+                        })) {
+                            return;
+                        }
+                    }
+                    next += interval;
+                    let now = Instant::now();
+                    if next < now {
+                        // Storage stalled for longer than an interval: start the beat again.
+                        next = now + interval;
+                    }
+                    std::thread::sleep(next - now);
+                }
+            })
+            .context("starting the disk heartbeat thread")?;
+        Ok(Disk {
+            shared,
+            dirty: true,
+        })
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Shell {
+    /// At every wake-up: the loop runs (the thread may write), and what the heartbeat says is
+    /// refreshed if it changed.
+    pub(super) fn disk_beat(&mut self) {
+        let Some(disk) = self.disk.as_mut() else {
+            return;
+        };
+        disk.shared.beat.fetch_add(1, Ordering::Relaxed);
+        if !disk.dirty {
+            return;
+        }
+        disk.dirty = false;
+        let serving: BTreeMap<String, u64> = (0..self.core_cfg.resources.len())
+            .filter(|&r| self.core.is_open(r))
+            .map(|r| (resource_name(&self.core_cfg, r), self.core.epoch(r)))
+            .collect();
+        let lan_up = self.core.lan_link();
+        if let Ok(mut hb) = disk.shared.state.lock() {
+            hb.serving = serving;
+            hb.lan_up = lan_up;
+        }
+    }
+
+    pub(super) fn disk_round(&mut self, round: Round) {
+        let now = self.now();
+        if let Some(gens) = &round.gens {
+            self.core.handle_disk(now, gens);
+        }
+        let started = round.started.saturating_duration_since(self.start);
+        match &round.write {
+            Ok(()) => self.core.handle_storage(now, started, true, ""),
+            Err(e) => self.core.handle_storage(now, started, false, e),
+        }
+        if round.gens.is_none() && !self.disk_unreadable {
+            log::warn!("the storage area cannot be read: the peers' disk heartbeats are not judged meanwhile (a peer silent on every network path keeps what it serves)");
+        }
+        self.disk_unreadable = round.gens.is_none();
+    }
+}
