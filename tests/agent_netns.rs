@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use takeover_lab::{
     agents::{with_logs, Agent, Cluster, Timing, LOGICAL},
+    storage::LoopDevice,
     topology::{wait_for, Host, Lan},
     udp::{Client, Responder},
     Takeover,
@@ -184,7 +185,10 @@ fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> 
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
     only_answerer(&s, a, "a serves")?;
     // a's agent hangs: its process lives (no exit notice), its links and kernel work, its
-    // gate is still written open. b takes over once a's lease has lapsed for sure.
+    // gate is still written open. Its lease, renewed only as far as b echoed it, ends about
+    // when b counts it dead; b takes over on the first proof: the fence that lies (at once),
+    // or the lease (once a's kernel has answered for the dead time while its agent stayed
+    // silent). Either way a's gate has closed by itself.
     let pid = s.agents[0].child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let frozen = s.logged(wait_served_by(&s.client, "b", "b to take over"));
@@ -192,7 +196,8 @@ fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> 
         frozen?;
         let log = s.agents[1].log();
         assert!(
-            s.agents[1].logged("lease_lapsed", &[("peer", "a"), ("by_kernel", "false")]),
+            s.agents[1].logged("lease_lapsed", &[("peer", "a"), ("by_kernel", "false")])
+                || s.agents[1].logged("fenced", &[("peer", "a")]),
             "{log}"
         );
         // The pinned table of a still says open: the lease is what closed it, and `map show`
@@ -232,6 +237,130 @@ fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> 
     unsafe { libc::kill(pid, libc::SIGCONT) };
     result?;
     s.logged(wait_served_by(&s.client, "a", "the failback to a"))?;
+    only_answerer(&s, a, "a serves again")?;
+    Ok(())
+}
+
+/// A formatted storage area for nodes a and b on a loop device, and the configuration lines
+/// that use it (written every 10 ms, stale after 200 ms).
+fn shared_storage() -> Result<(LoopDevice, String)> {
+    let dev = LoopDevice::new("area", 8)?;
+    takeover().ok_plain(&format!("storage init {} --nodes a,b", dev.dev))?;
+    let lines = dev.config("10ms", "200ms");
+    Ok((dev, lines))
+}
+
+/// The configuration without its [fence] section (leases make it optional).
+fn without_a_fence(config: String) -> String {
+    let start = config
+        .find("[fence]")
+        .expect("the lab's config has a fence");
+    let end = config[start + 1..]
+        .find("\n[")
+        .map_or(config.len(), |i| start + 2 + i);
+    format!("{}{}", &config[..start], &config[end..])
+}
+
+#[test]
+fn both_network_paths_cut_with_the_storage_fine_moves_nothing_and_fences_no_one() -> Result<()> {
+    let (dev, storage) = shared_storage()?;
+    let start = |cluster: &Cluster, me: &Host, peer: &Host| {
+        cluster.start_with(&takeover(), me, peer, |c| c + &storage)
+    };
+    let s = setup_starting(start, start)?;
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    only_answerer(&s, a, "a serves")?;
+    // Every path between a and b cut both ways with no carrier lost: the switch isolates
+    // their ports (the client still reaches both), the line drops all they send.
+    s.lan.isolate("a", "b", true)?;
+    for h in [a, b] {
+        h.ns.sh("tc qdisc replace dev ded root pfifo limit 0")?;
+    }
+    s.logged(wait_for("b to see a alive on the disk", WAIT, || {
+        Ok(s.agents[1]
+            .logged("disk_alive", &[("peer", "a")])
+            .then_some(()))
+    }))?;
+    // Well past the storage timeout: a serves throughout, b takes nothing, nobody fences.
+    for seq in 3000..3100 {
+        let got = s.client.request(seq, Duration::from_secs(1))?;
+        if got.as_deref() != Some("a") {
+            s.logged(Err(anyhow::anyhow!("request {seq} answered by {got:?}")))?;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    only_answerer(&s, a, "a serves through the partition")?;
+    // a counts b dead too, and renews its lease alone: b's disk heartbeat keeps b from
+    // taking anything, a's own keeps its lease running.
+    assert!(s.agents[0].logged("peer_dead", &[("peer", "b")]));
+    assert!(nobody_fenced(&s), "{}", s.agents[1].log());
+    assert!(
+        !s.agents[1].logged("takeover", &[]),
+        "{}",
+        s.agents[1].log()
+    );
+    // The area shows both heartbeats moving and what a serves.
+    let area: serde_json::Value =
+        serde_json::from_str(&takeover().ok_plain(&format!("storage show {} --json", dev.dev))?)?;
+    let serving = &area["nodes"][0]["heartbeat"]["value"]["serving"];
+    assert!(serving[LOGICAL].as_u64().is_some(), "{area}");
+    assert!(area["nodes"][1]["heartbeat"]["generation"].as_u64() > Some(0));
+    // Healed: they hear each other again; nothing moved.
+    s.lan.isolate("a", "b", false)?;
+    for h in [a, b] {
+        h.ns.sh("tc qdisc del dev ded root")?;
+    }
+    s.logged(wait_for("b to hear a again", WAIT, || {
+        Ok(s.agents[1]
+            .logged("peer_alive", &[("peer", "a")])
+            .then_some(()))
+    }))?;
+    only_answerer(&s, a, "a serves after the partition")?;
+    drop(s);
+    Ok(())
+}
+
+#[test]
+fn a_hung_host_without_a_fence_is_taken_over_once_its_disk_heartbeat_is_stale() -> Result<()> {
+    let (_dev, storage) = shared_storage()?;
+    let start = |cluster: &Cluster, me: &Host, peer: &Host| {
+        cluster.start_with(&takeover(), me, peer, |c| without_a_fence(c) + &storage)
+    };
+    let s = setup_starting(start, start)?;
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    only_answerer(&s, a, "a serves")?;
+    // a hangs whole: its agent stops, and nothing leaves the host any more, its kernel's
+    // answers included (its switch port and its end of the line go down). To b that is a
+    // crash, or a partition: only the disk can tell.
+    let pid = s.agents[0].child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    s.lan.switch.ip("link set p-a down")?;
+    a.ns.ip("link set ded down")?;
+    let hung = s.logged(wait_served_by(&s.client, "b", "b to take over"));
+    let result = (|| -> Result<()> {
+        hung?;
+        let log = s.agents[1].log();
+        assert!(s.agents[1].logged("disk_stale", &[("peer", "a")]), "{log}");
+        assert!(
+            s.agents[1].logged("lease_lapsed", &[("peer", "a"), ("by_kernel", "false")]),
+            "{log}"
+        );
+        assert!(nobody_fenced(&s), "{log}");
+        Ok(())
+    })();
+    only_answerer(&s, b, "b serves, a's lapsed gate claims nothing")?;
+    // Back: a serves nothing it lost (its lease lapsed; it hears b's newer epoch), and gets
+    // its address back by a handover after the preempt delay.
+    s.lan.switch.ip("link set p-a up")?;
+    a.ns.ip("link set ded up")?;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    result?;
+    s.logged(wait_served_by(&s.client, "a", "the failback to a"))?;
+    assert!(
+        s.agents[0].logged("takeover", &[("epoch", "3")]),
+        "{}",
+        s.agents[0].log()
+    );
     only_answerer(&s, a, "a serves again")?;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod previous;
 pub mod service_demo;
 pub mod services;
 pub mod stats;
+pub mod storage;
 pub mod topology;
 pub mod udp;
 
@@ -35,6 +36,11 @@ use anyhow::{bail, Context, Result};
 pub const PIN_ROOT: &str = "/sys/fs/bpf/takeover";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number not used before in this process (for names of scratch files and namespaces).
+pub fn unique() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Runs `cmd`, failing with its stderr if it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
@@ -237,6 +243,11 @@ impl Takeover {
     /// Runs `takeover --netns NS ARGS...` and returns its stdout; fails if it fails.
     pub fn ok(&self, ns: &Netns, args: &str) -> Result<String> {
         run(self.cmd(ns).args(args.split_whitespace()))
+    }
+
+    /// Runs `takeover ARGS...` in no particular namespace (`storage`, `check-config`).
+    pub fn ok_plain(&self, args: &str) -> Result<String> {
+        run(Command::new(&self.bin).args(args.split_whitespace()))
     }
 
     /// Runs it and returns the whole output, success or not.

@@ -155,6 +155,17 @@ impl Lan {
             .unwrap_or_else(|| panic!("no host {name}"))
     }
 
+    /// Cuts (or heals) the LAN between hosts `a` and `b` at the switch, both ways and without
+    /// a carrier change: both still reach every other host (bridge port isolation).
+    pub fn isolate(&self, a: &str, b: &str, on: bool) -> Result<()> {
+        let on = if on { "on" } else { "off" };
+        for h in [a, b] {
+            self.switch
+                .sh(&format!("bridge link set dev p-{h} isolated {on}"))?;
+        }
+        Ok(())
+    }
+
     /// A direct veth `ded` between hosts `a` and `b` (the patent's dedicated line), with
     /// 10.78.0.<i+1>/24 and static neighbours.
     pub fn dedicated_line(&self, a: &str, b: &str) -> Result<()> {

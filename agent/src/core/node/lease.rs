@@ -20,9 +20,11 @@
 //!   this node and been bounded by its echoes again, and would have been heard; it is stuck,
 //!   and its lease ran out from its last renewal;
 //! - its disk heartbeat stale (`disk`), from a peer seen writing one: a node that shares a
-//!   storage area bounds its lease, while a peer is dead to it, by its own last disk write
-//!   plus the storage timeout (less the clock margin), so a peer that stopped writing for the
-//!   timeout has stopped serving too.
+//!   storage area bounds its lease by its own last disk write plus the storage timeout (less
+//!   the clock margin) towards a peer that is dead to it, and towards a live one by that or
+//!   the echoes, whichever is later (a lost echo must not close the gates while the node
+//!   notices a partition); so a peer that stopped writing for the timeout has stopped serving
+//!   too, and for such a peer only the disk proves it (its kernel's answers do not).
 //!
 //! Without any of these (every path cut, no storage, the peer's kernel silent: a crashed host
 //! and a partition look alike) only a fence proves it gone.
@@ -68,21 +70,28 @@ impl Core {
         }
         let span = self.lease_span();
         let mut until = now + span;
+        let disk = self.cfg.disk_timeout.map(|timeout| {
+            self.disk_written_at
+                .map_or(Duration::ZERO, |w| w + disk_span(timeout))
+        });
         for p in self.others() {
             let peer = &self.peers[p];
             // A peer waiting for its agent's restart takes nothing meanwhile.
             if peer.restart_until.is_some() {
                 continue;
             }
-            if peer.alive {
-                until = until.min(Duration::from_micros(peer.acked_us) + span);
-            } else if let Some(timeout) = self.cfg.disk_timeout {
-                // A dead peer may judge this node by its disk heartbeat alone.
-                until = until.min(
-                    self.disk_written_at
-                        .map_or(Duration::ZERO, |w| w + disk_span(timeout)),
-                );
-            }
+            let echoed = Duration::from_micros(peer.acked_us) + span;
+            until = until.min(match (peer.alive, disk) {
+                (true, None) => echoed,
+                // It judges this node by the disk heartbeat once it stops hearing it: while
+                // that is written, a lost echo does not close the gates (no gap while it
+                // notices a partition).
+                (true, Some(disk)) => echoed.max(disk),
+                (false, Some(disk)) => disk,
+                // Dead to this node and no storage: it may be alive behind a partition, and
+                // it cannot take anything without a proof that does not rest on this lease.
+                (false, None) => continue,
+            });
         }
         Some(until)
     }
@@ -120,8 +129,13 @@ impl Core {
         if peer.kernel_closed {
             return true;
         }
+        // A peer that writes a disk heartbeat bounds its lease by it: only the disk can say.
         peer.lapsed_by.is_some_and(|t| now >= t)
-            && (self.disk_proves_gone(p) || self.stuck_by(p).is_some_and(|t| now >= t))
+            && if peer.disk_moving {
+                self.disk_proves_gone(p)
+            } else {
+                self.stuck_by(p).is_some_and(|t| now >= t)
+            }
     }
 
     /// When dead peer `p`'s kernel has answered for long enough that its agent is stuck, not
@@ -137,6 +151,7 @@ impl Core {
         let peer = &self.peers[p];
         peer.leased
             && !peer.kernel_closed
+            && !peer.disk_moving
             && matches!(
                 peer.fence,
                 FenceState::Waiting | FenceState::Pending | FenceState::Failed(_)
@@ -151,11 +166,10 @@ impl Core {
             return None;
         }
         let by = peer.lapsed_by?;
-        match self.stuck_by(p) {
-            Some(stuck) => Some(by.max(stuck)),
-            None if self.disk_proves_gone(p) => Some(by),
-            None => None,
+        if peer.disk_moving {
+            return self.disk_proves_gone(p).then_some(by);
         }
+        self.stuck_by(p).map(|stuck| by.max(stuck))
     }
 
     /// Dead peer `p` is proven gone by its lease: recorded (and said) once.
