@@ -253,6 +253,7 @@ enum StorageCommand {
         after_help = "Examples:\n  takeover storage show /dev/sdb\n  takeover storage show /dev/sdb --json"
     )]
     Show {
+        /// The block device (or file) that holds the area.
         device: std::path::PathBuf,
         /// Machine-readable output (stable field names).
         #[arg(long)]

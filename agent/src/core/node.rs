@@ -40,6 +40,7 @@ use super::component::Component;
 pub use super::config::{ComponentSpec, CoreConfig, NodeId, ResId, ResourceSpec, ServiceSpec};
 pub use super::event::{DeathReason, Event, Gate, Mismatch};
 use super::wire::{self, Rejected};
+pub use disk::DiskRead;
 use peer::Peer;
 
 /// What the shell must do.
@@ -147,6 +148,10 @@ pub struct Core {
     /// successful write of this node's began.
     disk_read_at: Option<Duration>,
     disk_written_at: Option<Duration>,
+    /// The latest lease end `lease_until` gave, and whether this agent stalled (slept through
+    /// wake-ups) since it last ran (`lease`).
+    lease_granted: Option<Duration>,
+    stalled: bool,
     peers: Vec<Peer>,
     res: Vec<Res>,
     /// Per path: the last sequence number used.
@@ -248,6 +253,8 @@ impl Core {
             storage_ok: true,
             disk_read_at: None,
             disk_written_at: None,
+            lease_granted: None,
+            stalled: false,
             peers: vec![peer; n],
             seq: vec![0; cfg.paths],
             last_stamp: 0,

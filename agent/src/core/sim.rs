@@ -13,8 +13,8 @@ use super::{
     component::Policy,
     event::Event,
     node::{
-        Action, Arrival, ComponentSpec, Core, CoreConfig, FenceState, Gate, NodeId, ResourceSpec,
-        ServiceSpec,
+        Action, Arrival, ComponentSpec, Core, CoreConfig, DiskRead, FenceState, Gate, NodeId,
+        ResourceSpec, ServiceSpec,
     },
     wire,
 };
@@ -169,6 +169,9 @@ pub struct Sim {
     pub restart_takes: Duration,
     /// The shared storage area, if the nodes have one (`cfg.disk_timeout`).
     pub disk: Option<SimDisk>,
+    /// Per node: how fast its monotonic clock runs against true time, in parts per million
+    /// (the core's `CLOCK_RATE_PPM` bounds the difference between two nodes).
+    pub clock_ppm: Vec<i64>,
 }
 
 /// The shared storage area: each node's disk heartbeat generation, written and read every
@@ -177,6 +180,8 @@ pub struct SimDisk {
     pub interval: Duration,
     pub next: Duration,
     pub gens: Vec<u64>,
+    /// Per node: its last write was its agent's before a planned restart.
+    pub restarting: Vec<bool>,
     /// Per node: cut off the storage (its writes fail, its reads find nothing).
     pub cut: Vec<bool>,
 }
@@ -314,10 +319,12 @@ impl Sim {
             next_check: Duration::from_secs(1),
             restarts: Vec::new(),
             restart_takes: Duration::from_millis(3),
+            clock_ppm: vec![0; nodes],
             disk: cfg.disk_timeout.map(|t| SimDisk {
                 interval: t / 10,
                 next: Duration::from_secs(1),
                 gens: vec![0; nodes],
+                restarting: vec![false; nodes],
                 cut: vec![false; nodes],
             }),
             cfg,
@@ -349,6 +356,35 @@ impl Sim {
         sim
     }
 
+    /// True time `t` on node `n`'s clock (the clocks agree at the simulation's start).
+    pub fn local(&self, n: NodeId, t: Duration) -> Duration {
+        let base = Duration::from_secs(1);
+        let ppm = self.clock_ppm[n];
+        if ppm == 0 || t <= base {
+            return t;
+        }
+        let d = (t - base).as_nanos() as i128;
+        base + Duration::from_nanos((d + d * ppm as i128 / 1_000_000) as u64)
+    }
+
+    /// Node `n`'s clock reading `l` in true time, rounded up (the first instant at which
+    /// its clock has reached `l`).
+    pub fn global(&self, n: NodeId, l: Duration) -> Duration {
+        let base = Duration::from_secs(1);
+        let ppm = self.clock_ppm[n];
+        if ppm == 0 || l <= base {
+            return l;
+        }
+        let d = (l - base).as_nanos() as i128;
+        let scale = 1_000_000 + ppm as i128;
+        base + Duration::from_nanos(((d * 1_000_000 + scale - 1) / scale) as u64)
+    }
+
+    /// Now on node `n`'s clock.
+    fn at(&self, n: NodeId) -> Duration {
+        self.local(n, self.now)
+    }
+
     /// Node `n`'s configuration: its own if a test gave it one (a mismatch, an old version),
     /// else the cluster's.
     fn node_cfg(&self, n: NodeId) -> CoreConfig {
@@ -362,21 +398,21 @@ impl Sim {
     /// Starts (or restarts) node `n`'s agent; gates it finds open stay as they are.
     pub fn start_agent(&mut self, n: NodeId) {
         let cfg = self.node_cfg(n);
+        let at = self.at(n);
+        let now = self.now;
         let node = &mut self.nodes[n];
         node.incarnation += 1;
+        // As the shell: gates found open serve on under the lease the last agent left, if it
+        // still runs; a lapsed one's (an agent killed or stalled) are not revived.
         let open: Vec<(usize, u64)> = (0..node.gates.len())
-            .filter(|&a| node.is_open(a))
+            .filter(|&a| node.is_open(a) && node.lease_runs(cfg.lease, now))
             .map(|a| (a, node.epochs[a]))
             .collect();
-        if cfg.lease {
-            // As the shell: gates found open serve on for the dead time from now.
-            node.lease = node.lease.max(self.now + cfg.interval * cfg.misses);
-        }
-        let mut core = Core::new(cfg, node.incarnation, self.now, &open);
+        let mut core = Core::new(cfg, node.incarnation, at, &open);
         node.exited = false;
         core.set_exit_commit(wire::commit(&Self::token(n, node.incarnation)));
         if !node.lan_up {
-            core.handle_lan(self.now, false);
+            core.handle_lan(at, false);
         }
         self.nodes[n].core = Some(core);
         self.trace.push(format!("{:?} n{n} agent starts", self.now));
@@ -393,9 +429,10 @@ impl Sim {
     /// An operator on node `on` moves address `a` to node `to`.
     pub fn switchover(&mut self, on: NodeId, a: usize, to: NodeId) {
         let now = self.now;
+        let at = self.at(on);
         self.feed_waiting(on);
         if let Some(c) = self.nodes[on].core.as_mut() {
-            c.handle_switchover(now, a, to);
+            c.handle_switchover(at, a, to);
         }
         self.trace
             .push(format!("{now:?} switchover a{a} to n{to} (on n{on})"));
@@ -405,18 +442,37 @@ impl Sim {
     /// The agent stops for a restart (SIGTERM): it tells the peers, then exits.
     pub fn stop_agent(&mut self, n: NodeId) {
         let now = self.now;
+        if self.nodes[n].core.is_none() {
+            // No agent runs (killed, frozen: SIGTERM waits for SIGCONT): nothing to stop.
+            return;
+        }
         self.feed_waiting(n);
-        if self.cfg.lease {
+        // As the shell: with storage, a last disk heartbeat says it restarts (if it can be
+        // written: else the gates are not extended, a peer judging by the disk could not know).
+        let told_disk = match self.disk.as_mut() {
+            Some(d) if d.cut[n] => false,
+            Some(d) => {
+                d.gens[n] += 1;
+                d.restarting[n] = true;
+                true
+            }
+            None => true,
+        };
+        if self.cfg.lease && told_disk {
             // As the shell: the gates serve on over the restart.
-            let over = now
-                + self
-                    .cfg
-                    .restart_grace
-                    .max(self.cfg.interval * self.cfg.misses);
+            let over = self.global(
+                n,
+                self.at(n)
+                    + self
+                        .cfg
+                        .restart_grace
+                        .max(self.cfg.interval * self.cfg.misses),
+            );
             self.nodes[n].lease = self.nodes[n].lease.max(over);
         }
+        let at = self.at(n);
         if let Some(c) = self.nodes[n].core.as_mut() {
-            c.shutdown(now);
+            c.shutdown(at);
         }
         self.drain(n);
         self.nodes[n].core = None;
@@ -428,6 +484,8 @@ impl Sim {
     /// The agent process dies (SIGKILL); the machine and its gates stay.
     pub fn kill_agent(&mut self, n: NodeId) {
         self.nodes[n].core = None;
+        // A stopped process dies of SIGKILL too.
+        self.nodes[n].frozen = None;
         self.nodes[n].waiting.clear();
         self.nodes[n].exited = true;
         // Its kernel ends the lease at the exit.
@@ -445,9 +503,9 @@ impl Sim {
         } else if let Some(c) = node.frozen.take() {
             node.core = Some(c);
             self.trace.push(format!("{:?} n{n} agent thawed", self.now));
-            let now = self.now;
+            let at = self.at(n);
             if let Some(c) = self.nodes[n].core.as_mut() {
-                c.handle_timeout(now);
+                c.handle_timeout(at);
             }
             self.drain(n);
         }
@@ -458,6 +516,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.powered = false;
         node.core = None;
+        node.frozen = None;
         node.waiting.clear();
         node.exited = false;
         node.gates.iter_mut().for_each(|g| *g = Gate::Closed);
@@ -494,8 +553,9 @@ impl Sim {
         i.down_since = i.down_since.or(Some(now));
         self.trace.push(format!("{now:?} n{n} service s{c} killed"));
         self.feed_waiting(n);
+        let at = self.at(n);
         if let Some(core) = self.nodes[n].core.as_mut() {
-            core.handle_exited(now, c);
+            core.handle_exited(at, c);
         }
         self.drain(n);
     }
@@ -539,11 +599,12 @@ impl Sim {
                 continue;
             }
             self.feed_waiting(n);
+            let at = self.local(n, now);
             for c in 0..self.nodes[n].instances.len() {
                 let pass = self.nodes[n].instances[c].serves();
                 let core = self.nodes[n].core.as_mut().unwrap();
                 if core.config().components[c].here {
-                    core.handle_check(now, c, 0, pass);
+                    core.handle_check(at, c, 0, pass);
                 }
             }
             self.drain(n);
@@ -574,8 +635,9 @@ impl Sim {
                 if ok { "restarted" } else { "failed to start" }
             ));
             self.feed_waiting(n);
+            let at = self.at(n);
             if let Some(core) = self.nodes[n].core.as_mut() {
-                core.handle_restarted(now, c, ok);
+                core.handle_restarted(at, c, ok);
             }
             self.drain(n);
         }
@@ -588,10 +650,10 @@ impl Sim {
             self.now,
             if up { "up" } else { "down" }
         ));
-        let now = self.now;
         self.feed_waiting(n);
+        let at = self.at(n);
         if let Some(c) = self.nodes[n].core.as_mut() {
-            c.handle_lan(now, up);
+            c.handle_lan(at, up);
         }
         self.drain(n);
     }
@@ -607,12 +669,12 @@ impl Sim {
             if up { "up" } else { "cut" }
         ));
         if carrier {
-            let now = self.now;
             for n in [a, b] {
                 self.feed_waiting(n);
                 let other = if n == a { b } else { a };
+                let at = self.at(n);
                 if let Some(c) = self.nodes[n].core.as_mut() {
-                    c.handle_line_carrier(now, other, up);
+                    c.handle_line_carrier(at, other, up);
                 }
                 self.drain(n);
             }
@@ -626,10 +688,10 @@ impl Sim {
         path: usize,
         bytes: &[u8],
     ) -> Option<(Result<(), super::wire::Rejected>, String, String)> {
-        let now = self.now;
+        let at = self.at(to);
         let core = self.nodes[to].core.as_mut()?;
         let before = core.digest();
-        let r = core.handle_datagram(now, path, bytes);
+        let r = core.handle_datagram(at, path, bytes);
         let after = core.digest();
         self.drain(to);
         Some((r, before, after))
@@ -651,12 +713,12 @@ impl Sim {
                             self.nodes[n].epochs[a] = e;
                         }
                     }
-                    let now = self.now;
+                    let at = self.at(n);
                     self.nodes[n]
                         .core
                         .as_mut()
                         .unwrap()
-                        .handle_persisted(now, ok);
+                        .handle_persisted(at, ok);
                 }
                 Action::Event(e) => {
                     let cfg = self.nodes[n].core.as_ref().unwrap().config();
@@ -694,11 +756,10 @@ impl Sim {
             }
         }
         // As the shell after every wake-up: the lease extended as far as the core allows.
-        if let Some(until) = self.nodes[n]
-            .core
-            .as_ref()
-            .and_then(|c| c.lease_until(self.now))
-        {
+        let at = self.at(n);
+        if let Some(until) = self.nodes[n].core.as_mut().and_then(|c| c.lease_until(at)) {
+            // The data plane's lease runs on the node's own clock.
+            let until = self.global(n, until);
             self.nodes[n].lease = self.nodes[n].lease.max(until);
         }
         self.check_invariant_1();
@@ -910,9 +971,9 @@ impl Sim {
             if let Some(d) = &self.disk {
                 next = next.min(d.next.max(self.now));
             }
-            for node in &self.nodes {
+            for (n, node) in self.nodes.iter().enumerate() {
                 if let Some(c) = &node.core {
-                    next = next.min(c.poll_timeout().max(self.now));
+                    next = next.min(self.global(n, c.poll_timeout()).max(self.now));
                 }
             }
             if next >= until && self.now >= until {
@@ -949,8 +1010,12 @@ impl Sim {
                 continue;
             }
             if let Some(answer) = wire::probe_answer(&d.bytes) {
-                // The data plane answers probes, whatever the agent is doing.
-                self.send(d.to, d.from, d.path, answer, true);
+                // The data plane answers probes while an agent is registered as running,
+                // however stalled (frozen); not for one stopping or stopped, nor dead.
+                let node = &self.nodes[d.to];
+                if node.core.is_some() || node.frozen.is_some() {
+                    self.send(d.to, d.from, d.path, answer, true);
+                }
             } else if self.nodes[d.to].core.is_some() {
                 if d.urgent {
                     // A wake-up: what waited on the listen sockets is read too.
@@ -977,8 +1042,9 @@ impl Sim {
                 self.crash(peer);
             }
             self.feed_waiting(by);
+            let at = self.at(by);
             if let Some(c) = self.nodes[by].core.as_mut() {
-                c.handle_fence(now, peer, ok);
+                c.handle_fence(at, peer, ok);
             }
             self.drain(by);
         }
@@ -991,14 +1057,15 @@ impl Sim {
             self.run_checks();
         }
         for n in 0..self.nodes.len() {
+            let at = self.local(n, now);
             let due = self.nodes[n]
                 .core
                 .as_ref()
-                .is_some_and(|c| c.poll_timeout() <= now);
+                .is_some_and(|c| c.poll_timeout() <= at);
             if due {
                 self.feed_waiting(n);
                 let c = self.nodes[n].core.as_mut().unwrap();
-                c.handle_timeout(now);
+                c.handle_timeout(at);
                 self.drain(n);
             }
         }
@@ -1017,16 +1084,24 @@ impl Sim {
         for &n in &running {
             if !d.cut[n] {
                 d.gens[n] += 1;
+                d.restarting[n] = false;
             }
         }
         let (gens, cut) = (d.gens.clone(), d.cut.clone());
+        let all: Vec<DiskRead> = (0..gens.len())
+            .map(|p| DiskRead {
+                peer: p,
+                generation: gens[p],
+                restarting: d.restarting[p],
+            })
+            .collect();
         for n in running {
             self.feed_waiting(n);
+            let at = self.local(n, now);
             let c = self.nodes[n].core.as_mut().unwrap();
-            c.handle_storage(now, now, !cut[n], "cut off");
+            c.handle_storage(at, at, !cut[n], "cut off");
             if !cut[n] {
-                let all: Vec<(NodeId, u64)> = gens.iter().copied().enumerate().collect();
-                c.handle_disk(now, &all);
+                c.handle_disk(at, &all);
             }
             self.drain(n);
         }
@@ -1047,7 +1122,12 @@ impl Sim {
     /// Hands node `n`'s agent what waits on its sockets, as the shell does at a wake-up: the
     /// core sorts it by arrival.
     fn feed_waiting(&mut self, n: NodeId) {
-        let now = self.now;
+        let now = self.at(n);
+        let arrived: Vec<Duration> = self.nodes[n]
+            .waiting
+            .iter()
+            .map(|w| self.local(n, w.0))
+            .collect();
         let node = &mut self.nodes[n];
         let Some(c) = node.core.as_mut() else {
             node.waiting.clear();
@@ -1057,7 +1137,8 @@ impl Sim {
         let mut list: Vec<Arrival<()>> = node
             .waiting
             .drain(..)
-            .map(|(at, path, bytes)| {
+            .zip(arrived)
+            .map(|((_, path, bytes), at)| {
                 let start = buf.len();
                 buf.extend_from_slice(&bytes);
                 Arrival {

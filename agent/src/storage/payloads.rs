@@ -55,6 +55,10 @@ pub struct Heartbeat {
     /// Orders it obeyed: sender's name to the order's id (see [`Message`]).
     #[serde(default)]
     pub obeyed: BTreeMap<String, u64>,
+    /// Its agent's last write before a planned restart: its gates serve on over the restart
+    /// grace, so readers count it stale only that much later.
+    #[serde(default)]
+    pub restarting: bool,
 }
 
 /// A node's orders to other nodes. The poison pill: the named node closes its gates and stops

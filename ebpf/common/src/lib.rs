@@ -311,7 +311,8 @@ pub const WIRE_MAGIC: [u8; 4] = *b"TKOV";
 pub const WIRE_KIND_HEARTBEAT: u8 = 1;
 pub const WIRE_KIND_EXIT: u8 = 2;
 /// A liveness probe, answered by the data plane itself (the kind byte set to
-/// [`WIRE_KIND_PROBE_ANSWER`], sent back), whatever the agent is doing.
+/// [`WIRE_KIND_PROBE_ANSWER`], sent back) while an agent is registered as running, however
+/// stalled it is.
 pub const WIRE_KIND_PROBE: u8 = 3;
 pub const WIRE_KIND_PROBE_ANSWER: u8 = 4;
 
@@ -328,10 +329,13 @@ pub const NOTICE_LEN: usize = 32;
 /// is written by the agent at start; peers hold a hash of the token from its authenticated
 /// heartbeats, so only this kernel can tell them, and only once the agent is gone.
 ///
-/// While an agent is registered (any state but [`AGENT_NONE`]), the gate also answers peers'
-/// probes on `port`: a live kernel answers in microseconds even when processes are stalled.
-/// While it runs ([`AGENT_RUNNING`]), the gate takes the peers' heartbeats on `port` into the
-/// [`HEARD_MAP`] ring for it (see [`Heard`]).
+/// While an agent is registered as running ([`AGENT_RUNNING`]), the gate also answers peers'
+/// probes on `port`: a live kernel answers in microseconds even when processes are stalled,
+/// and a peer that gets answers while the agent stays silent knows it stuck, its gates' lease
+/// renewed no more. A stopping agent's probes go unanswered: its lease runs over its restart,
+/// which a peer that did not hear it say so must not take for a stall. While it runs, the
+/// gate also takes the peers' heartbeats on `port` into the [`HEARD_MAP`] ring for it (see
+/// [`Heard`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {

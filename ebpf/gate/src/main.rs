@@ -279,7 +279,8 @@ fn agent_at(port: u16) -> Option<&'static Liveness> {
 
 /// Answers a peer in the agent's name, turning the frame around (the caller sends it with
 /// XDP_TX): a heartbeat to an agent that died unannounced gets the agent's exit notice; a
-/// probe to a registered agent gets its answer (headers where `peer_udp` found them).
+/// probe to an agent registered as running (stalled or not) gets its answer (headers where
+/// `peer_udp` found them).
 /// Nothing is written before the payload has been read: the frame is then long enough for
 /// every write.
 #[inline(always)]
@@ -291,7 +292,7 @@ fn answer_peer(f: &XdpFrame, live: &Liveness, (ip, ip_len, l4): PeerUdp) -> Opti
     }
     let reply = if head[5] == WIRE_KIND_HEARTBEAT && live.state == AGENT_EXITED {
         live.notice
-    } else if head[5] == WIRE_KIND_PROBE {
+    } else if head[5] == WIRE_KIND_PROBE && live.state == AGENT_RUNNING {
         let mut r = head;
         r[5] = WIRE_KIND_PROBE_ANSWER;
         r

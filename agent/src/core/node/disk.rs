@@ -15,28 +15,48 @@ use std::time::Duration;
 
 use super::{Core, Event, FenceState, NodeId};
 
+/// A peer's disk heartbeat as the shell read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskRead {
+    pub peer: NodeId,
+    /// 0: never written, or unreadable.
+    pub generation: u64,
+    /// Its agent's last write before a planned restart.
+    pub restarting: bool,
+}
+
 impl Core {
     /// The shell read the area at `now`: each peer's disk heartbeat generation (0: never
-    /// written or unreadable). Peers not listed keep what was read before.
-    pub fn handle_disk(&mut self, now: Duration, gens: &[(NodeId, u64)]) {
+    /// written or unreadable) and whether it says its agent stopped for a restart. Peers not
+    /// listed keep what was read before.
+    pub fn handle_disk(&mut self, now: Duration, read: &[DiskRead]) {
         let now = self.clock(now);
         let Some(timeout) = self.cfg.disk_timeout else {
             return;
         };
         self.disk_read_at = Some(now);
         let mut stale = false;
-        for &(p, gen) in gens {
+        let grace = self.cfg.restart_grace;
+        for &DiskRead {
+            peer: p,
+            generation: gen,
+            restarting,
+        } in read
+        {
             if p == self.cfg.me || p >= self.peers.len() {
                 continue;
             }
             let peer = &mut self.peers[p];
+            peer.disk_restarting = restarting;
             if peer.disk_moved_at.is_none() || gen != peer.disk_gen {
                 // Moving (not merely found at start): it writes a disk heartbeat, and so
                 // bounds its lease by it (`lease`).
                 peer.disk_moving |= peer.disk_moved_at.is_some() && gen > peer.disk_gen;
                 peer.disk_gen = gen;
                 peer.disk_moved_at = Some(now);
-            } else if peer.disk_held && now >= peer.disk_moved_at.unwrap_or(now) + timeout {
+            } else if peer.disk_held
+                && now >= peer.disk_moved_at.unwrap_or(now) + timeout + grace * restarting as u32
+            {
                 peer.disk_held = false;
                 self.event(Event::DiskStale { peer: p });
                 stale = true;
@@ -55,7 +75,7 @@ impl Core {
         if self.cfg.disk_timeout.is_none() {
             return;
         }
-        if ok {
+        if ok && self.disk_chain_holds(now, started) {
             self.disk_written_at = Some(self.disk_written_at.map_or(started, |w| w.max(started)));
         }
         if ok == self.storage_ok {
@@ -67,6 +87,26 @@ impl Core {
             error: error.to_string(),
         });
         self.refit(now);
+    }
+
+    /// May a write started at `started` extend this node's lease? Only if the lease its
+    /// last write gave had not run out by then: a node that stalled for longer (a frozen
+    /// agent, a hung storage) may have been judged gone by a peer that took its resources, so
+    /// writing again proves nothing until every peer is heard again and echoes this node
+    /// (what they serve now came with that). A starting agent's first write may: it opens
+    /// nothing it does not prove free first.
+    fn disk_chain_holds(&self, now: Duration, started: Duration) -> bool {
+        let (Some(timeout), Some(w)) = (self.cfg.disk_timeout, self.disk_written_at) else {
+            return true;
+        };
+        if started <= w + super::lease::disk_span(timeout) {
+            return true;
+        }
+        let span = self.lease_span();
+        self.others().all(|p| {
+            let peer = &self.peers[p];
+            peer.alive && Duration::from_micros(peer.acked_us) + span >= now
+        })
     }
 
     /// Can this node read the area (a round within the timeout)?
@@ -82,9 +122,11 @@ impl Core {
         let (Some(timeout), Some(read)) = (self.cfg.disk_timeout, self.disk_read_at) else {
             return false;
         };
-        self.peers[p]
-            .disk_moved_at
-            .is_none_or(|moved| read < moved + timeout)
+        let peer = &self.peers[p];
+        // A planned restart's last write: its lease runs over the restart grace.
+        let grace = self.cfg.restart_grace * peer.disk_restarting as u32;
+        peer.disk_moved_at
+            .is_none_or(|moved| read < moved + timeout + grace)
     }
 
     /// Dead peer `p`, seen writing a disk heartbeat, stopped for the timeout (read after

@@ -126,6 +126,8 @@ impl Core {
             // it says now, before it can address this node.
             peer.heard_incarnation = h.incarnation;
             peer.echo = vec![None; self.cfg.paths];
+            // Its earlier life's exit closed that life's gates; this one leases its own.
+            peer.kernel_closed = false;
             let writes = self.writes_to(p);
             self.peers[p].reads_v3 = h.reads_v3;
             self.peers[p].reads_v4 = h.reads_v4;

@@ -24,7 +24,8 @@
 //!   the clock margin) towards a peer that is dead to it, and towards a live one by that or
 //!   the echoes, whichever is later (a lost echo must not close the gates while the node
 //!   notices a partition); so a peer that stopped writing for the timeout has stopped serving
-//!   too, and for such a peer only the disk proves it (its kernel's answers do not).
+//!   too. With a storage area only the disk proves it (its kernel's answers do not: its lease
+//!   may run on its disk heartbeat), read by this node, from a peer it saw writing.
 //!
 //! Without any of these (every path cut, no storage, the peer's kernel silent: a crashed host
 //! and a partition look alike) only a fence proves it gone.
@@ -64,12 +65,18 @@ impl Core {
     /// far as the peers allow; `None` if gates are not leased or nothing may be renewed yet
     /// (before the node is ready, the lease a previous agent left runs on). The shell only
     /// ever extends the data plane's lease to this, never shortens it.
-    pub fn lease_until(&self, now: Duration) -> Option<Duration> {
+    pub fn lease_until(&mut self, now: Duration) -> Option<Duration> {
         if !self.cfg.lease || !self.ready || self.restarting {
             return None;
         }
         let span = self.lease_span();
         let mut until = now + span;
+        // What was granted ran out while this agent stalled: a peer may have proven it gone
+        // (its kernel answered while it stayed silent) and taken its resources meanwhile. It
+        // renews only as its peers allow (each heard again, echoing it, what they serve now
+        // with it), never alone. (A lease that ran out while it ran, because the echoes
+        // stopped before it counted a cut-off peer dead, gave no peer such a proof.)
+        let lapsed = self.stalled && self.lease_granted.is_some_and(|g| now > g);
         let disk = self.cfg.disk_timeout.map(|timeout| {
             self.disk_written_at
                 .map_or(Duration::ZERO, |w| w + disk_span(timeout))
@@ -90,8 +97,13 @@ impl Core {
                 (false, Some(disk)) => disk,
                 // Dead to this node and no storage: it may be alive behind a partition, and
                 // it cannot take anything without a proof that does not rest on this lease.
+                (false, None) if lapsed => Duration::ZERO,
                 (false, None) => continue,
             });
+        }
+        self.lease_granted = Some(self.lease_granted.map_or(until, |g| g.max(until)));
+        if self.lease_granted.is_some_and(|g| g > now) {
+            self.stalled = false;
         }
         Some(until)
     }
@@ -129,9 +141,10 @@ impl Core {
         if peer.kernel_closed {
             return true;
         }
-        // A peer that writes a disk heartbeat bounds its lease by it: only the disk can say.
+        // With a storage area, every node bounds its lease by its disk heartbeat too: only
+        // the disk can say (read by this node: a peer it never saw writing proves nothing).
         peer.lapsed_by.is_some_and(|t| now >= t)
-            && if peer.disk_moving {
+            && if self.cfg.disk_timeout.is_some() {
                 self.disk_proves_gone(p)
             } else {
                 self.stuck_by(p).is_some_and(|t| now >= t)
@@ -151,7 +164,7 @@ impl Core {
         let peer = &self.peers[p];
         peer.leased
             && !peer.kernel_closed
-            && !peer.disk_moving
+            && self.cfg.disk_timeout.is_none()
             && matches!(
                 peer.fence,
                 FenceState::Waiting | FenceState::Pending | FenceState::Failed(_)
@@ -166,7 +179,7 @@ impl Core {
             return None;
         }
         let by = peer.lapsed_by?;
-        if peer.disk_moving {
+        if self.cfg.disk_timeout.is_some() {
             return self.disk_proves_gone(p).then_some(by);
         }
         self.stuck_by(p).map(|stuck| by.max(stuck))

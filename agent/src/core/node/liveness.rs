@@ -118,6 +118,7 @@ impl Core {
         if let Some(last) = self.last_awake {
             let slept = now.saturating_sub(last);
             if slept > self.cfg.interval * 2 {
+                self.stalled = true;
                 let credit = slept - self.cfg.interval;
                 for p in self.others_vec() {
                     let peer = &mut self.peers[p];

@@ -64,6 +64,8 @@ pub(super) struct Peer {
     pub disk_held: bool,
     /// Its disk heartbeat was seen moving: it writes one, so it bounds its lease by it.
     pub disk_moving: bool,
+    /// Its newest disk heartbeat is its agent's last before a planned restart.
+    pub disk_restarting: bool,
     /// Dead: when its data plane first answered a probe since (its kernel and both
     /// directions of the LAN work while its agent is silent).
     pub kernel_since: Option<Duration>,
@@ -122,6 +124,7 @@ impl Peer {
             disk_moved_at: None,
             disk_held: false,
             disk_moving: false,
+            disk_restarting: false,
             kernel_since: None,
         }
     }

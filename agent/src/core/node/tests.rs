@@ -178,9 +178,9 @@ fn with_the_line_dark_a_stalled_agent_whose_kernel_answers_is_not_taken_over() {
     after(&mut s, ms(5));
     // n0's agent does not run for 4 ms (longer than the confirmation window, shorter than
     // the 5 ms dead time): no heartbeats, but its data plane answers n1's probes.
-    let core = s.nodes[0].core.take();
+    s.freeze_agent(0, true);
     after(&mut s, ms(4));
-    s.nodes[0].core = core;
+    s.freeze_agent(0, false);
     after(&mut s, ms(50));
     assert_eq!(s.servers(0), vec![0], "{}", s.tail());
     assert_eq!(s.fences_requested, 0, "{}", s.tail());

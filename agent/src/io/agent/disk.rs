@@ -20,16 +20,18 @@ use anyhow::{Context, Result};
 use super::{Input, Shell};
 use crate::{
     config::Storage,
-    core::{event::resource_name, node::NodeId},
+    core::{
+        event::resource_name,
+        node::{DiskRead, NodeId},
+    },
     io::inbox::Mailbox,
     storage::{area::unix_ms, layout::Slot, payloads::Heartbeat, Area, Device},
 };
 
 /// What the thread found in one round.
 pub(super) struct Round {
-    /// Each peer's disk heartbeat generation (0: never written or unreadable); `None` if the
-    /// area could not be read at all.
-    pub gens: Option<Vec<(NodeId, u64)>>,
+    /// Each peer's disk heartbeat; `None` if the area could not be read at all.
+    pub gens: Option<Vec<DiskRead>>,
     /// This node's write: `Err` with why it failed.
     pub write: Result<(), String>,
     /// When the write began.
@@ -47,6 +49,9 @@ struct Shared {
     beat: AtomicU64,
     state: Mutex<Heartbeat>,
     stop: AtomicBool,
+    /// The area and this node's index in it: the thread's, and the stop's last write.
+    area: Mutex<Area>,
+    mine: usize,
 }
 
 /// The area, opened and checked, with this node's index in it and each core peer's.
@@ -85,17 +90,15 @@ impl Disk {
         realtime_priority: bool,
         mailbox: Mailbox<Input>,
     ) -> Result<Disk> {
+        let Opened { area, mine, peers } = opened;
         let shared = Arc::new(Shared {
             beat: AtomicU64::new(0),
             state: Mutex::new(Heartbeat::default()),
             stop: AtomicBool::new(false),
+            area: Mutex::new(area),
+            mine,
         });
         let s = shared.clone();
-        let Opened {
-            mut area,
-            mine,
-            peers,
-        } = opened;
         std::thread::Builder::new()
             .name("disk heartbeat".into())
             .spawn(move || {
@@ -110,22 +113,31 @@ impl Disk {
                     // The loop did not run since the last round: write nothing.
                     if beat != last_beat {
                         last_beat = beat;
-                        let mut hb = s.state.lock().map(|h| h.clone()).unwrap_or_default();
-                        hb.written_unix_ms = unix_ms();
-                        hb.interval_ms = interval.as_millis() as u64;
+                        let Ok(mut area) = s.area.lock() else {
+                            return;
+                        };
+                        // The agent is stopping: its last write is the stop's.
+                        if s.stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         let started = Instant::now();
-                        let write = area
-                            .write(mine, Slot::Heartbeat, &hb)
-                            .map(|_| ())
-                            .map_err(|e| format!("{e:#}"));
+                        let write = s.write(&mut area, interval, false);
                         let gens = peers
                             .iter()
                             .map(|&(p, i)| {
                                 let read = area.read::<Heartbeat>(i, Slot::Heartbeat)?;
-                                Ok((p, read.value.map_or(0, |(gen, _)| gen)))
+                                let (generation, restarting) = read
+                                    .value
+                                    .map_or((0, false), |(gen, hb)| (gen, hb.restarting));
+                                Ok(DiskRead {
+                                    peer: p,
+                                    generation,
+                                    restarting,
+                                })
                             })
                             .collect::<Result<Vec<_>>>()
                             .ok();
+                        drop(area);
                         if !mailbox.send(Input::Disk(Round {
                             gens,
                             write,
@@ -148,6 +160,47 @@ impl Disk {
             shared,
             dirty: true,
         })
+    }
+}
+
+impl Shared {
+    /// Writes this node's heartbeat as the loop last described it.
+    fn write(&self, area: &mut Area, interval: Duration, restarting: bool) -> Result<(), String> {
+        let mut hb = self.state.lock().map(|h| h.clone()).unwrap_or_default();
+        hb.written_unix_ms = unix_ms();
+        hb.interval_ms = interval.as_millis() as u64;
+        hb.restarting = restarting;
+        area.write(self.mine, Slot::Heartbeat, &hb)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl Disk {
+    /// A planned stop's last disk heartbeat, saying that the agent restarts (peers judging
+    /// this node by the disk then wait the restart grace). The thread writes no more. True if
+    /// it was written within `within`.
+    pub(super) fn last_write(&self, interval: Duration, within: Duration) -> bool {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + within;
+        loop {
+            match self.shared.area.try_lock() {
+                Ok(mut area) => {
+                    return match self.shared.write(&mut area, interval, true) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::warn!("the last disk heartbeat could not be written: {e}");
+                            false
+                        }
+                    };
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    log::warn!("the storage did not take the last disk heartbeat in {within:?}");
+                    return false;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
     }
 }
 

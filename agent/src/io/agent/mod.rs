@@ -325,9 +325,15 @@ impl Shell {
     /// so they wait for the next agent instead of fencing this node.
     fn stop(&mut self, now: Duration, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
         let over_restart = self.mono_ns(now + self.core_cfg.restart_grace);
+        // With a storage area, peers cut off the network judge this node by its disk: its
+        // last heartbeat there must say it restarts, or the gates are not extended.
+        let told_disk = match (&self.disk, &self.cfg.storage) {
+            (Some(disk), Some(st)) => disk.last_write(st.interval, st.timeout / 2),
+            _ => true,
+        };
         if let Some(r) = self.registration.as_mut() {
             // The gates serve on over the restart: the peers wait as long for the next agent.
-            if self.core_cfg.lease {
+            if self.core_cfg.lease && told_disk {
                 r.lease.extend(over_restart);
             }
             if let Err(e) = r.stopping() {

@@ -261,16 +261,29 @@ impl Shell {
 
         // Gates found open (an agent restart) stay open; every other one is closed before the
         // address is configured, so a standby never answers for it, not even for a moment.
+        // A leased entry whose lease has lapsed is closed in effect (the previous agent died
+        // or stalled unannounced, and a peer may serve it by now): it is not revived.
+        let lapsed = c.core_cfg.lease && lease_lapsed(&pins);
         let mut open: Vec<(usize, u64)> = Vec::new();
+        let mut found_lapsed = Vec::new();
         for (r, entries) in c.targets.iter().enumerate() {
             let mut before = Vec::new();
             for t in entries {
                 before.push(gates.get(t)?);
             }
             let all_open = before.iter().all(|b| {
-                b.as_ref()
-                    .is_some_and(|e| e.action == Some(GateAction::Open))
+                b.as_ref().is_some_and(|e| {
+                    e.action == Some(GateAction::Open) && !(lapsed && e.value.is_leased())
+                })
             });
+            if !all_open
+                && before.iter().any(|b| {
+                    b.as_ref()
+                        .is_some_and(|e| e.action == Some(GateAction::Open))
+                })
+            {
+                found_lapsed.push(resource_name(&c.core_cfg, r));
+            }
             // A service stays open only with its address (which comes first).
             let with_address = c.core_cfg.resources[r]
                 .service
@@ -284,6 +297,12 @@ impl Shell {
                 undo.gates.push((*t, b.map(|e| e.value)));
                 gates.set(t, GateValue::new(GateAction::Closed))?;
             }
+        }
+        if !found_lapsed.is_empty() {
+            log::warn!(
+                "found open but with a lapsed lease (the previous agent died or stalled without stopping; a peer may serve them now): {}: closed until this agent opens them again",
+                found_lapsed.join(", ")
+            );
         }
         for a in &cfg.addresses {
             if netlink::ensure_address(nl, c.lan.index, a.ip, a.prefix).await? {
@@ -438,12 +457,15 @@ impl Shell {
             }
         };
         if let Some(reg) = registration.as_ref().filter(|_| c.core_cfg.lease) {
-            // Gates found open serve on: for the dead time from now (what the peers count
-            // from this agent's first heartbeat), or the longer lease a stopping agent left;
-            // an earlier release's unleased entries become leased.
-            let dead = core.lease_span();
-            reg.lease
-                .extend(start_mono_ns + (start.elapsed() + dead).as_nanos() as u64);
+            // Gates found open serve on: under the lease the stopping agent left (over its
+            // restart), renewed once this agent is ready. An earlier release's unleased
+            // entries become leased, for the dead time from now (what the peers count from
+            // this agent's first heartbeat): a release without leases left none.
+            if lapsed && !open.is_empty() {
+                let dead = core.lease_span();
+                reg.lease
+                    .extend(start_mono_ns + (start.elapsed() + dead).as_nanos() as u64);
+            }
             for &(r, _) in &open {
                 for t in &c.targets[r] {
                     gates.set(t, GateValue::new(GateAction::Open).leased())?;
@@ -517,6 +539,15 @@ impl Shell {
             disk,
             disk_unreadable: false,
         })
+    }
+}
+
+/// Has the namespace's lease lapsed (or is there none yet)? A leased gate entry serves only
+/// while it runs.
+fn lease_lapsed(pins: &PinDir) -> bool {
+    match crate::dataplane::lease::Lease::open(&pins.lease_map()) {
+        Ok(lease) => lease.until_ns() <= heard::clock_ns(),
+        Err(_) => true,
     }
 }
 
