@@ -237,6 +237,51 @@ fn leases_are_on_by_default_and_need_no_fence_command() {
 }
 
 #[test]
+fn a_storage_area_is_optional_with_defaults_and_bad_settings_are_named() {
+    assert_eq!(parse(MINIMAL).unwrap().storage, None);
+    let c = parse(&with_section("storage", "device = \"/dev/sdb\"")).unwrap();
+    let st = c.storage.unwrap();
+    assert_eq!(st.device, PathBuf::from("/dev/sdb"));
+    assert_eq!(
+        (st.interval, st.timeout, st.on_lost),
+        (
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+            super::OnStorageLost::Stay
+        )
+    );
+    let c = parse(&with_section(
+        "storage",
+        "device = \"/dev/sdb\"\ninterval = \"10ms\"\ntimeout = \"30ms\"\non_lost = \"hand_over\"",
+    ))
+    .unwrap();
+    let st = c.storage.unwrap();
+    assert_eq!(
+        (st.timeout, st.on_lost),
+        (Duration::from_millis(30), super::OnStorageLost::HandOver)
+    );
+    for (lines, key, says) in [
+        ("device = \"sdb\"", "storage.device", "absolute"),
+        (
+            "device = \"/dev/sdb\"\ninterval = \"100ms\"\ntimeout = \"200ms\"",
+            "storage.timeout",
+            "3 intervals",
+        ),
+        ("device = \"/dev/sdb\"\non_lost = \"panic\"", "storage.on_lost", "stay or hand_over"),
+        ("device = \"/dev/sdb\"\ninterval = \"0ms\"", "storage.interval", ""),
+        ("interval = \"10ms\"", "", "missing field `device`"),
+    ] {
+        let errors = parse(&with_section("storage", lines)).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key.starts_with(key) && e.message.contains(says)),
+            "{lines}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn syntax_errors_and_unknown_keys_point_at_the_line() {
     let errors = errors_with("[auth]", "[auth\n");
     assert_eq!(errors.len(), 1);
