@@ -1187,8 +1187,11 @@ fn the_exit_notice_answers_only_heartbeats_to_the_agents_port() {
     }
 }
 
+/// A probe is answered while the agent is registered as running, however stalled: a peer
+/// that gets answers while the agent stays silent knows it stuck. Not while it stops for a
+/// restart (its lease runs over the restart), nor after it exited (the exit notice says more).
 #[test]
-fn a_registered_agents_data_plane_answers_probes_itself() {
+fn a_running_agents_data_plane_answers_probes_itself_a_stopping_or_dead_ones_does_not() {
     let mut g = Gate::load();
     let probe = takeover::core::wire::encode_probe(b"key", 9, 1, 0);
     let frame = eth(
@@ -1203,20 +1206,23 @@ fn a_registered_agents_data_plane_answers_probes_itself() {
         (XDP_PASS, frame.clone()),
         "no agent: no answer"
     );
+    set_liveness(&mut g, takeover_common::AGENT_RUNNING, [0; 32]);
+    let (verdict, out) = g.ingress(&frame);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!((&out[26..30], &out[30..34]), (&CLIENT4[..], &OTHER4[..]));
+    assert_eq!(
+        takeover::core::wire::decode_probe_answer(&out[42..], b"key"),
+        Ok((9, 1, 0)),
+        "the answer proves the probe arrived"
+    );
     for state in [
-        takeover_common::AGENT_RUNNING,
         takeover_common::AGENT_STOPPING,
         takeover_common::AGENT_EXITED,
     ] {
         set_liveness(&mut g, state, [0; 32]);
         let (verdict, out) = g.ingress(&frame);
-        assert_eq!(verdict, XDP_TX, "state {state}");
-        assert_eq!((&out[26..30], &out[30..34]), (&CLIENT4[..], &OTHER4[..]));
-        assert_eq!(
-            takeover::core::wire::decode_probe_answer(&out[42..], b"key"),
-            Ok((9, 1, 0)),
-            "state {state}: the answer proves the probe arrived"
-        );
+        assert_ne!(verdict, XDP_TX, "state {state}: answered");
+        assert_eq!(out, frame, "state {state}: the frame was changed");
     }
 }
 

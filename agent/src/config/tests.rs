@@ -267,8 +267,16 @@ fn a_storage_area_is_optional_with_defaults_and_bad_settings_are_named() {
             "storage.timeout",
             "3 intervals",
         ),
-        ("device = \"/dev/sdb\"\non_lost = \"panic\"", "storage.on_lost", "stay or hand_over"),
-        ("device = \"/dev/sdb\"\ninterval = \"0ms\"", "storage.interval", ""),
+        (
+            "device = \"/dev/sdb\"\non_lost = \"panic\"",
+            "storage.on_lost",
+            "stay or hand_over",
+        ),
+        (
+            "device = \"/dev/sdb\"\ninterval = \"0ms\"",
+            "storage.interval",
+            "",
+        ),
         ("interval = \"10ms\"", "", "missing field `device`"),
     ] {
         let errors = parse(&with_section("storage", lines)).unwrap_err();
