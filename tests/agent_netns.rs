@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use takeover_lab::{
-    agents::{with_logs, Agent, Cluster, Timing, LOGICAL},
+    agents::{with_logs, without_fence, Agent, Cluster, Timing, LOGICAL},
     storage::LoopDevice,
     topology::{wait_for, Host, Lan},
     udp::{Client, Responder},
@@ -250,17 +250,6 @@ fn shared_storage() -> Result<(LoopDevice, String)> {
     Ok((dev, lines))
 }
 
-/// The configuration without its [fence] section (leases make it optional).
-fn without_a_fence(config: String) -> String {
-    let start = config
-        .find("[fence]")
-        .expect("the lab's config has a fence");
-    let end = config[start + 1..]
-        .find("\n[")
-        .map_or(config.len(), |i| start + 2 + i);
-    format!("{}{}", &config[..start], &config[end..])
-}
-
 #[test]
 fn both_network_paths_cut_with_the_storage_fine_moves_nothing_and_fences_no_one() -> Result<()> {
     let (dev, storage) = shared_storage()?;
@@ -324,7 +313,7 @@ fn both_network_paths_cut_with_the_storage_fine_moves_nothing_and_fences_no_one(
 fn a_hung_host_without_a_fence_is_taken_over_once_its_disk_heartbeat_is_stale() -> Result<()> {
     let (_dev, storage) = shared_storage()?;
     let start = |cluster: &Cluster, me: &Host, peer: &Host| {
-        cluster.start_with(&takeover(), me, peer, |c| without_a_fence(c) + &storage)
+        cluster.start_with(&takeover(), me, peer, |c| without_fence(c) + &storage)
     };
     let s = setup_starting(start, start)?;
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
@@ -780,16 +769,7 @@ fn control_clients_beyond_the_cap_are_told_so_at_once() -> Result<()> {
 
 /// The MACs that answer the client's ARP requests for the logical address (three requests).
 fn arp_answerers(cli: &Host) -> Result<std::collections::BTreeSet<String>> {
-    let out = cli
-        .ns
-        .cmd("arping")
-        .args(["-c", "3", "-w", "2", "-i", "lan", LOGICAL])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once("bytes from ")?.1.split_whitespace().next())
-        .map(str::to_lowercase)
-        .collect())
+    cli.arp_answerers(LOGICAL, 3, Duration::from_secs(1))
 }
 
 /// Waits until every ARP answer comes from `who` (announcements may still be on their way),

@@ -78,6 +78,17 @@ impl Agent {
     }
 }
 
+/// A configuration without its [fence] section (leases make it optional).
+pub fn without_fence(config: String) -> String {
+    let Some(start) = config.find("[fence]") else {
+        return config;
+    };
+    let end = config[start + 1..]
+        .find("\n[")
+        .map_or(config.len(), |i| start + 2 + i);
+    format!("{}{}", &config[..start], &config[end..])
+}
+
 /// `r`, with every agent's log (named a, b, ... in order) added to its error.
 pub fn with_logs<T>(agents: &[Agent], r: Result<T>) -> Result<T> {
     r.map_err(|e| {

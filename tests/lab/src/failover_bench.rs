@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    agents::{Agent, Cluster, Timing, LOGICAL},
+    agents::{without_fence, Agent, Cluster, Timing, LOGICAL},
     bench_services::{
         agent_services, keepalived_track, wait_services_ready, web_pid, Nginx, CHECK_FALL,
         CHECK_INTERVAL_MS, CHECK_TIMEOUT_MS, WEB_PORT,
@@ -28,6 +28,7 @@ use crate::{
     load::{now_us, Load, Seen},
     services::http_get,
     stats::{median, range},
+    storage::LoopDevice,
     topology::{wait_for, Lan},
     udp::{Client, Responder},
     Takeover,
@@ -58,17 +59,34 @@ pub enum Scenario {
     SvcFail,
     /// nginx on a SIGSTOPped, its whole process group: a hang, which only a check finds.
     SvcHang,
+    /// No fence device (takeover: no `[fence]`, the leases alone): a's agent SIGKILLed, its
+    /// host running on.
+    Killed,
+    /// No fence device: a's agent SIGSTOPped (frozen), its host running on; thawed after.
+    Frozen,
+    /// No fence device: a hangs whole (agent SIGSTOPped, its switch port and line down: its
+    /// kernel answers nothing either); takeover with a storage area (its defaults); thawed
+    /// after.
+    Hung,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 9] = [
         Self::Crash,
         Self::Silent,
         Self::Failback,
         Self::Switchover,
         Self::SvcFail,
         Self::SvcHang,
+        Self::Killed,
+        Self::Frozen,
+        Self::Hung,
     ];
+
+    /// Run with no fence device: the hosts that answer afterwards are counted.
+    fn unfenced(self) -> bool {
+        matches!(self, Self::Killed | Self::Frozen | Self::Hung)
+    }
 
     /// A service's fault (nginx, the HTTP load), not the node's (the UDP load).
     fn is_service(self) -> bool {
@@ -138,9 +156,9 @@ impl Services {
 /// Dropped before the namespaces (the last field of [`Rig`]), whose deletion kills the
 /// services the agents left running: an agent alive then could start them again.
 enum Servers {
-    /// The cluster's files, the agents, and each node's `[[service]]` sections (a restart
-    /// gets the same).
-    Agents(Cluster, Vec<Agent>, [String; 2]),
+    /// The cluster's files, the agents, each node's `[[service]]` and `[storage]` sections (a
+    /// restart gets the same), and whether they run without a fence command.
+    Agents(Cluster, Vec<Agent>, [String; 2], bool),
     /// keepalived, and the nginx it watches if any.
     Keepalived(TempDir, Vec<Keepalived>, Vec<Nginx>),
 }
@@ -174,26 +192,52 @@ impl Drop for TempDir {
 struct Rig {
     load: ClientLoad,
     servers: Servers,
+    /// The storage area the agents share, if the scenario has one.
+    _storage: Option<LoopDevice>,
     _responders: Vec<Responder>,
     lan: Lan,
 }
 
 fn rig(t: &Takeover, system: System, services: Services) -> Result<Rig> {
+    rig_for(t, system, services, None)
+}
+
+/// A rig for `scenario`, if given: one with no fence device runs the agents without a fence
+/// command, and `Hung` with a storage area.
+fn rig_for(
+    t: &Takeover,
+    system: System,
+    services: Services,
+    scenario: Option<Scenario>,
+) -> Result<Rig> {
     let lan = Lan::new(t, &["cli", "a", "b"])?;
     lan.dedicated_line("a", "b")?;
     let (a, b) = (lan.host("a"), lan.host("b"));
+    let unfenced = scenario.is_some_and(Scenario::unfenced);
+    let storage = match (system, scenario) {
+        (System::Takeover, Some(Scenario::Hung)) => {
+            let dev = LoopDevice::new("bench-area", 8)?;
+            t.ok_plain(&format!("storage init {} --nodes a,b", dev.dev))?;
+            Some(dev)
+        }
+        _ => None,
+    };
     let servers = match system {
         System::Takeover => {
             let cluster = Cluster::new(&lan, timing())?;
+            // The storage area's defaults (50 ms, 500 ms).
+            let area = storage
+                .as_ref()
+                .map_or(String::new(), |d| d.config("50ms", "500ms"));
             let extra = [
-                agent_services(&cluster.dir, a, services.ports())?,
-                agent_services(&cluster.dir, b, services.ports())?,
+                agent_services(&cluster.dir, a, services.ports())? + &area,
+                agent_services(&cluster.dir, b, services.ports())? + &area,
             ];
             let agents = vec![
-                cluster.start_with(t, a, b, |c| c + &extra[0])?,
-                cluster.start_with(t, b, a, |c| c + &extra[1])?,
+                cluster.start_with(t, a, b, |c| fenced(c, unfenced) + &extra[0])?,
+                cluster.start_with(t, b, a, |c| fenced(c, unfenced) + &extra[1])?,
             ];
-            let servers = Servers::Agents(cluster, agents, extra);
+            let servers = Servers::Agents(cluster, agents, extra, unfenced);
             for h in [a, b] {
                 wait_for("the logical address", Duration::from_secs(15), || {
                     Ok(h.ns
@@ -249,6 +293,7 @@ fn rig(t: &Takeover, system: System, services: Services) -> Result<Rig> {
         return Ok(Rig {
             load,
             servers,
+            _storage: storage,
             _responders: Vec::new(),
             lan,
         });
@@ -280,15 +325,25 @@ fn rig(t: &Takeover, system: System, services: Services) -> Result<Rig> {
     Ok(Rig {
         load,
         servers,
+        _storage: storage,
         _responders: responders,
         lan,
     })
 }
 
+/// The agents' configuration, without its fence command if `unfenced`.
+fn fenced(config: String, unfenced: bool) -> String {
+    if unfenced {
+        without_fence(config)
+    } else {
+        config
+    }
+}
+
 /// The logs of a's and b's failover software.
 fn logs(servers: &Servers) -> (String, String) {
     match servers {
-        Servers::Agents(_, agents, _) => (agents[0].log(), agents[1].log()),
+        Servers::Agents(_, agents, ..) => (agents[0].log(), agents[1].log()),
         Servers::Keepalived(_, k, _) => (k[0].log(), k[1].log()),
     }
 }
@@ -317,10 +372,20 @@ impl Rig {
         Ok(t0)
     }
 
+    /// `signal` to a's failover software (the agent; keepalived's every process).
+    fn signal_a(&self, signal: i32) {
+        match &self.servers {
+            Servers::Agents(_, agents, ..) => unsafe {
+                libc::kill(agents[0].child.id() as i32, signal);
+            },
+            Servers::Keepalived(_, k, _) => k[0].signal(signal),
+        }
+    }
+
     /// SIGKILL to every process of a's failover software.
     fn kill_a(&mut self) {
         match &mut self.servers {
-            Servers::Agents(_, agents, _) => agents[0].kill(),
+            Servers::Agents(_, agents, ..) => agents[0].kill(),
             Servers::Keepalived(_, k, _) => k[0].kill(),
         }
     }
@@ -328,8 +393,9 @@ impl Rig {
     fn restart_a(&mut self, t: &Takeover) -> Result<()> {
         let (a, b) = (self.lan.host("a"), self.lan.host("b"));
         match &mut self.servers {
-            Servers::Agents(cluster, agents, extra) => {
-                agents[0] = cluster.start_with(t, a, b, |c| c + &extra[0])?
+            Servers::Agents(cluster, agents, extra, unfenced) => {
+                let unfenced = *unfenced;
+                agents[0] = cluster.start_with(t, a, b, |c| fenced(c, unfenced) + &extra[0])?
             }
             Servers::Keepalived(dir, k, _) => {
                 k[0] = Keepalived::start_tracking(a, k[0].vrrp, &dir.0, k[0].track.clone())?;
@@ -354,15 +420,34 @@ impl Rig {
     }
 }
 
-/// One trial: (client-seen gap, requests lost).
-fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)> {
+/// One trial: (client-seen gap, requests lost, and for a scenario with no fence device, how
+/// many hosts answered ARP for the address afterwards).
+fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<Trial> {
     let services = if sc.is_service() {
         Services::Web
     } else {
         Services::None
     };
-    let mut r = rig(t, system, services)?;
+    let mut r = rig_for(t, system, services, Some(sc))?;
     let t0 = match sc {
+        Scenario::Killed | Scenario::Frozen | Scenario::Hung => {
+            let t0 = now_us();
+            match sc {
+                Scenario::Killed => r.kill_a(),
+                Scenario::Frozen => r.signal_a(libc::SIGSTOP),
+                _ => {
+                    // One shell: the host hangs at once, its kernel's answers stop with it.
+                    r.signal_a(libc::SIGSTOP);
+                    r.lan.switch.sh("ip link set p-a down")?;
+                    r.lan.host("a").ns.ip("link set ded down")?;
+                }
+            }
+            if let Err(e) = r.wait_served_by("b", t0) {
+                let (la, lb) = r.logs();
+                bail!("{e}\n-- a:\n{la}-- b:\n{lb}");
+            }
+            t0
+        }
         Scenario::Crash => r.crash_a()?,
         Scenario::Silent => {
             let t0 = now_us();
@@ -421,10 +506,35 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
         }
     };
     if sc.is_service() {
-        return service_trial_end(r, t0);
+        return service_trial_end(r, t0).map(|(gap, lost)| Trial {
+            gap,
+            lost,
+            answering: None,
+        });
     }
     std::thread::sleep(Duration::from_millis(300));
     let end = now_us();
+    // With no fence device: the client asks who has the address, three times in 300 ms, while
+    // a is still down, then once a is back (thawed, its links up; before a's preempt delay
+    // could move the address back).
+    let answering = if sc.unfenced() {
+        let ask = |r: &Rig| {
+            r.lan
+                .host("cli")
+                .arp_answerers(LOGICAL, 3, Duration::from_millis(100))
+                .map(|who| who.len())
+        };
+        let mut most = ask(&r)?;
+        if sc != Scenario::Killed {
+            r.lan.switch.ip("link set p-a up")?;
+            r.lan.host("a").ns.ip("link set ded up")?;
+            r.signal_a(libc::SIGCONT);
+            most = most.max(ask(&r)?);
+        }
+        Some(most)
+    } else {
+        None
+    };
     let (la, lb) = r.logs();
     let ClientLoad::Udp(load) = r.load else {
         unreachable!("a node's fault runs the UDP load")
@@ -443,7 +553,20 @@ fn trial(t: &Takeover, system: System, sc: Scenario) -> Result<(Duration, usize)
     let gap = seen.longest_gap(t0.saturating_sub(100_000), end);
     // Requests still in flight at the end are not counted as lost.
     let lost = seen.lost(t0.saturating_sub(50_000), end.saturating_sub(50_000));
-    Ok((gap, lost))
+    Ok(Trial {
+        gap,
+        lost,
+        answering,
+    })
+}
+
+/// What one trial measured.
+#[derive(Clone, Copy, Debug)]
+struct Trial {
+    gap: Duration,
+    lost: usize,
+    /// Hosts that answered ARP for the address afterwards (scenarios with no fence device).
+    answering: Option<usize>,
 }
 
 /// After a service's fault, b answers: the measure ends 50 ms after its first reply, before
@@ -592,7 +715,7 @@ fn soak(t: &Takeover, kind: SoakKind) -> Result<Soak> {
     if kind == SoakKind::LineDown {
         r.lan.host("a").ns.ip("link set ded down")?;
     }
-    let Servers::Agents(_, agents, _) = &r.servers else {
+    let Servers::Agents(_, agents, ..) = &r.servers else {
         unreachable!("a takeover rig")
     };
     let mut hogs: Vec<Child> = (0..4)
@@ -659,7 +782,7 @@ fn share(ran: u64, time: Duration) -> f64 {
 }
 
 /// Per trial: (client-seen gap, requests lost).
-type Trials = Vec<(Duration, usize)>;
+type Trials = Vec<Trial>;
 
 const SYSTEMS: [System; 3] = [
     System::Takeover,
@@ -667,10 +790,11 @@ const SYSTEMS: [System; 3] = [
     System::Keepalived(Vrrp::Default),
 ];
 
-/// `median (min–max)` of gaps in ms, and the median of losses.
-fn summary(v: &[(Duration, usize)]) -> (f64, String, f64) {
-    let gaps: Vec<f64> = v.iter().map(|(g, _)| g.as_secs_f64() * 1e3).collect();
-    let lost: Vec<f64> = v.iter().map(|(_, l)| *l as f64).collect();
+/// `median (min–max)` of gaps in ms, and the median of losses; with the most hosts that
+/// answered for the address afterwards, where counted.
+fn summary(v: &[Trial]) -> (f64, String, f64) {
+    let gaps: Vec<f64> = v.iter().map(|t| t.gap.as_secs_f64() * 1e3).collect();
+    let lost: Vec<f64> = v.iter().map(|t| t.lost as f64).collect();
     let (gmin, gmax) = range(&gaps);
     let (lmin, lmax) = range(&lost);
     let g = median(&gaps);
@@ -681,13 +805,16 @@ fn summary(v: &[(Duration, usize)]) -> (f64, String, f64) {
             format!("{x:.1}")
         }
     };
-    let text = format!(
+    let mut text = format!(
         "{} ms ({}–{}), lost {} ({lmin}–{lmax})",
         fmt(g),
         fmt(gmin),
         fmt(gmax),
         median(&lost)
     );
+    if let Some(most) = v.iter().filter_map(|t| t.answering).max() {
+        text += &format!("; hosts answering after: {most} at most");
+    }
     (g, text, median(&lost))
 }
 
@@ -726,10 +853,11 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
             let r = trial(t, *sys, *sc)
                 .with_context(|| format!("{} {sc:?}, round {round}", sys.name()))?;
             eprintln!(
-                "trial {round} {sc:?} {}: gap {:?}, lost {}",
+                "trial {round} {sc:?} {}: gap {:?}, lost {}, answering after {:?}",
                 sys.name(),
-                r.0,
-                r.1
+                r.gap,
+                r.lost,
+                r.answering
             );
             v.push(r);
         }
@@ -781,6 +909,16 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
              keepalived (VRRPv3, advert 10 ms; not run with its defaults, whose adverts the script's seconds dwarf): the bench runs nginx, a `vrrp_script` \
              (`curl -sf -m 0.5 http://127.0.0.1/`) every 1 s (whole seconds: the finest 2.2.7 takes), fall 1, rise 1, no weight: a failed script puts a in FAULT, \
              which gives the address up, and b takes it. Their gap is measured from the client's last reply before the fault (not from 100 ms before it: a hiccup before the fault is not the fault's) to 50 ms after b's first reply, before a restarts its instance (whose traffic comes back only after a hold of 1 s); the requests still open then get 1.5 s to finish.\n"
+        )?;
+    }
+    if results.iter().any(|(_, sc, _)| sc.unfenced()) {
+        writeln!(
+            s,
+            "Killed, Frozen and Hung have no fence device: takeover runs without `[fence]` (the leases alone; for Hung, a storage area on a loop device with its defaults, \
+             a disk heartbeat every 50 ms, stale after 500 ms), keepalived as always. Killed: a's agent (keepalived: its processes) SIGKILLed; Frozen: SIGSTOPped; \
+             Hung: SIGSTOPped, and a's switch port and end of the line down (its kernel answers nothing: to b a crash and a partition look alike, only the disk tells). \
+             After the gap is measured, the client sends 3 ARP requests 100 ms apart for the address, and again once a is back (SIGCONT, links up): \
+             \"hosts answering after\" is how many distinct MACs answered one round, the most over both rounds and the trials (2: two hosts claim the address).\n"
         )?;
     }
     if !results.is_empty() {

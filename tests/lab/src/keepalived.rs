@@ -128,6 +128,11 @@ impl Keepalived {
     }
 
     /// Every process of this keepalived, SIGKILLed at once: a crash, no goodbye advert.
+    /// Sends `signal` to every keepalived process (SIGSTOP: a hang; SIGCONT: back).
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::killpg(self.child.id() as i32, signal) };
+    }
+
     pub fn kill(&mut self) {
         let pgid = self.child.id() as i32;
         unsafe { libc::killpg(pgid, libc::SIGKILL) };

@@ -16,6 +16,29 @@ pub struct Host {
 }
 
 impl Host {
+    /// The MACs (lower case) that answer this host's ARP requests for `addr` on its LAN:
+    /// `count` requests `gap` apart. More than one: two hosts claim the address.
+    pub fn arp_answerers(
+        &self,
+        addr: &str,
+        count: u32,
+        gap: Duration,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let wait = gap * count + Duration::from_millis(500);
+        let out = self
+            .ns
+            .cmd("arping")
+            .args(["-c", &count.to_string(), "-i", "lan"])
+            .args(["-W", &format!("{:.3}", gap.as_secs_f64())])
+            .args(["-w", &format!("{:.3}", wait.as_secs_f64()), addr])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once("bytes from ")?.1.split_whitespace().next())
+            .map(str::to_lowercase)
+            .collect())
+    }
+
     pub fn addr4(&self) -> String {
         format!("10.77.0.{}", self.index + 1)
     }

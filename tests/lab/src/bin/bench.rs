@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -169,17 +169,19 @@ enum Scenario {
     XdpPassOnly,
     XdpUnknown,
     XdpOpen,
+    XdpOpenLeased,
     XdpClosed,
     TcPassOnly,
     TcOpen,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Self::NoProgram,
         Self::XdpPassOnly,
         Self::XdpUnknown,
         Self::XdpOpen,
+        Self::XdpOpenLeased,
         Self::XdpClosed,
         Self::TcPassOnly,
         Self::TcOpen,
@@ -189,8 +191,12 @@ impl Scenario {
     fn baseline(self) -> Option<usize> {
         match self {
             Self::NoProgram => None,
-            Self::XdpPassOnly | Self::XdpUnknown | Self::XdpOpen | Self::XdpClosed => Some(1),
-            Self::TcPassOnly | Self::TcOpen => Some(5),
+            Self::XdpPassOnly
+            | Self::XdpUnknown
+            | Self::XdpOpen
+            | Self::XdpOpenLeased
+            | Self::XdpClosed => Some(1),
+            Self::TcPassOnly | Self::TcOpen => Some(6),
         }
     }
 
@@ -200,6 +206,9 @@ impl Scenario {
             Self::XdpPassOnly => "one-instruction XDP_PASS program on rx (veth's XDP receive path)",
             Self::XdpUnknown => "gate on rx, destination not in the table (pass untouched)",
             Self::XdpOpen => "gate on rx, destination open (pass + counters)",
+            Self::XdpOpenLeased => {
+                "gate on rx, destination open and leased, the lease running (as an agent writes it: + the lease check)"
+            }
             Self::XdpClosed => "gate on rx, destination closed (XDP_DROP)",
             Self::TcPassOnly => "one-instruction classifier on tx egress (tcx)",
             Self::TcOpen => "gate on tx, source open (egress classifier + counters)",
@@ -225,6 +234,23 @@ impl Scenario {
                 let _ = t.output(&p.rx, "gate remove 10.88.0.100 --iface lan")?;
             }
             Self::XdpOpen => drop(t.ok(&p.rx, "gate open 10.88.0.100 --iface lan")?),
+            Self::XdpOpenLeased => {
+                t.ok(&p.rx, "gate open 10.88.0.100 --iface lan")?;
+                // As an agent writes it: leased, under a lease that runs (to the end of time).
+                let dir = p.rx.pin_dir()?;
+                let mut gates: HashMap<MapData, GateKey, GateValue> = HashMap::try_from(
+                    Map::from_map_data(MapData::from_pin(dir.join("lan/GATES"))?)?,
+                )?;
+                gates.insert(
+                    GateKey::v4(LOGICAL),
+                    GateValue::new(Action::Open).leased(),
+                    0,
+                )?;
+                let mut lease: Array<MapData, u64> = Array::try_from(Map::from_map_data(
+                    MapData::from_pin(dir.join(takeover_common::LEASE_MAP))?,
+                )?)?;
+                lease.set(0, u64::MAX, 0)?;
+            }
             Self::XdpClosed => drop(t.ok(&p.rx, "gate close 10.88.0.100 --iface lan")?),
             Self::TcOpen => drop(t.ok(&p.tx, "gate open 10.88.0.1 --iface lan")?),
             Self::XdpPassOnly => return Ok(Some(PassProgram::attach(&p.rx, false)?)),
@@ -464,7 +490,11 @@ fn write_report(rates: &[(Scenario, Vec<f64>)], flips: Flips) -> Result<()> {
     writeln!(s, "|---|---|---|---|---|---|")?;
     let med = |i: usize| median(&rates[i].1);
     let base = med(0);
-    let baselines = [med(1), med(5)];
+    let at = |sc: Scenario| Scenario::ALL.iter().position(|s| *s == sc).unwrap();
+    let baselines = [
+        med(at(Scenario::XdpPassOnly)),
+        med(at(Scenario::TcPassOnly)),
+    ];
     for (sc, v) in rates.iter() {
         let (min, max) = range(v);
         let m = median(v);
