@@ -1088,11 +1088,16 @@ impl Sim {
             }
         }
         let (gens, cut) = (d.gens.clone(), d.cut.clone());
+        let restarting = d.restarting.clone();
         let all: Vec<DiskRead> = (0..gens.len())
             .map(|p| DiskRead {
                 peer: p,
                 generation: gens[p],
-                restarting: d.restarting[p],
+                restarting: restarting[p],
+                serving: (0..self.nodes[p].gates.len())
+                    .filter(|&a| self.nodes[p].is_open(a))
+                    .map(|a| (a, self.nodes[p].epochs[a]))
+                    .collect(),
             })
             .collect();
         for n in running {

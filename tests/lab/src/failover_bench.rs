@@ -946,7 +946,9 @@ pub fn run(t: &Takeover, machine: &str, date: &str) -> Result<String> {
         let text = |c: &Option<(f64, String, f64)>| {
             c.as_ref().map_or("—".to_string(), |(_, t, _)| t.clone())
         };
+        // With no fence device, keepalived's figures are not a takeover (two hosts answer).
         let ratio = |c: &Option<(f64, String, f64)>| match (&ours, c) {
+            _ if sc.unfenced() => "—".to_string(),
             (Some((o, _, _)), Some((k, _, _))) if *o > 0.0 => format!("{:.0}×", k / o),
             _ => "—".to_string(),
         };

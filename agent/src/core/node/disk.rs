@@ -13,16 +13,18 @@
 //! the timeout and an interval) and its lease has lapsed or it was fenced.
 use std::time::Duration;
 
-use super::{Core, Event, FenceState, NodeId};
+use super::{Core, Event, FenceState, NodeId, ResId};
 
 /// A peer's disk heartbeat as the shell read it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskRead {
     pub peer: NodeId,
     /// 0: never written, or unreadable.
     pub generation: u64,
     /// Its agent's last write before a planned restart.
     pub restarting: bool,
+    /// What it serves, with the epochs (a new opening's epoch is above every one seen).
+    pub serving: Vec<(ResId, u64)>,
 }
 
 impl Core {
@@ -37,14 +39,15 @@ impl Core {
         self.disk_read_at = Some(now);
         let mut stale = false;
         let grace = self.cfg.restart_grace;
-        for &DiskRead {
-            peer: p,
-            generation: gen,
-            restarting,
-        } in read
-        {
+        for r in read {
+            let (p, gen, restarting) = (r.peer, r.generation, r.restarting);
             if p == self.cfg.me || p >= self.peers.len() {
                 continue;
+            }
+            for &(res, epoch) in &r.serving {
+                if let Some(x) = self.res.get_mut(res) {
+                    x.max_epoch = x.max_epoch.max(epoch);
+                }
             }
             let peer = &mut self.peers[p];
             peer.disk_restarting = restarting;

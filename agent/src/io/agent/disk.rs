@@ -1,31 +1,36 @@
-//! The disk heartbeat's thread (`core::node::disk`): every storage interval it writes this
-//! node's heartbeat into its slot of the shared area and reads the peers', and tells the
-//! heartbeat loop what it found. Block I/O can stall for as long as the storage likes; it
-//! never stalls the loop.
-//!
-//! The thread writes only while the loop runs (the loop bumps `beat` at every wake-up): a
-//! node whose agent hangs looks hung on the disk too, so its peers can take over once its
-//! lease has lapsed.
+//! The shared storage area, as the heartbeat loop sees it (`core::node::disk`): it opens the
+//! area at start, hands it to the disk thread (`disk_worker`), tells the thread at every
+//! wake-up that the loop runs (`beat`) and what this node serves, and feeds the core what the
+//! thread reports. The thread writes only while the loop runs: a node whose agent hangs looks
+//! hung on the disk too, so its peers can take over once its lease has lapsed.
 use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        mpsc, Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 
-use super::{Input, Shell};
+use super::{
+    disk_worker::{Request, Worker},
+    Input, Shell,
+};
 use crate::{
     config::Storage,
     core::{
         event::resource_name,
-        node::{DiskRead, NodeId},
+        node::{CoreConfig, DiskRead, NodeId},
     },
     io::inbox::Mailbox,
-    storage::{area::unix_ms, layout::Slot, payloads::Heartbeat, Area, Device},
+    storage::{
+        area::unix_ms,
+        layout::Slot,
+        payloads::{Heartbeat, Ownership},
+        Area, Device,
+    },
 };
 
 /// What the thread found in one round.
@@ -41,17 +46,21 @@ pub(super) struct Round {
 /// The loop's handle on the thread.
 pub(super) struct Disk {
     shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
     /// What the disk heartbeat says changed: rebuilt at the next wake-up.
     pub dirty: bool,
 }
 
-struct Shared {
-    beat: AtomicU64,
-    state: Mutex<Heartbeat>,
-    stop: AtomicBool,
+/// What the loop and the thread share.
+pub(super) struct Shared {
+    /// Bumped by the loop at every wake-up.
+    pub beat: AtomicU64,
+    /// What this node's heartbeat says (what it serves, its LAN), as the loop last saw it.
+    pub state: Mutex<Heartbeat>,
+    pub stop: AtomicBool,
     /// The area and this node's index in it: the thread's, and the stop's last write.
-    area: Mutex<Area>,
-    mine: usize,
+    pub area: Mutex<Area>,
+    pub mine: usize,
 }
 
 /// The area, opened and checked, with this node's index in it and each core peer's.
@@ -86,11 +95,17 @@ impl Disk {
     /// Starts the thread.
     pub(super) fn start(
         opened: Opened,
+        core: &CoreConfig,
         interval: Duration,
         realtime_priority: bool,
         mailbox: Mailbox<Input>,
     ) -> Result<Disk> {
         let Opened { area, mine, peers } = opened;
+        // What the previous agent claimed: releases are recorded against it.
+        let ownership = area
+            .read::<Ownership>(mine, Slot::Ownership)?
+            .value
+            .map_or_else(|_| Ownership::default(), |(_, o)| o);
         let shared = Arc::new(Shared {
             beat: AtomicU64::new(0),
             state: Mutex::new(Heartbeat::default()),
@@ -98,7 +113,18 @@ impl Disk {
             area: Mutex::new(area),
             mine,
         });
-        let s = shared.clone();
+        let (requests, rx) = mpsc::channel();
+        let worker = Worker {
+            shared: shared.clone(),
+            peers,
+            interval,
+            names: (0..core.resources.len())
+                .map(|r| (resource_name(core, r), r))
+                .collect(),
+            mailbox,
+            requests: rx,
+            ownership,
+        };
         std::thread::Builder::new()
             .name("disk heartbeat".into())
             .spawn(move || {
@@ -106,70 +132,36 @@ impl Disk {
                 if realtime_priority {
                     super::fifo();
                 }
-                let mut last_beat = 0;
-                let mut next = Instant::now();
-                while !s.stop.load(Ordering::Relaxed) {
-                    let beat = s.beat.load(Ordering::Relaxed);
-                    // The loop did not run since the last round: write nothing.
-                    if beat != last_beat {
-                        last_beat = beat;
-                        let Ok(mut area) = s.area.lock() else {
-                            return;
-                        };
-                        // The agent is stopping: its last write is the stop's.
-                        if s.stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let started = Instant::now();
-                        let write = s.write(&mut area, interval, false);
-                        let gens = peers
-                            .iter()
-                            .map(|&(p, i)| {
-                                let read = area.read::<Heartbeat>(i, Slot::Heartbeat)?;
-                                let (generation, restarting) = read
-                                    .value
-                                    .map_or((0, false), |(gen, hb)| (gen, hb.restarting));
-                                Ok(DiskRead {
-                                    peer: p,
-                                    generation,
-                                    restarting,
-                                })
-                            })
-                            .collect::<Result<Vec<_>>>()
-                            .ok();
-                        drop(area);
-                        if !mailbox.send(Input::Disk(Round {
-                            gens,
-                            write,
-                            started,
-                        })) {
-                            return;
-                        }
-                    }
-                    next += interval;
-                    let now = Instant::now();
-                    if next < now {
-                        // Storage stalled for longer than an interval: start the beat again.
-                        next = now + interval;
-                    }
-                    std::thread::sleep(next - now);
-                }
+                worker.run()
             })
             .context("starting the disk heartbeat thread")?;
         Ok(Disk {
             shared,
+            requests,
             dirty: true,
         })
+    }
+
+    /// Records that this node opens these resources in these epochs; the answer comes as
+    /// `Input::DiskClaimed`. False if the thread is gone.
+    pub(super) fn claim(&self, claims: Vec<(String, u64)>) -> bool {
+        self.requests.send(Request::Claim(claims)).is_ok()
     }
 }
 
 impl Shared {
-    /// Writes this node's heartbeat as the loop last described it.
-    fn write(&self, area: &mut Area, interval: Duration, restarting: bool) -> Result<(), String> {
+    /// This node's heartbeat as the loop last described it.
+    pub fn heartbeat(&self, interval: Duration, restarting: bool) -> Heartbeat {
         let mut hb = self.state.lock().map(|h| h.clone()).unwrap_or_default();
         hb.written_unix_ms = unix_ms();
         hb.interval_ms = interval.as_millis() as u64;
         hb.restarting = restarting;
+        hb
+    }
+
+    /// Writes this node's heartbeat.
+    fn write(&self, area: &mut Area, interval: Duration, restarting: bool) -> Result<(), String> {
+        let hb = self.heartbeat(interval, restarting);
         area.write(self.mine, Slot::Heartbeat, &hb)
             .map(|_| ())
             .map_err(|e| format!("{e:#}"))
@@ -217,8 +209,8 @@ impl Shell {
         let Some(disk) = self.disk.as_mut() else {
             return;
         };
-        disk.shared.beat.fetch_add(1, Ordering::Relaxed);
         if !disk.dirty {
+            disk.shared.beat.fetch_add(1, Ordering::Relaxed);
             return;
         }
         disk.dirty = false;
@@ -231,6 +223,8 @@ impl Shell {
             hb.serving = serving;
             hb.lan_up = lan_up;
         }
+        // After the state: a round never writes an older one for a newer beat.
+        disk.shared.beat.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn disk_round(&mut self, round: Round) {

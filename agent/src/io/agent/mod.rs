@@ -8,6 +8,7 @@
 mod arrivals;
 mod audit;
 mod disk;
+mod disk_worker;
 mod epochs;
 mod fence;
 mod lease;
@@ -79,6 +80,8 @@ enum Input {
     Service(services::Report),
     /// A round of the disk heartbeat's thread.
     Disk(disk::Round),
+    /// The disk thread recorded (or could not) the epochs of a `Persist`.
+    DiskClaimed(Result<(), String>),
     Stop,
 }
 
@@ -313,6 +316,12 @@ impl Shell {
             Input::Audit => self.audit()?,
             Input::Service(r) => self.service_report(now, r),
             Input::Disk(round) => self.disk_round(round),
+            Input::DiskClaimed(result) => {
+                if let Err(e) = &result {
+                    log::error!("recording the new epochs in the storage area: {e}");
+                }
+                self.core.handle_persisted(now, result.is_ok());
+            }
             Input::Stop => {
                 self.stop(now, out);
                 return Ok(false);

@@ -30,17 +30,24 @@ impl Shell {
                 Action::SetGate { res, gate } => self.set_gate(res, gate)?,
                 Action::Announce { res } => announce.push(res),
                 Action::Persist { epochs } => {
-                    let named = epochs
+                    let named: Vec<(String, u64)> = epochs
                         .iter()
-                        .map(|&(r, e)| (resource_name(&self.core_cfg, r), e));
-                    let ok = match self.epochs.record(named) {
+                        .map(|&(r, e)| (resource_name(&self.core_cfg, r), e))
+                        .collect();
+                    let ok = match self.epochs.record(named.iter().cloned()) {
                         Ok(()) => true,
                         Err(e) => {
                             log::error!("{e:#}");
                             false
                         }
                     };
-                    self.core.handle_persisted(self.now(), ok);
+                    // With a storage area, the claim goes there too (ownership record and
+                    // journal); its thread answers when it is on the device.
+                    let pending = ok && self.disk.as_ref().is_some_and(|d| d.claim(named));
+                    if !pending {
+                        self.core
+                            .handle_persisted(self.now(), ok && self.disk.is_none());
+                    }
                 }
                 Action::Fence { peer } => self.start_fence(poller, peer),
                 Action::Restart { component } => self.services.restart(component),

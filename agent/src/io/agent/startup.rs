@@ -497,6 +497,7 @@ impl Shell {
         let disk = match (c.storage, &cfg.storage) {
             (Some(opened), Some(st)) => Some(disk::Disk::start(
                 opened,
+                &c.core_cfg,
                 st.interval,
                 realtime_priority,
                 mailbox.clone(),

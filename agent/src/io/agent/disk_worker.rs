@@ -1,0 +1,198 @@
+//! The disk heartbeat's thread (`disk`): every storage interval it writes this node's
+//! heartbeat into its slot of the shared area, reads the peers', and records what this node
+//! released in its ownership record and journal; at once, when asked, it records what this
+//! node is about to open (the `Persist` of a takeover), and says when that is on the device.
+//! Block I/O can stall for as long as the storage likes; it never stalls the heartbeat loop.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{
+    disk::{Round, Shared},
+    Input,
+};
+use crate::{
+    core::node::{DiskRead, NodeId, ResId},
+    io::inbox::Mailbox,
+    storage::{
+        area::unix_ms,
+        layout::Slot,
+        payloads::{Change, Claim, Heartbeat, JournalEntry, Ownership},
+        Area,
+    },
+};
+
+/// What the heartbeat loop asks of the thread besides its rounds.
+pub(super) enum Request {
+    /// Record that this node opens these resources (by name) in these epochs; answer with
+    /// `Input::DiskClaimed`.
+    Claim(Vec<(String, u64)>),
+}
+
+pub(super) struct Worker {
+    pub shared: Arc<Shared>,
+    pub peers: Vec<(NodeId, usize)>,
+    pub interval: Duration,
+    /// Resource names to the core's indices (the peers' heartbeats name what they serve).
+    pub names: HashMap<String, ResId>,
+    pub mailbox: Mailbox<Input>,
+    pub requests: mpsc::Receiver<Request>,
+    /// This node's ownership record as last written (read at start).
+    pub ownership: Ownership,
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        let mut last_beat = 0;
+        let mut next = Instant::now();
+        loop {
+            let wait = next.saturating_duration_since(Instant::now());
+            match self.requests.recv_timeout(wait) {
+                Ok(Request::Claim(claims)) => {
+                    let result = self.claim(&claims);
+                    if !self.mailbox.send(Input::DiskClaimed(result)) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let beat = self.shared.beat.load(Ordering::Relaxed);
+            // The loop did not run since the last round: write nothing.
+            if beat != last_beat {
+                last_beat = beat;
+                let Some(round) = self.round() else {
+                    return;
+                };
+                if !self.mailbox.send(Input::Disk(round)) {
+                    return;
+                }
+            }
+            next += self.interval;
+            let now = Instant::now();
+            if next < now {
+                // Storage stalled for longer than an interval: start the beat again.
+                next = now + self.interval;
+            }
+        }
+    }
+
+    /// Writes this node's heartbeat, reads the peers', and records releases. `None` once the
+    /// agent stops (its last write is the stop's).
+    fn round(&mut self) -> Option<Round> {
+        let shared = self.shared.clone();
+        let mut area = shared.area.lock().ok()?;
+        if shared.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let started = Instant::now();
+        let hb = shared.heartbeat(self.interval, false);
+        let write = area
+            .write(shared.mine, Slot::Heartbeat, &hb)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"));
+        if write.is_ok() {
+            if let Err(e) = self.record_releases(&mut area, &hb.serving) {
+                log::warn!("recording releases in the storage area: {e:#}");
+            }
+        }
+        let gens = self
+            .peers
+            .iter()
+            .map(|&(p, i)| {
+                let read = area.read::<Heartbeat>(i, Slot::Heartbeat)?;
+                Ok(match read.value {
+                    Ok((generation, hb)) => DiskRead {
+                        peer: p,
+                        generation,
+                        restarting: hb.restarting,
+                        serving: hb
+                            .serving
+                            .iter()
+                            .filter_map(|(name, e)| Some((*self.names.get(name)?, *e)))
+                            .collect(),
+                    },
+                    Err(_) => DiskRead {
+                        peer: p,
+                        generation: 0,
+                        restarting: false,
+                        serving: Vec::new(),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .ok();
+        Some(Round {
+            gens,
+            write,
+            started,
+        })
+    }
+
+    /// This node opens `claims`: its ownership record says so, then its journal, both on the
+    /// device before the answer.
+    fn claim(&mut self, claims: &[(String, u64)]) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let mut area = shared.area.lock().map_err(|_| "poisoned".to_string())?;
+        let since = unix_ms();
+        for (name, epoch) in claims {
+            self.ownership.claims.insert(
+                name.clone(),
+                Claim {
+                    epoch: *epoch,
+                    held: true,
+                    since_unix_ms: since,
+                },
+            );
+        }
+        let entries = claims
+            .iter()
+            .map(|(resource, epoch)| Change::Owned {
+                resource: resource.clone(),
+                epoch: *epoch,
+            })
+            .collect();
+        self.write_changes(&mut area, entries)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Claims held that the heartbeat no longer lists as served were let go: recorded.
+    fn record_releases(&mut self, area: &mut Area, serving: &BTreeMap<String, u64>) -> Result<()> {
+        let mut changes = Vec::new();
+        for (name, claim) in self.ownership.claims.iter_mut() {
+            if claim.held && !serving.contains_key(name) {
+                claim.held = false;
+                changes.push(Change::Released {
+                    resource: name.clone(),
+                    epoch: claim.epoch,
+                });
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write_changes(area, changes)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// The ownership record, then one journal record per change.
+    fn write_changes(&mut self, area: &mut Area, changes: Vec<Change>) -> Result<(), String> {
+        let mine = self.shared.mine;
+        area.write(mine, Slot::Ownership, &self.ownership)
+            .map_err(|e| format!("{e:#}"))?;
+        let unix_ms = unix_ms();
+        for change in changes {
+            area.append(mine, JournalEntry { unix_ms, change })
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+}
