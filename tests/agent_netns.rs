@@ -184,6 +184,13 @@ fn a_frozen_agent_with_a_fence_that_does_nothing_leaves_exactly_one_server() -> 
     let s = setup_starting(start, start)?;
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
     only_answerer(&s, a, "a serves")?;
+    // No storage area here: handoff records have nowhere to live, and the agent says so.
+    let refused = t.output(&a.ns, "handoff list")?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("no [storage]"),
+        "{why}"
+    );
     // a's agent hangs: its process lives (no exit notice), its links and kernel work, its
     // gate is still written open. Its lease, renewed only as far as b echoed it, ends about
     // when b counts it dead; b takes over on the first proof: the fence that lies (at once),
@@ -329,6 +336,19 @@ fn a_hung_host_without_a_fence_is_taken_over_once_its_disk_heartbeat_is_stale() 
     let s = setup_starting(start, start)?;
     let (a, b) = (s.lan.host("a"), s.lan.host("b"));
     only_answerer(&s, a, "a serves")?;
+    // a's service leaves a handoff for its successor; b, which does not serve the address,
+    // may not write one.
+    let t = takeover();
+    t.ok(
+        &a.ns,
+        &format!("handoff put {LOGICAL} clients=12 note=two=words"),
+    )?;
+    let refused = t.output(&b.ns, &format!("handoff put {LOGICAL} clients=0"))?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("a serves it"),
+        "{why}"
+    );
     // a hangs whole: its agent stops, and nothing leaves the host any more, its kernel's
     // answers included (its switch port and its end of the line go down). To b that is a
     // crash, or a partition: only the disk can tell.
@@ -348,6 +368,25 @@ fn a_hung_host_without_a_fence_is_taken_over_once_its_disk_heartbeat_is_stale() 
         assert!(nobody_fenced(&s), "{log}");
         // On record before b opened: b owns it now, in a newer epoch than a's.
         assert_eq!(owner()?, ("b".to_string(), 2));
+        // b reads what a left, then writes its own record under its epoch.
+        assert_eq!(
+            t.ok(&b.ns, &format!("handoff get {LOGICAL} note"))?.trim(),
+            "two=words"
+        );
+        t.ok(&b.ns, &format!("handoff put {LOGICAL} clients=13"))?;
+        let got: serde_json::Value =
+            serde_json::from_str(&t.ok(&b.ns, &format!("handoff get {LOGICAL} --json"))?)?;
+        let record = &got["resources"][LOGICAL];
+        assert_eq!(
+            (&record["epoch"], &record["node"]),
+            (&2.into(), &"b".into()),
+            "{got}"
+        );
+        assert_eq!(
+            record["values"],
+            serde_json::json!({"clients": "13"}),
+            "{got}"
+        );
         Ok(())
     })();
     only_answerer(&s, b, "b serves, a's lapsed gate claims nothing")?;

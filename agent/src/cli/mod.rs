@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod check;
 mod events;
+mod handoff;
 mod show;
 mod storage;
 
@@ -195,6 +196,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a service leaves for its successor (the patent's takeover information): key/value
+    /// pairs per resource, kept by the agents in the storage area under the resource's epoch.
+    /// The node that serves a resource puts; any node gets the newest record (the highest
+    /// epoch). Asks the agent running here; needs `[storage]`.
+    #[command(subcommand)]
+    Handoff(HandoffCommand),
     /// Format and inspect the shared storage area: each node's disk heartbeat, its orders to
     /// other nodes (the poison pill), the resources it claims with their epochs, its services'
     /// handoff records and its journal. A block device every node reaches (or, for one host,
@@ -210,6 +217,47 @@ enum Command {
         /// Interface whose gate's events to follow (it must be attached).
         #[arg(long, value_name = "IF")]
         iface: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HandoffCommand {
+    /// Set keys of RESOURCE's handoff record (this node must serve it). A successor's first
+    /// put starts its own record under its epoch; until then `get` gives its predecessor's.
+    /// Answers once the record is on the storage device.
+    #[command(
+        after_help = "Examples:\n  takeover handoff put 10.77.0.100 clients=12 grace_until=1796531260\n  takeover handoff put \"10.77.0.100 tcp/2049\" exports=/srv/nfs"
+    )]
+    Put {
+        /// The resource: an address, or \"ADDRESS tcp/PORT\" for a service.
+        resource: String,
+        /// KEY=VALUE pairs (a value may contain '=' and spaces: quote it).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        values: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// RESOURCE's newest handoff record (every key, or KEY's value alone), with the epoch and
+    /// the node that wrote it.
+    #[command(
+        after_help = "Examples:\n  takeover handoff get 10.77.0.100\n  takeover handoff get 10.77.0.100 clients\n  takeover handoff get 10.77.0.100 --json"
+    )]
+    Get {
+        /// The resource: an address, or \"ADDRESS tcp/PORT\" for a service.
+        resource: String,
+        /// Only this key's value, printed alone (for scripts).
+        key: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every resource's newest handoff record.
+    #[command(after_help = "Examples:\n  takeover handoff list\n  takeover handoff list --json")]
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -416,6 +464,19 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{addr}: switchover to {to} ordered")?;
             Ok(())
         }
+        Command::Handoff(cmd) => match cmd {
+            HandoffCommand::Put {
+                resource,
+                values,
+                json,
+            } => handoff::put(resource, &values, json),
+            HandoffCommand::Get {
+                resource,
+                key,
+                json,
+            } => handoff::get(resource, key, json),
+            HandoffCommand::List { json } => handoff::list(json),
+        },
         Command::Status { json } => {
             let v = takeover::io::control::query()?;
             if json {

@@ -39,7 +39,35 @@ pub struct Request {
 
 pub enum Command {
     Status,
-    Switchover { addr: String, to: String },
+    Switchover {
+        addr: String,
+        to: String,
+    },
+    /// A service's handoff record (the storage area's), as a JSON line (`Handoff`).
+    Handoff(Handoff),
+}
+
+/// `takeover handoff`: what a service leaves for its successor, through the agent, which
+/// keeps it in the storage area under the resource's epoch. One JSON line:
+/// `{"handoff": "put", "resource": "10.0.0.1", "values": {"k": "v"}}`, or `"get"` (with
+/// `resource`, optionally `key`) or `"list"`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handoff {
+    pub handoff: HandoffOp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffOp {
+    Put,
+    Get,
+    List,
 }
 
 /// At most this many clients at once: each holds a descriptor and a task until it is answered
@@ -160,11 +188,14 @@ enum Refused {
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            Refused::Empty => write!(f, "empty request; send `status` or `switchover ADDR NODE`"),
+            Refused::Empty => write!(
+                f,
+                "empty request; send `status`, `switchover ADDR NODE` or a handoff request"
+            ),
             Refused::TooLong => write!(f, "request longer than {MAX_REQUEST} bytes"),
             Refused::Unknown => write!(
                 f,
-                "unknown request; send `status` or `switchover ADDR NODE`"
+                "unknown request; send `status`, `switchover ADDR NODE` or a handoff request"
             ),
             Refused::Read(e) => write!(f, "reading the request: {e}"),
         }
@@ -188,9 +219,12 @@ async fn read_request(r: impl AsyncRead + Unpin) -> Result<Command, Refused> {
     parse_request(&line).ok_or(Refused::Unknown)
 }
 
-/// `status` or `switchover ADDR NODE`.
+/// `status`, `switchover ADDR NODE`, or a handoff request (a JSON object).
 pub fn parse_request(line: &[u8]) -> Option<Command> {
     let line = std::str::from_utf8(line).ok()?;
+    if line.trim_start().starts_with('{') {
+        return serde_json::from_str(line).ok().map(Command::Handoff);
+    }
     match line.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["status"] => Some(Command::Status),
         ["switchover", addr, to] => Some(Command::Switchover {
@@ -274,6 +308,11 @@ pub fn query() -> Result<Status> {
 /// Asks the agent of the current network namespace to move `addr` to node `to`.
 pub fn switchover(addr: &str, to: &str) -> Result<Value> {
     ask(&format!("switchover {addr} {to}"))
+}
+
+/// Asks the agent of the current network namespace about a handoff record.
+pub fn handoff(request: &Handoff) -> Result<Value> {
+    ask(&serde_json::to_string(request)?)
 }
 
 fn ask(request: &str) -> Result<Value> {

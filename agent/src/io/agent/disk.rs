@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use tokio::sync::oneshot;
+
 use super::{
     disk_worker::{Request, Worker},
     Input, Shell,
@@ -24,7 +26,10 @@ use crate::{
         event::resource_name,
         node::{CoreConfig, DiskRead, NodeId},
     },
-    io::inbox::Mailbox,
+    io::{
+        control::{Handoff, HandoffOp},
+        inbox::Mailbox,
+    },
     storage::{
         area::unix_ms,
         layout::Slot,
@@ -147,6 +152,98 @@ impl Disk {
     pub(super) fn claim(&self, claims: Vec<(String, u64)>) -> bool {
         self.requests.send(Request::Claim(claims)).is_ok()
     }
+}
+
+impl Shell {
+    /// `takeover handoff`: checked here (the core knows who serves what), done by the disk
+    /// thread, which answers the client itself once the record is on the device.
+    pub(super) fn handoff(&mut self, h: Handoff, reply: oneshot::Sender<serde_json::Value>) {
+        let refuse = |reply: oneshot::Sender<serde_json::Value>, why: String| {
+            let _ = reply.send(serde_json::json!({ "error": why }));
+        };
+        let Some(disk) = self.disk.as_ref() else {
+            return refuse(
+                reply,
+                "no [storage] in this node's configuration: handoff records live in the storage area".into(),
+            );
+        };
+        let names: Vec<String> = (0..self.core_cfg.resources.len())
+            .map(|r| resource_name(&self.core_cfg, r))
+            .collect();
+        let res = match &h.resource {
+            Some(name) => match names.iter().position(|n| n == name) {
+                Some(r) => Some(r),
+                None => {
+                    return refuse(
+                        reply,
+                        format!(
+                            "{name} is not a resource of this cluster (an address, or \"ADDRESS tcp/PORT\" for a service)"
+                        ),
+                    )
+                }
+            },
+            None => None,
+        };
+        let request = match (h.handoff, res) {
+            (HandoffOp::Put, None) | (HandoffOp::Get, None) => {
+                return refuse(reply, "which resource? (--resource is missing)".into())
+            }
+            (HandoffOp::Put, Some(r)) => {
+                if !self.core.is_open(r) {
+                    let by = self
+                        .core
+                        .server(r)
+                        .map_or("nobody".to_string(), |n| self.core_cfg.nodes[n].clone());
+                    return refuse(
+                        reply,
+                        format!(
+                            "{} is not served by this node ({by} serves it): its handoff is written where it is served",
+                            names[r]
+                        ),
+                    );
+                }
+                if let Some(why) = bad_values(&h.values) {
+                    return refuse(reply, why);
+                }
+                Request::HandoffPut {
+                    resource: names[r].clone(),
+                    epoch: self.core.epoch(r),
+                    values: h.values,
+                    reply,
+                }
+            }
+            (_, r) => Request::HandoffRead {
+                resource: r.map(|r| names[r].clone()),
+                key: h.key,
+                reply,
+            },
+        };
+        if let Err(mpsc::SendError(
+            Request::HandoffPut { reply, .. } | Request::HandoffRead { reply, .. },
+        )) = disk.requests.send(request)
+        {
+            refuse(reply, "the storage thread has stopped".into());
+        }
+    }
+}
+
+/// Why these handoff values are refused, if they are: at least one, keys of 1-128 printable
+/// characters without `=`, values up to 64 KiB.
+fn bad_values(values: &BTreeMap<String, String>) -> Option<String> {
+    if values.is_empty() {
+        return Some("nothing to put: give KEY=VALUE pairs".into());
+    }
+    for (k, v) in values {
+        if k.is_empty() || k.len() > 128 || k.contains('=') || k.chars().any(char::is_control) {
+            return Some(format!(
+                "{k:?} is not a handoff key (1-128 printable characters, no '=')"
+            ));
+        }
+        if v.len() > 64 * 1024 {
+            return Some(format!("the value of {k} is over 64 KiB"));
+        }
+    }
+    None
 }
 
 impl Shared {

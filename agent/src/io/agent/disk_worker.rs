@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::Result;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 use super::{
     disk::{Round, Shared},
@@ -21,7 +23,7 @@ use crate::{
     storage::{
         area::unix_ms,
         layout::Slot,
-        payloads::{Change, Claim, Heartbeat, JournalEntry, Ownership},
+        payloads::{Change, Claim, Handoff, HandoffEntry, Heartbeat, JournalEntry, Ownership},
         Area,
     },
 };
@@ -31,6 +33,20 @@ pub(super) enum Request {
     /// Record that this node opens these resources (by name) in these epochs; answer with
     /// `Input::DiskClaimed`.
     Claim(Vec<(String, u64)>),
+    /// Set these keys of a resource's handoff record (this node serves it, in `epoch`),
+    /// and answer the client once it is on the device.
+    HandoffPut {
+        resource: String,
+        epoch: u64,
+        values: BTreeMap<String, String>,
+        reply: oneshot::Sender<Value>,
+    },
+    /// Read the newest handoff record of a resource (of every one: `None`), across nodes.
+    HandoffRead {
+        resource: Option<String>,
+        key: Option<String>,
+        reply: oneshot::Sender<Value>,
+    },
 }
 
 pub(super) struct Worker {
@@ -57,6 +73,29 @@ impl Worker {
                     if !self.mailbox.send(Input::DiskClaimed(result)) {
                         return;
                     }
+                    continue;
+                }
+                Ok(Request::HandoffPut {
+                    resource,
+                    epoch,
+                    values,
+                    reply,
+                }) => {
+                    let answer = self
+                        .handoff_put(&resource, epoch, values)
+                        .unwrap_or_else(|e| json!({ "error": e }));
+                    let _ = reply.send(answer);
+                    continue;
+                }
+                Ok(Request::HandoffRead {
+                    resource,
+                    key,
+                    reply,
+                }) => {
+                    let answer = self
+                        .handoff_read(resource.as_deref(), key.as_deref())
+                        .unwrap_or_else(|e| json!({ "error": e }));
+                    let _ = reply.send(answer);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -162,6 +201,90 @@ impl Worker {
             .collect();
         self.write_changes(&mut area, entries)
             .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Sets keys of `resource`'s handoff record under `epoch` (an older epoch's record is
+    /// replaced: a successor writes its own), then journals which keys changed.
+    fn handoff_put(
+        &mut self,
+        resource: &str,
+        epoch: u64,
+        values: BTreeMap<String, String>,
+    ) -> Result<Value, String> {
+        let shared = self.shared.clone();
+        let mut area = shared.area.lock().map_err(|_| "poisoned".to_string())?;
+        let mine = shared.mine;
+        let mut record = area
+            .read::<Handoff>(mine, Slot::Handoff)
+            .map_err(|e| format!("{e:#}"))?
+            .value
+            .map_or_else(|_| Handoff::default(), |(_, h)| h);
+        let entry = record.resources.entry(resource.to_string()).or_default();
+        if entry.epoch != epoch {
+            *entry = HandoffEntry {
+                epoch,
+                values: BTreeMap::new(),
+            };
+        }
+        let keys: Vec<String> = values.keys().cloned().collect();
+        entry.values.extend(values);
+        area.write(mine, Slot::Handoff, &record)
+            .map_err(|e| format!("{e:#}"))?;
+        area.append(
+            mine,
+            JournalEntry {
+                unix_ms: unix_ms(),
+                change: Change::Handoff {
+                    resource: resource.to_string(),
+                    epoch,
+                    keys: keys.clone(),
+                },
+            },
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(json!({"ok": true, "resource": resource, "epoch": epoch, "keys": keys}))
+    }
+
+    /// The newest handoff record of `resource` (or of each), across every node's slot: the
+    /// one of the highest epoch, with the node that wrote it.
+    fn handoff_read(&mut self, resource: Option<&str>, key: Option<&str>) -> Result<Value, String> {
+        let area = self
+            .shared
+            .area
+            .lock()
+            .map_err(|_| "poisoned".to_string())?;
+        let mut newest: BTreeMap<String, (u64, String, BTreeMap<String, String>)> = BTreeMap::new();
+        for (n, node) in area.sb.nodes.iter().enumerate() {
+            let read = area
+                .read::<Handoff>(n, Slot::Handoff)
+                .map_err(|e| format!("{e:#}"))?;
+            let Ok((_, record)) = read.value else {
+                continue;
+            };
+            for (res, entry) in record.resources {
+                if resource.is_some_and(|r| r != res) {
+                    continue;
+                }
+                if newest.get(&res).is_none_or(|(e, _, _)| entry.epoch > *e) {
+                    newest.insert(res, (entry.epoch, node.clone(), entry.values));
+                }
+            }
+        }
+        let records: BTreeMap<String, Value> = newest
+            .into_iter()
+            .map(|(res, (epoch, node, values))| {
+                (res, json!({"epoch": epoch, "node": node, "values": values}))
+            })
+            .collect();
+        match (resource, key) {
+            (Some(r), Some(k)) => match records.get(r).and_then(|v| v["values"].get(k)) {
+                Some(value) => Ok(
+                    json!({"resource": r, "key": k, "value": value, "epoch": records[r]["epoch"]}),
+                ),
+                None => Err(format!("{r} has no handoff value {k}")),
+            },
+            _ => Ok(json!({ "resources": records })),
+        }
     }
 
     /// Claims held that the heartbeat no longer lists as served were let go: recorded.

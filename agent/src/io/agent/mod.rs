@@ -291,6 +291,10 @@ impl Shell {
             }
             Input::Link(_) => {}
             Input::LinksStopped => bail!("netlink link events stopped"),
+            Input::Control(control::Request {
+                command: control::Command::Handoff(h),
+                reply,
+            }) => self.handoff(h, reply),
             Input::Control(req) => {
                 let answer = self.control(req.command, now);
                 let _ = req.reply.send(answer);
@@ -439,6 +443,7 @@ impl Shell {
                     }
                 }
             }
+            control::Command::Handoff(_) => unreachable!("answered by the disk thread"),
         }
     }
 }
