@@ -40,7 +40,7 @@ use super::component::Component;
 pub use super::config::{ComponentSpec, CoreConfig, NodeId, ResId, ResourceSpec, ServiceSpec};
 pub use super::event::{DeathReason, Event, Gate, Mismatch};
 use super::wire::{self, Rejected};
-pub use disk::DiskRead;
+pub use disk::{DiskRead, ReadTimes};
 use peer::Peer;
 
 /// What the shell must do.
@@ -144,9 +144,7 @@ pub struct Core {
     lan_up: bool,
     lan_link: bool,
     storage_ok: bool,
-    /// When the shell last read the peers' disk heartbeats (`disk`), and when the last
-    /// successful write of this node's began.
-    disk_read_at: Option<Duration>,
+    /// When the last successful disk heartbeat write of this node's began (`disk`).
     disk_written_at: Option<Duration>,
     /// The latest lease end `lease_until` gave, and whether this agent stalled (slept through
     /// wake-ups) since it last ran (`lease`).
@@ -251,7 +249,6 @@ impl Core {
             lan_up: true,
             lan_link: true,
             storage_ok: true,
-            disk_read_at: None,
             disk_written_at: None,
             lease_granted: None,
             stalled: false,

@@ -14,7 +14,7 @@ use super::{
     event::Event,
     node::{
         Action, Arrival, ComponentSpec, Core, CoreConfig, DiskRead, FenceState, Gate, NodeId,
-        ResourceSpec, ServiceSpec,
+        ReadTimes, ResourceSpec, ServiceSpec,
     },
     wire,
 };
@@ -1106,7 +1106,14 @@ impl Sim {
             let c = self.nodes[n].core.as_mut().unwrap();
             c.handle_storage(at, at, !cut[n], "cut off");
             if !cut[n] {
-                c.handle_disk(at, &all);
+                c.handle_disk(
+                    at,
+                    ReadTimes {
+                        began: at,
+                        ended: at,
+                    },
+                    &all,
+                );
             }
             self.drain(n);
         }

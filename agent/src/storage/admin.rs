@@ -41,6 +41,16 @@ pub fn init(path: &Path, nodes: &[String], sizes: Sizes, force: bool) -> Result<
     }
     let dev = Device::open(path)?;
     match Area::superblock(&dev)? {
+        // Blank where the superblock goes: blank where the area goes, too? (A file system
+        // may start with zeros: ZFS's label pads 8 KiB, btrfs's superblock is at 64 KiB.)
+        Err(NotAnArea::Blank) if !force => {
+            if let Some(at) = first_data(&dev, nodes, sizes)? {
+                bail!(
+                    "{} holds data (a non-zero byte at offset {at}): not a blank device; --force overwrites it",
+                    path.display()
+                );
+            }
+        }
         Err(NotAnArea::Blank) => {}
         Err(NotAnArea::Foreign(e)) if !force => bail!(
             "{} holds data that is not a takeover storage area ({e}); --force overwrites it",
@@ -58,6 +68,12 @@ pub fn init(path: &Path, nodes: &[String], sizes: Sizes, force: bool) -> Result<
                 );
             }
             let area = Area::open(dev)?;
+            if let Some((node, ago)) = written_lately(&area)? {
+                bail!(
+                    "node {node} wrote its disk heartbeat to {} {ago:.1} s ago: stop every agent that uses the area, and run this again after {RECENT:?} (nothing was changed)",
+                    path.display()
+                );
+            }
             if let Some(node) = writing(&area)? {
                 bail!(
                     "node {node}'s agent is writing its disk heartbeat to {} now: stop every agent that uses the area first (nothing was changed)",
@@ -105,6 +121,50 @@ fn random_id() -> String {
     // SAFETY: fills `b`; getrandom(2) never fails for 8 bytes once the pool is ready.
     unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A heartbeat written this recently (by the writer's wall clock) means an agent may still
+/// use the area, even if it writes less often than `writing` watches.
+const RECENT: Duration = Duration::from_secs(10);
+
+/// A node whose disk heartbeat was written within `RECENT` (wall clocks), and how long ago.
+fn written_lately(area: &Area) -> Result<Option<(String, f64)>> {
+    let now = unix_ms();
+    for (n, name) in area.sb.nodes.iter().enumerate() {
+        if let Ok((_, hb)) = area.read::<Heartbeat>(n, Slot::Heartbeat)?.value {
+            let ago = now.saturating_sub(hb.written_unix_ms);
+            if Duration::from_millis(ago) < RECENT {
+                return Ok(Some((name.clone(), ago as f64 / 1e3)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Where the first non-zero byte is, in what `init` would write (and at least the first MiB):
+/// `None` if it is all zero.
+fn first_data(dev: &Device, nodes: &[String], sizes: Sizes) -> Result<Option<u64>> {
+    let geo = super::layout::Geometry {
+        nodes: nodes.len() as u32,
+        ownership_blocks: sizes.ownership_blocks,
+        handoff_blocks: sizes.handoff_blocks,
+        journal_blocks: sizes.journal_blocks,
+    };
+    let blocks = geo
+        .total_blocks()
+        .max((1 << 20) / BLOCK as u64)
+        .min(dev.size / BLOCK as u64);
+    let chunk = 256u64;
+    let mut at = 0;
+    while at < blocks {
+        let n = chunk.min(blocks - at);
+        let buf = dev.read(at, n)?;
+        if let Some(i) = buf.iter().position(|b| *b != 0) {
+            return Ok(Some(at * BLOCK as u64 + i as u64));
+        }
+        at += n;
+    }
+    Ok(None)
 }
 
 /// The first node whose disk heartbeat moves within a few of its intervals, if any.

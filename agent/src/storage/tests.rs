@@ -260,3 +260,26 @@ fn init_refuses_what_is_not_blank_unless_forced_and_a_live_area_even_then() {
     let err = admin::init(&tiny.0, &nodes(), SMALL, false).unwrap_err();
     assert!(format!("{err:#}").contains("needs"), "{err:#}");
 }
+
+#[test]
+fn init_refuses_a_file_system_that_starts_with_zeros_and_an_area_written_lately() {
+    // btrfs keeps its superblock at 64 KiB, ZFS pads its label: blocks 0 and 1 blank, data
+    // further on. Refused without --force, and left as it was.
+    let s = Scratch::new(1 << 20);
+    let mut data = vec![0u8; 1 << 20];
+    data[64 << 10..(64 << 10) + 8].copy_from_slice(b"_BHRfS_M");
+    std::fs::write(&s.0, &data).unwrap();
+    let err = admin::init(&s.0, &nodes(), SMALL, false).unwrap_err();
+    assert!(format!("{err:#}").contains("offset 65536"), "{err:#}");
+    assert_eq!(std::fs::read(&s.0).unwrap(), data);
+    // An area whose heartbeat was written a moment ago (by the wall clock) may be in use by
+    // an agent that writes less often than init watches: refused even with --force.
+    let mut area = admin::init(&s.0, &nodes(), SMALL, true).unwrap();
+    let now = super::area::unix_ms();
+    area.write(0, Slot::Heartbeat, &hb(now)).unwrap();
+    let err = admin::init(&s.0, &nodes(), SMALL, true).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("node a wrote its disk heartbeat"),
+        "{err:#}"
+    );
+}

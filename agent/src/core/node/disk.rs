@@ -27,16 +27,26 @@ pub struct DiskRead {
     pub serving: Vec<(ResId, u64)>,
 }
 
+/// When the shell's reads of one round began and ended (this node's clock). A generation
+/// first seen is dated by the end (it was written by then at the latest); one found
+/// unchanged, by the beginning (it had not changed by then at the earliest): a stall of
+/// the heartbeat loop between the reads and their handling changes neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadTimes {
+    pub began: Duration,
+    pub ended: Duration,
+}
+
 impl Core {
-    /// The shell read the area at `now`: each peer's disk heartbeat generation (0: never
-    /// written or unreadable) and whether it says its agent stopped for a restart. Peers not
-    /// listed keep what was read before.
-    pub fn handle_disk(&mut self, now: Duration, read: &[DiskRead]) {
+    /// The shell read the area at `times`, handled at `now`: each peer's disk heartbeat
+    /// generation (0: never written) and whether it says its agent stopped for a restart.
+    /// Peers not listed (their slot could not be read) keep what was read before, and go
+    /// stale for nobody: this node cannot tell.
+    pub fn handle_disk(&mut self, now: Duration, times: ReadTimes, read: &[DiskRead]) {
         let now = self.clock(now);
         let Some(timeout) = self.cfg.disk_timeout else {
             return;
         };
-        self.disk_read_at = Some(now);
         let mut stale = false;
         let grace = self.cfg.restart_grace;
         for r in read {
@@ -51,14 +61,18 @@ impl Core {
             }
             let peer = &mut self.peers[p];
             peer.disk_restarting = restarting;
+            peer.disk_read_at = Some(times.began);
             if peer.disk_moved_at.is_none() || gen != peer.disk_gen {
                 // Moving (not merely found at start): it writes a disk heartbeat, and so
                 // bounds its lease by it (`lease`).
                 peer.disk_moving |= peer.disk_moved_at.is_some() && gen > peer.disk_gen;
                 peer.disk_gen = gen;
-                peer.disk_moved_at = Some(now);
+                peer.disk_moved_at = Some(times.ended);
             } else if peer.disk_held
-                && now >= peer.disk_moved_at.unwrap_or(now) + timeout + grace * restarting as u32
+                && times.began
+                    >= peer.disk_moved_at.unwrap_or(times.began)
+                        + timeout
+                        + grace * restarting as u32
             {
                 peer.disk_held = false;
                 self.event(Event::DiskStale { peer: p });
@@ -71,8 +85,8 @@ impl Core {
     }
 
     /// This node's own disk heartbeat write, started at `started`, succeeded (reported at
-    /// `now`), or failed with `error`. While a peer is dead, this node's lease extends only
-    /// the storage timeout past its last write (`lease`).
+    /// `now`, after it ended), or failed with `error`. While a peer is dead, this node's
+    /// lease extends only the storage timeout past its last write (`lease`).
     pub fn handle_storage(&mut self, now: Duration, started: Duration, ok: bool, error: &str) {
         let now = self.clock(now);
         if self.cfg.disk_timeout.is_none() {
@@ -92,17 +106,18 @@ impl Core {
         self.refit(now);
     }
 
-    /// May a write started at `started` extend this node's lease? Only if the lease its
-    /// last write gave had not run out by then: a node that stalled for longer (a frozen
-    /// agent, a hung storage) may have been judged gone by a peer that took its resources, so
-    /// writing again proves nothing until every peer is heard again and echoes this node
-    /// (what they serve now came with that). A starting agent's first write may: it opens
-    /// nothing it does not prove free first.
-    fn disk_chain_holds(&self, now: Duration, started: Duration) -> bool {
+    /// May a write that ended by `now` extend this node's lease? Only if it was on the
+    /// device before the lease its last write gave ran out: a peer reads a generation as
+    /// stale no sooner than that (it saw the previous one no earlier than it was written).
+    /// A node that stalled for longer (a frozen agent, a hung storage) may have been judged
+    /// gone by a peer that took its resources, so writing again proves nothing until every
+    /// peer is heard again and echoes this node (what they serve now came with that). A
+    /// starting agent's first write may: it opens nothing it does not prove free first.
+    fn disk_chain_holds(&self, now: Duration, _started: Duration) -> bool {
         let (Some(timeout), Some(w)) = (self.cfg.disk_timeout, self.disk_written_at) else {
             return true;
         };
-        if started <= w + super::lease::disk_span(timeout) {
+        if now <= w + super::lease::disk_span(timeout) {
             return true;
         }
         let span = self.lease_span();
@@ -112,9 +127,9 @@ impl Core {
         })
     }
 
-    /// Can this node read the area (a round within the timeout)?
-    fn disk_readable(&self) -> bool {
-        match (self.cfg.disk_timeout, self.disk_read_at) {
+    /// Can this node read peer `p`'s slot (a read within the timeout)?
+    fn disk_readable(&self, p: NodeId) -> bool {
+        match (self.cfg.disk_timeout, self.peers[p].disk_read_at) {
             (Some(timeout), Some(read)) => self.fed < read + timeout,
             _ => false,
         }
@@ -122,7 +137,8 @@ impl Core {
 
     /// Is peer `p` still writing its disk heartbeat, as far as this node can tell?
     fn disk_fresh(&self, p: NodeId) -> bool {
-        let (Some(timeout), Some(read)) = (self.cfg.disk_timeout, self.disk_read_at) else {
+        let (Some(timeout), Some(read)) = (self.cfg.disk_timeout, self.peers[p].disk_read_at)
+        else {
             return false;
         };
         let peer = &self.peers[p];
@@ -135,18 +151,18 @@ impl Core {
     /// Dead peer `p`, seen writing a disk heartbeat, stopped for the timeout (read after
     /// read): it stopped serving too (`lease`).
     pub(super) fn disk_proves_gone(&self, p: NodeId) -> bool {
-        self.disk_readable() && self.peers[p].disk_moving && !self.disk_fresh(p)
+        self.disk_readable(p) && self.peers[p].disk_moving && !self.disk_fresh(p)
     }
 
     /// Does dead peer `p`'s disk heartbeat hold its resources back: it still writes, so it is
     /// alive behind a partition? Not once its kernel said its agent exited (its gates closed
-    /// then) or it was fenced; nor while this node cannot read the area (it cannot tell: the
-    /// other proofs decide, as without storage). Said once.
+    /// then) or it was fenced; nor while this node cannot read the peer's slot (it cannot
+    /// tell: only its kernel's exit notice or a fence proves it gone then). Said once.
     pub(super) fn disk_holds(&mut self, p: NodeId) -> bool {
         let peer = &self.peers[p];
         if peer.kernel_closed
             || peer.fence == FenceState::Fenced
-            || !self.disk_readable()
+            || !self.disk_readable(p)
             || !self.disk_fresh(p)
         {
             return false;

@@ -66,6 +66,9 @@ impl Core {
     /// (before the node is ready, the lease a previous agent left runs on). The shell only
     /// ever extends the data plane's lease to this, never shortens it.
     pub fn lease_until(&mut self, now: Duration) -> Option<Duration> {
+        // A stall just before this renewal counts (the loop may have frozen anywhere).
+        let now = self.clock(now);
+        self.awake(now);
         if !self.cfg.lease || !self.ready || self.restarting {
             return None;
         }

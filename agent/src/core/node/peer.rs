@@ -66,6 +66,8 @@ pub(super) struct Peer {
     pub disk_moving: bool,
     /// Its newest disk heartbeat is its agent's last before a planned restart.
     pub disk_restarting: bool,
+    /// When its slot was last read (the read's beginning): unread slots go stale for nobody.
+    pub disk_read_at: Option<Duration>,
     /// Dead: when its data plane first answered a probe since (its kernel and both
     /// directions of the LAN work while its agent is silent).
     pub kernel_since: Option<Duration>,
@@ -125,6 +127,7 @@ impl Peer {
             disk_held: false,
             disk_moving: false,
             disk_restarting: false,
+            disk_read_at: None,
             kernel_since: None,
         }
     }

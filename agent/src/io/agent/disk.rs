@@ -24,7 +24,7 @@ use crate::{
     config::Storage,
     core::{
         event::resource_name,
-        node::{CoreConfig, DiskRead, NodeId},
+        node::{CoreConfig, DiskRead, NodeId, ReadTimes},
     },
     io::{
         control::{Handoff, HandoffOp},
@@ -46,6 +46,8 @@ pub(super) struct Round {
     pub write: Result<(), String>,
     /// When the write began.
     pub started: Instant,
+    /// When the peers' slots were read: from, to.
+    pub read: (Instant, Instant),
 }
 
 /// The loop's handle on the thread.
@@ -268,26 +270,31 @@ impl Shared {
 impl Disk {
     /// A planned stop's last disk heartbeat, saying that the agent restarts (peers judging
     /// this node by the disk then wait the restart grace). The thread writes no more. True if
-    /// it was written within `within`.
+    /// it was on the device within `within` (a storage that hangs is not waited for).
     pub(super) fn last_write(&self, interval: Duration, within: Duration) -> bool {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + within;
-        loop {
-            match self.shared.area.try_lock() {
-                Ok(mut area) => {
-                    return match self.shared.write(&mut area, interval, true) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            log::warn!("the last disk heartbeat could not be written: {e}");
-                            false
-                        }
-                    };
-                }
-                Err(_) if Instant::now() >= deadline => {
-                    log::warn!("the storage did not take the last disk heartbeat in {within:?}");
-                    return false;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        let (done, result) = mpsc::channel();
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("last disk write".into())
+            .spawn(move || {
+                let Ok(mut area) = shared.area.lock() else {
+                    return;
+                };
+                let _ = done.send(shared.write(&mut area, interval, true));
+            });
+        if spawned.is_err() {
+            return false;
+        }
+        match result.recv_timeout(within) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                log::warn!("the last disk heartbeat could not be written: {e}");
+                false
+            }
+            Err(_) => {
+                log::warn!("the storage did not take the last disk heartbeat in {within:?}");
+                false
             }
         }
     }
@@ -327,7 +334,12 @@ impl Shell {
     pub(super) fn disk_round(&mut self, round: Round) {
         let now = self.now();
         if let Some(gens) = &round.gens {
-            self.core.handle_disk(now, gens);
+            let at = |i: Instant| i.saturating_duration_since(self.start);
+            let times = ReadTimes {
+                began: at(round.read.0),
+                ended: at(round.read.1),
+            };
+            self.core.handle_disk(now, times, gens);
         }
         let started = round.started.saturating_duration_since(self.start);
         match &round.write {

@@ -24,6 +24,7 @@ use crate::{
         area::unix_ms,
         layout::Slot,
         payloads::{Change, Claim, Handoff, HandoffEntry, Heartbeat, JournalEntry, Ownership},
+        record::RecordError,
         Area,
     },
 };
@@ -66,40 +67,20 @@ impl Worker {
         let mut last_beat = 0;
         let mut next = Instant::now();
         loop {
+            // A round that is due goes first: requests (a client's handoff reads, say) never
+            // hold the heartbeat back; they wait at most for one round.
             let wait = next.saturating_duration_since(Instant::now());
-            match self.requests.recv_timeout(wait) {
-                Ok(Request::Claim(claims)) => {
-                    let result = self.claim(&claims);
-                    if !self.mailbox.send(Input::DiskClaimed(result)) {
-                        return;
+            if !wait.is_zero() {
+                match self.requests.recv_timeout(wait) {
+                    Ok(request) => {
+                        if !self.handle(request) {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
                 }
-                Ok(Request::HandoffPut {
-                    resource,
-                    epoch,
-                    values,
-                    reply,
-                }) => {
-                    let answer = self
-                        .handoff_put(&resource, epoch, values)
-                        .unwrap_or_else(|e| json!({ "error": e }));
-                    let _ = reply.send(answer);
-                    continue;
-                }
-                Ok(Request::HandoffRead {
-                    resource,
-                    key,
-                    reply,
-                }) => {
-                    let answer = self
-                        .handoff_read(resource.as_deref(), key.as_deref())
-                        .unwrap_or_else(|e| json!({ "error": e }));
-                    let _ = reply.send(answer);
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;
@@ -124,6 +105,38 @@ impl Worker {
         }
     }
 
+    /// One request; false once the heartbeat loop is gone.
+    fn handle(&mut self, request: Request) -> bool {
+        match request {
+            Request::Claim(claims) => {
+                let result = self.claim(&claims);
+                return self.mailbox.send(Input::DiskClaimed(result));
+            }
+            Request::HandoffPut {
+                resource,
+                epoch,
+                values,
+                reply,
+            } => {
+                let answer = self
+                    .handoff_put(&resource, epoch, values)
+                    .unwrap_or_else(|e| json!({ "error": e }));
+                let _ = reply.send(answer);
+            }
+            Request::HandoffRead {
+                resource,
+                key,
+                reply,
+            } => {
+                let answer = self
+                    .handoff_read(resource.as_deref(), key.as_deref())
+                    .unwrap_or_else(|e| json!({ "error": e }));
+                let _ = reply.send(answer);
+            }
+        }
+        true
+    }
+
     /// Writes this node's heartbeat, reads the peers', and records releases. `None` once the
     /// agent stops (its last write is the stop's).
     fn round(&mut self) -> Option<Round> {
@@ -143,36 +156,45 @@ impl Worker {
                 log::warn!("recording releases in the storage area: {e:#}");
             }
         }
-        let gens = self
-            .peers
-            .iter()
-            .map(|&(p, i)| {
-                let read = area.read::<Heartbeat>(i, Slot::Heartbeat)?;
-                Ok(match read.value {
-                    Ok((generation, hb)) => DiskRead {
-                        peer: p,
-                        generation,
-                        restarting: hb.restarting,
-                        serving: hb
-                            .serving
-                            .iter()
-                            .filter_map(|(name, e)| Some((*self.names.get(name)?, *e)))
-                            .collect(),
-                    },
-                    Err(_) => DiskRead {
-                        peer: p,
-                        generation: 0,
-                        restarting: false,
-                        serving: Vec::new(),
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-            .ok();
+        let began = Instant::now();
+        let mut gens = Some(Vec::new());
+        for &(p, i) in &self.peers {
+            let read = match area.read::<Heartbeat>(i, Slot::Heartbeat) {
+                Ok(read) => read,
+                Err(_) => {
+                    // The device failed: nothing is known of any peer this round.
+                    gens = None;
+                    break;
+                }
+            };
+            let list = gens.as_mut().expect("set above");
+            match read.value {
+                Ok((generation, hb)) => list.push(DiskRead {
+                    peer: p,
+                    generation,
+                    restarting: hb.restarting,
+                    serving: hb
+                        .serving
+                        .iter()
+                        .filter_map(|(name, e)| Some((*self.names.get(name)?, *e)))
+                        .collect(),
+                }),
+                Err(RecordError::Blank) => list.push(DiskRead {
+                    peer: p,
+                    generation: 0,
+                    restarting: false,
+                    serving: Vec::new(),
+                }),
+                // Unreadable (damaged both copies, a newer release's format): this node
+                // cannot tell whether it moves, so it is left out and goes stale for nobody.
+                Err(_) => {}
+            }
+        }
         Some(Round {
             gens,
             write,
             started,
+            read: (began, Instant::now()),
         })
     }
 
@@ -182,6 +204,7 @@ impl Worker {
         let shared = self.shared.clone();
         let mut area = shared.area.lock().map_err(|_| "poisoned".to_string())?;
         let since = unix_ms();
+        let before = self.ownership.clone();
         for (name, epoch) in claims {
             self.ownership.claims.insert(
                 name.clone(),
@@ -199,8 +222,12 @@ impl Worker {
                 epoch: *epoch,
             })
             .collect();
-        self.write_changes(&mut area, entries)
-            .map_err(|e| format!("{e:#}"))
+        let result = self.write_changes(&mut area, entries);
+        if result.is_err() {
+            // Not on record: not claimed (a later release must not journal it).
+            self.ownership = before;
+        }
+        result
     }
 
     /// Sets keys of `resource`'s handoff record under `epoch` (an older epoch's record is

@@ -280,7 +280,13 @@ impl Shell {
     fn handle(&mut self, input: Input, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) -> Result<bool> {
         let now = self.now();
         match input {
-            Input::Link(ev) if ev.ifindex == self.lan.index => self.core.handle_lan(now, ev.up),
+            Input::Link(ev) if ev.ifindex == self.lan.index => {
+                self.core.handle_lan(now, ev.up);
+                // The disk heartbeat says whether the LAN is up.
+                if let Some(disk) = self.disk.as_mut() {
+                    disk.dirty = true;
+                }
+            }
             Input::Link(ev) if Some(ev.ifindex) == self.dedicated => {
                 for &p in &self.line_peers {
                     self.core.handle_line_carrier(now, p, ev.up);
@@ -337,35 +343,47 @@ impl Shell {
     /// Gates stay as they are (pinned): a restart must not drop a packet. The peers are told,
     /// so they wait for the next agent instead of fencing this node.
     fn stop(&mut self, now: Duration, out: &mut [Vec<(SocketAddr, Vec<u8>)>]) {
-        let over_restart = self.mono_ns(now + self.core_cfg.restart_grace);
+        // The peers first: told to wait for a restart (and the core's last decisions on the
+        // gates applied: a gate it let go must not be carried over the restart).
+        self.core.shutdown(now);
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Send {
+                    peer,
+                    path,
+                    bytes,
+                    urgent,
+                } => self.queue((peer, path, bytes, urgent), out),
+                Action::SetGate { res, gate } => {
+                    if let Err(e) = self.repair(res, gate) {
+                        log::warn!("{e:#}");
+                    }
+                }
+                Action::Event(e) => {
+                    crate::io::log::event(&self.core_cfg, &e, std::time::SystemTime::now())
+                }
+                _ => {}
+            }
+        }
+        self.send(out);
         // With a storage area, peers cut off the network judge this node by its disk: its
         // last heartbeat there must say it restarts, or the gates are not extended.
         let told_disk = match (&self.disk, &self.cfg.storage) {
             (Some(disk), Some(st)) => disk.last_write(st.interval, st.timeout / 2),
             _ => true,
         };
+        let over_restart = self.mono_ns(self.now() + self.core_cfg.restart_grace);
         if let Some(r) = self.registration.as_mut() {
-            // The gates serve on over the restart: the peers wait as long for the next agent.
-            if self.core_cfg.lease && told_disk {
-                r.lease.extend(over_restart);
-            }
             if let Err(e) = r.stopping() {
                 log::warn!("{e:#}: the peers may take this restart for a crash");
             }
-        }
-        self.core.shutdown(now);
-        while let Some(action) = self.core.poll_action() {
-            if let Action::Send {
-                peer,
-                path,
-                bytes,
-                urgent,
-            } = action
-            {
-                self.queue((peer, path, bytes, urgent), out);
+            // The gates serve on over the restart, which the peers wait for: only if the
+            // lease still runs (a lapsed one may have let a peer take over meanwhile).
+            let runs = r.lease.until_ns() > crate::dataplane::heard::clock_ns() + 1_000_000;
+            if self.core_cfg.lease && told_disk && runs {
+                r.lease.extend(over_restart);
             }
         }
-        self.send(out);
         log::info!(
             "stopping (SIGTERM/SIGINT); gates stay as they are, peers told to wait for a restart"
         );
