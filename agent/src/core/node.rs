@@ -150,6 +150,9 @@ pub struct Core {
     /// wake-ups) since it last ran (`lease`).
     lease_granted: Option<Duration>,
     stalled: bool,
+    /// The stamp of the heartbeat that first said this node is fit (ready, LAN up, storage):
+    /// a peer's vote for it counts only once the peer has heard that (`safe_to_open`).
+    fit_us: u64,
     peers: Vec<Peer>,
     res: Vec<Res>,
     /// Per path: the last sequence number used.
@@ -252,6 +255,7 @@ impl Core {
             disk_written_at: None,
             lease_granted: None,
             stalled: false,
+            fit_us: 0,
             peers: vec![peer; n],
             seq: vec![0; cfg.paths],
             last_stamp: 0,
@@ -455,6 +459,7 @@ impl Core {
                 || now >= self.started + self.cfg.startup_grace)
         {
             self.ready = true;
+            self.fit_us = self.next_stamp(now);
         }
         if now >= self.next_heartbeat {
             self.send_heartbeats(now, false);
@@ -515,6 +520,9 @@ impl Core {
             return;
         }
         self.lan_up = fit;
+        if fit {
+            self.fit_us = self.next_stamp(now);
+        }
         self.decide(now);
         self.send_heartbeats(now, true);
     }

@@ -447,8 +447,14 @@ impl Sim {
             return;
         }
         self.feed_waiting(n);
-        // As the shell: with storage, a last disk heartbeat says it restarts (if it can be
-        // written: else the gates are not extended, a peer judging by the disk could not know).
+        // As the shell: the peers told and the core's last gate changes applied first.
+        let at = self.at(n);
+        if let Some(c) = self.nodes[n].core.as_mut() {
+            c.shutdown(at);
+        }
+        self.drain(n);
+        // Then, with storage, a last disk heartbeat says it restarts (if it can be written:
+        // else the gates are not extended, a peer judging by the disk could not know).
         let told_disk = match self.disk.as_mut() {
             Some(d) if d.cut[n] => false,
             Some(d) => {
@@ -458,8 +464,8 @@ impl Sim {
             }
             None => true,
         };
-        if self.cfg.lease && told_disk {
-            // As the shell: the gates serve on over the restart.
+        // The gates serve on over the restart, only if the lease still runs.
+        if self.cfg.lease && told_disk && self.nodes[n].lease > now {
             let over = self.global(
                 n,
                 self.at(n)
@@ -470,11 +476,6 @@ impl Sim {
             );
             self.nodes[n].lease = self.nodes[n].lease.max(over);
         }
-        let at = self.at(n);
-        if let Some(c) = self.nodes[n].core.as_mut() {
-            c.shutdown(at);
-        }
-        self.drain(n);
         self.nodes[n].core = None;
         self.nodes[n].waiting.clear();
         self.trace
@@ -757,10 +758,14 @@ impl Sim {
         }
         // As the shell after every wake-up: the lease extended as far as the core allows.
         let at = self.at(n);
+        let first = self.nodes[n].core.as_ref().is_some_and(|c| c.lease_first());
         if let Some(until) = self.nodes[n].core.as_mut().and_then(|c| c.lease_until(at)) {
-            // The data plane's lease runs on the node's own clock.
+            // The data plane's lease runs on the node's own clock; a new agent's first
+            // renewal replaces what it found.
             let until = self.global(n, until);
-            self.nodes[n].lease = self.nodes[n].lease.max(until);
+            let lease = &mut self.nodes[n].lease;
+            let new = if first { until } else { (*lease).max(until) };
+            *lease = new;
         }
         self.check_invariant_1();
         self.check_black_holes();
@@ -927,8 +932,10 @@ impl Sim {
                 .collect();
             assert!(
                 open.len() <= 1,
-                "invariant 1 broken at {:?}: a{a} served by {open:?}\n{}",
+                "invariant 1 broken at {:?}: a{a} served by {open:?} (leases {:?}, gates {:?})\n{}",
                 self.now,
+                self.nodes.iter().map(|n| n.lease).collect::<Vec<_>>(),
+                self.nodes.iter().map(|n| n.gates[a]).collect::<Vec<_>>(),
                 self.tail()
             );
         }

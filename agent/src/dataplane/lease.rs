@@ -85,6 +85,12 @@ impl Lease {
         self.slot().fetch_max(until_ns, Ordering::AcqRel)
     }
 
+    /// Sets the lease to `until_ns`, shorter or longer (a new agent's first renewal: the
+    /// previous agent's extension over its restart ends). Returns the end before.
+    pub fn replace(&self, until_ns: u64) -> u64 {
+        self.slot().swap(until_ns, Ordering::AcqRel)
+    }
+
     /// Ends the lease now (gates leased close).
     pub fn lapse(&self) {
         self.slot().store(0, Ordering::Release);

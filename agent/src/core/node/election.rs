@@ -91,10 +91,13 @@ impl Core {
             let peer = &self.peers[p];
             if peer.alive {
                 // A live peer must not serve it and must agree that this node should, knowing
-                // that this node gave it up if it did (it may have taken it since).
+                // that this node gave it up if it did (it may have taken it since), and that
+                // it is fit again if it was not (a vote for this node cast while it was unfit
+                // is stale: the peer may have opened on this node's own vote for it since).
                 let r = &peer.res[a];
                 let agrees = peer.known
                     && r.acked_us >= self.res[a].released_us
+                    && r.acked_us >= self.fit_us
                     && r.serving.is_none()
                     && r.vote == Some(me);
                 if !agrees {

@@ -111,6 +111,13 @@ impl Core {
         Some(until)
     }
 
+    /// No lease was given yet by this agent: its first replaces whatever the data plane
+    /// holds (a stopping agent's extension over its restart ends with the restart; a lease
+    /// that only shortens is always safe), the later ones only extend it.
+    pub fn lease_first(&self) -> bool {
+        self.lease_granted.is_none()
+    }
+
     /// Notes what a heartbeat of `p`, taken at `now`, says of its lease: whether its gates are
     /// leased, and the latest time they can still serve by it.
     pub(super) fn take_lease(&mut self, now: Duration, p: NodeId, leased: bool, restarting: bool) {

@@ -15,11 +15,16 @@ impl Shell {
         let Some(reg) = self.registration.as_ref() else {
             return;
         };
+        let first = self.core.lease_first();
         let Some(until) = self.core.lease_until(self.now()) else {
             return;
         };
         let until = self.mono_ns(until);
-        let before = reg.lease.extend(until);
+        let before = if first {
+            reg.lease.replace(until)
+        } else {
+            reg.lease.extend(until)
+        };
         // Lapsed in between (this agent stalled, or its peers did not echo it for the dead
         // time) while it served: its leased gates were closed meanwhile. Said once per lapse;
         // not for gates opened in this very wake-up (the lease lapses before the first peer
