@@ -175,6 +175,14 @@ impl Setup {
     }
 
     /// The status's component `name` on `host`.
+    /// Waits until `host`'s instance of `name` has passed its checks (risen): a fault a
+    /// check must find is injected only then (before, the start itself is still on trial).
+    fn wait_normal(&self, host: &str, name: &str) -> Result<()> {
+        self.logged(wait_for(&format!("{host}'s {name} normal"), WAIT, || {
+            Ok((self.component(host, name)?["state"] == "normal").then_some(()))
+        }))
+    }
+
     fn component(&self, host: &str, name: &str) -> Result<serde_json::Value> {
         let st = self.status(host)?;
         st["components"]
@@ -330,6 +338,8 @@ fn a_killed_service_is_served_by_the_peer_alone_and_comes_back_after_its_restart
 #[test]
 fn a_hung_service_is_caught_by_its_check_and_restarted() -> Result<()> {
     let s = Setup::new(&[Recovery::default(), Recovery::default()], [None, None])?;
+    s.wait_normal("a", "web")?;
+    s.wait_normal("b", "web")?;
     let pid = s.pid("a", "web")?;
     // The whole instance (master and worker, its own process group) stops answering.
     signal(-pid, libc::SIGSTOP)?;
@@ -352,6 +362,8 @@ fn a_hung_service_is_caught_by_its_check_and_restarted() -> Result<()> {
 #[test]
 fn a_port_closed_under_a_live_process_is_caught_and_the_udp_service_stays() -> Result<()> {
     let s = Setup::new(&[Recovery::default(), Recovery::default()], [None, None])?;
+    s.wait_normal("a", "web")?;
+    s.wait_normal("b", "web")?;
     let pid = s.pid("a", "web")?;
     // Reloaded onto another port: the process lives, port 80 is closed.
     let conf = s.nginx_dir("a").join("nginx.conf");

@@ -1126,6 +1126,50 @@ impl Sim {
         }
     }
 
+    /// Heals every fault (links, cuts, mutes, frozen agents, storage, lossy or failing
+    /// parts), boots every node and starts every agent, until all stay up (a fence still in
+    /// flight may power one off again).
+    pub fn heal_all(&mut self) {
+        let nodes = self.nodes.len();
+        self.persist_works = true;
+        self.loss = 0.0;
+        self.duplicate = 0.0;
+        self.fence_works = true;
+        for n in 0..nodes {
+            self.freeze_agent(n, false);
+            if self.disk.is_some() {
+                self.set_storage(n, true);
+            }
+            self.nodes[n].mute = false;
+            for m in 0..nodes {
+                self.cut[n][m] = vec![false, false];
+            }
+        }
+        for n in 0..nodes {
+            for m in 0..nodes {
+                if n != m {
+                    self.set_dedicated(n, m, true, true);
+                }
+            }
+            if !self.nodes[n].lan_up {
+                self.set_lan(n, true);
+            }
+        }
+        for _ in 0..10 {
+            for n in 0..nodes {
+                self.boot(n);
+                if self.nodes[n].core.is_none() {
+                    self.start_agent(n);
+                }
+            }
+            let t = self.now + Duration::from_millis(150);
+            self.run_until(t);
+            if self.nodes.iter().all(|n| n.powered) {
+                break;
+            }
+        }
+    }
+
     /// Cuts node `n` off the storage area, or heals it.
     pub fn set_storage(&mut self, n: NodeId, up: bool) {
         if let Some(d) = self.disk.as_mut() {

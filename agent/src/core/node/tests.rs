@@ -581,38 +581,7 @@ fn random_schedule(seed: u64) {
             }
         }
     }
-    s.loss = 0.0;
-    s.duplicate = 0.0;
-    s.fence_works = true;
-    for n in 0..nodes {
-        s.nodes[n].mute = false;
-        for m in 0..nodes {
-            s.cut[n][m] = vec![false, false];
-        }
-    }
-    for n in 0..nodes {
-        for m in 0..nodes {
-            if n != m {
-                s.set_dedicated(n, m, true, true);
-            }
-        }
-        if !s.nodes[n].lan_up {
-            s.set_lan(n, true);
-        }
-    }
-    // A fence still in flight may power a node off again: boot until all stay up.
-    for _ in 0..10 {
-        for n in 0..nodes {
-            s.boot(n);
-            if s.nodes[n].core.is_none() {
-                s.start_agent(n);
-            }
-        }
-        after(&mut s, ms(100));
-        if s.nodes.iter().all(|n| n.powered) {
-            break;
-        }
-    }
+    s.heal_all();
     after(&mut s, ms(400));
     for (a, &moved) in switched.iter().enumerate() {
         let servers = s.servers(a);

@@ -244,37 +244,7 @@ fn random_leased_schedule(seed: u64) {
         after(&mut s, Duration::from_micros(200 + rng.below(60_000)));
     }
     // Heal everything and let it settle.
-    s.loss = 0.0;
-    s.fence_works = true;
-    for n in 0..nodes {
-        s.freeze_agent(n, false);
-        s.set_storage(n, true);
-        for m in 0..nodes {
-            s.cut[n][m] = vec![false, false];
-        }
-    }
-    for n in 0..nodes {
-        for m in 0..nodes {
-            if n != m {
-                s.set_dedicated(n, m, true, true);
-            }
-        }
-        if !s.nodes[n].lan_up {
-            s.set_lan(n, true);
-        }
-    }
-    for _ in 0..10 {
-        for n in 0..nodes {
-            s.boot(n);
-            if s.nodes[n].core.is_none() {
-                s.start_agent(n);
-            }
-        }
-        after(&mut s, ms(150));
-        if s.nodes.iter().all(|n| n.powered) {
-            break;
-        }
-    }
+    s.heal_all();
     after(&mut s, ms(400));
     for a in 0..nodes {
         let servers = s.servers(a);
