@@ -317,6 +317,41 @@ fn both_network_paths_cut_with_the_storage_fine_moves_nothing_and_fences_no_one(
 }
 
 #[test]
+fn storage_lost_on_the_owner_is_reported_and_hands_over_when_told_to() -> Result<()> {
+    // Each host reaches the area by a path of its own (two loop devices over one file): a's
+    // can fail alone.
+    let (dev_a, _) = shared_storage()?;
+    let dev_b = dev_a.another()?;
+    let lines = |dev: &LoopDevice| dev.config("10ms", "200ms") + "on_lost = \"hand_over\"\n";
+    let (for_a, for_b) = (lines(&dev_a), lines(&dev_b));
+    let s = setup_starting(
+        |cluster, me, peer| cluster.start_with(&takeover(), me, peer, |c| c + &for_a),
+        |cluster, me, peer| cluster.start_with(&takeover(), me, peer, |c| c + &for_b),
+    )?;
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    only_answerer(&s, a, "a serves")?;
+    // a's writes fail (its path to the storage is read-only): it says so, and hands its
+    // address to b, which still writes; nobody is fenced, nothing is lost on the way.
+    dev_a.set_writable(false)?;
+    s.logged(wait_served_by(&s.client, "b", "b to take the address over"))?;
+    let log = s.agents[0].log();
+    assert!(s.agents[0].logged("storage", &[("lost", "true")]), "{log}");
+    assert!(
+        s.agents[1].logged("handover", &[]) || s.agents[0].logged("handover", &[]),
+        "{log}"
+    );
+    assert!(nobody_fenced(&s), "{log}");
+    let status = takeover().ok(&a.ns, "status")?;
+    assert!(status.contains("storage LOST"), "{status}");
+    only_answerer(&s, b, "b serves")?;
+    // Writable again: a is fit, and the preempt delay gives the address back.
+    dev_a.set_writable(true)?;
+    s.logged(wait_served_by(&s.client, "a", "the address back to a"))?;
+    assert!(s.agents[0].logged("storage", &[("lost", "false")]));
+    Ok(())
+}
+
+#[test]
 fn a_hung_host_without_a_fence_is_taken_over_once_its_disk_heartbeat_is_stale() -> Result<()> {
     let (dev, storage) = shared_storage()?;
     // Each resource's owner and epoch, as the storage area records them.

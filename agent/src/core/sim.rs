@@ -504,8 +504,10 @@ impl Sim {
         } else if let Some(c) = node.frozen.take() {
             node.core = Some(c);
             self.trace.push(format!("{:?} n{n} agent thawed", self.now));
-            let at = self.at(n);
+            // The link events it slept through reach it now (netlink queues them).
+            let (at, lan_up) = (self.at(n), self.nodes[n].lan_up);
             if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_lan(at, lan_up);
                 c.handle_timeout(at);
             }
             self.drain(n);

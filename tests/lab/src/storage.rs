@@ -10,6 +10,8 @@ pub struct LoopDevice {
     /// `/dev/loopN`.
     pub dev: String,
     file: PathBuf,
+    /// This device made the file, and removes it.
+    owns_file: bool,
 }
 
 impl LoopDevice {
@@ -23,17 +25,42 @@ impl LoopDevice {
         std::fs::File::create(&file)?
             .set_len(mib << 20)
             .with_context(|| format!("sizing {}", file.display()))?;
-        let dev = run(Command::new("losetup")
-            .args(["-f", "--show", "--direct-io=on"])
-            .arg(&file));
-        let dev = match dev {
-            Ok(d) => d.trim().to_string(),
+        match Self::attach(&file) {
+            Ok(dev) => Ok(Self {
+                dev,
+                file,
+                owns_file: true,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_file(&file);
-                return Err(e);
+                Err(e)
             }
-        };
-        Ok(Self { dev, file })
+        }
+    }
+
+    /// Another loop device over the same file: what a second host's path to the same LUN is
+    /// (one can fail while the other works).
+    pub fn another(&self) -> Result<Self> {
+        Ok(Self {
+            dev: Self::attach(&self.file)?,
+            file: self.file.clone(),
+            owns_file: false,
+        })
+    }
+
+    fn attach(file: &std::path::Path) -> Result<String> {
+        let dev = run(Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(file))?;
+        Ok(dev.trim().to_string())
+    }
+
+    /// Makes the device refuse writes (`blockdev --setro`: they fail with EPERM) or take
+    /// them again: storage lost on one host.
+    pub fn set_writable(&self, writable: bool) -> Result<()> {
+        let flag = if writable { "--setrw" } else { "--setro" };
+        run(Command::new("blockdev").args([flag, &self.dev]))?;
+        Ok(())
     }
 
     /// `storage = ...` lines for an agent's configuration: this device, written every
@@ -48,7 +75,12 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
+        let _ = Command::new("blockdev")
+            .args(["--setrw", &self.dev])
+            .status();
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        let _ = std::fs::remove_file(&self.file);
+        if self.owns_file {
+            let _ = std::fs::remove_file(&self.file);
+        }
     }
 }

@@ -207,7 +207,7 @@ impl Core {
             let stopped = self.res[a].forwarding.filter(|&t| {
                 target != Some(t)
                     || !self.peers[t].alive
-                    || !self.lan_up
+                    || !self.lan_link
                     || now >= self.res[a].forward_until
             });
             if let Some(to) = stopped {
@@ -262,9 +262,10 @@ impl Core {
         // until ready (an agent restart keeps the gates it finds), then follow the target
         // (link down, preempt).
         let newer_elsewhere = self.current(a).is_some_and(|(c, _)| c != me);
-        // To a live peer over a working LAN (failback, switchover): forward what still comes
-        // here, for a while. Otherwise nobody can take it: closed.
-        let to = target.filter(|&t| t != me && self.peers[t].alive && self.lan_up);
+        // To a live peer over a working LAN link (failback, switchover, this node's storage
+        // lost): forward what still comes here, for a while. Otherwise nobody can take it:
+        // closed.
+        let to = target.filter(|&t| t != me && self.peers[t].alive && self.lan_link);
         // A handover waits until the new server, having heard this node's vote for it, votes
         // for itself: its gate then receives what this one forwards. Until then this node
         // goes on serving.
