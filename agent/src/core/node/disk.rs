@@ -92,7 +92,7 @@ impl Core {
         if self.cfg.disk_timeout.is_none() {
             return;
         }
-        if ok && self.disk_chain_holds(now, started) {
+        if ok && self.disk_chain_holds(now) {
             self.disk_written_at = Some(self.disk_written_at.map_or(started, |w| w.max(started)));
         }
         if ok == self.storage_ok {
@@ -113,7 +113,7 @@ impl Core {
     /// gone by a peer that took its resources, so writing again proves nothing until every
     /// peer is heard again and echoes this node (what they serve now came with that). A
     /// starting agent's first write may: it opens nothing it does not prove free first.
-    fn disk_chain_holds(&self, now: Duration, _started: Duration) -> bool {
+    fn disk_chain_holds(&self, now: Duration) -> bool {
         let (Some(timeout), Some(w)) = (self.cfg.disk_timeout, self.disk_written_at) else {
             return true;
         };
