@@ -624,3 +624,62 @@ fn check_config_names_every_problem_of_a_service_with_its_key_and_line() -> Resu
     );
     Ok(())
 }
+
+/// The storage area is checked where check-config runs: formatted for this node, it is
+/// described; missing or formatted for other nodes, a warning says why `run` would refuse.
+/// `storage init` and `show` work on a plain file too (one host; direct I/O if the file
+/// system has it), and a second init is refused without `--force`.
+#[test]
+fn check_config_describes_the_storage_area_and_warns_of_one_it_cannot_use() -> Result<()> {
+    let t = takeover();
+    let dir = Scratch::new("check-storage")?;
+    let area = dir.0.join("area.img");
+    std::fs::File::create(&area)?.set_len(8 << 20)?;
+    let with = |device: &std::path::Path| {
+        let section = format!(
+            "\n[storage]\ndevice = \"{}\"\n\n[fence]\n",
+            device.display()
+        );
+        dir.sample("storage.toml", &[FENCE, ("\n[fence]\n", section.as_str())])
+    };
+    let config = with(&area)?;
+    // Not formatted yet: a warning, still valid.
+    let out = check_config(&t, &config)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: storage.device") && text.contains("storage init"),
+        "{text}"
+    );
+    t.ok_plain(&format!(
+        "storage init {} --config {}",
+        area.display(),
+        config.display()
+    ))?;
+    let out = check_config(&t, &config)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("storage area") && text.contains("nodes a, b"),
+        "{text}"
+    );
+    let again = std::process::Command::new(&t.bin)
+        .args(["storage", "init"])
+        .arg(&area)
+        .args(["--nodes", "a,b"])
+        .output()?;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let shown: serde_json::Value =
+        serde_json::from_str(&t.ok_plain(&format!("storage show {} --json", area.display()))?)?;
+    assert_eq!(shown["nodes"].as_array().map(Vec::len), Some(2), "{shown}");
+    assert_eq!(shown["damaged"], 0, "{shown}");
+    // Formatted for other nodes: the warning names them.
+    t.ok_plain(&format!(
+        "storage init {} --nodes x,y --force",
+        area.display()
+    ))?;
+    let out = check_config(&t, &config)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node a is not in the storage area"), "{text}");
+    Ok(())
+}

@@ -35,7 +35,34 @@ pub fn check(path: &Path) -> Result<()> {
     if let Some(w) = warning {
         outln!("{}: warning: {w}", path.display())?;
     }
+    if let Some(st) = &config.storage {
+        outln!("{}: {}", path.display(), storage_note(st, me))?;
+    }
     Ok(())
+}
+
+/// What the storage area named by `st` is on this machine: a warning if it cannot be used
+/// here (it may be reachable only from the nodes; `run` refuses it).
+fn storage_note(st: &config::Storage, me: &str) -> String {
+    use takeover::storage::{Area, Device};
+    let dev = st.device.display();
+    let every = format!(
+        "disk heartbeat every {:?}, a peer's stale after {:?}",
+        st.interval, st.timeout
+    );
+    match Device::open(&st.device).and_then(Area::open) {
+        Err(e) => {
+            format!("warning: storage.device: {e:#} (takeover run refuses to start without it)")
+        }
+        Ok(area) => match area.index_of(me) {
+            Ok(_) => format!(
+                "storage area {dev} (id {}, nodes {}); {every}",
+                area.sb.area_id,
+                area.sb.nodes.join(", ")
+            ),
+            Err(e) => format!("warning: storage.device: {e:#}"),
+        },
+    }
 }
 
 /// Reads and validates `path`, and what it names on this machine (the fence program, the
