@@ -36,14 +36,17 @@ pub fn check(path: &Path) -> Result<()> {
         outln!("{}: warning: {w}", path.display())?;
     }
     if let Some(st) = &config.storage {
-        outln!("{}: {}", path.display(), storage_note(st, me))?;
+        let nodes: Vec<&str> = std::iter::once(me.as_str())
+            .chain(config.peers.iter().map(|p| p.name.as_str()))
+            .collect();
+        outln!("{}: {}", path.display(), storage_note(st, &nodes))?;
     }
     Ok(())
 }
 
 /// What the storage area named by `st` is on this machine: a warning if it cannot be used
 /// here (it may be reachable only from the nodes; `run` refuses it).
-fn storage_note(st: &config::Storage, me: &str) -> String {
+fn storage_note(st: &config::Storage, nodes: &[&str]) -> String {
     use takeover::storage::{Area, Device};
     let dev = st.device.display();
     let every = format!(
@@ -54,13 +57,13 @@ fn storage_note(st: &config::Storage, me: &str) -> String {
         Err(e) => {
             format!("warning: storage.device: {e:#} (takeover run refuses to start without it)")
         }
-        Ok(area) => match area.index_of(me) {
-            Ok(_) => format!(
+        Ok(area) => match nodes.iter().find_map(|n| area.index_of(n).err()) {
+            None => format!(
                 "storage area {dev} (id {}, nodes {}); {every}",
                 area.sb.area_id,
                 area.sb.nodes.join(", ")
             ),
-            Err(e) => format!("warning: storage.device: {e:#}"),
+            Some(e) => format!("warning: storage.device: {e:#}"),
         },
     }
 }

@@ -287,6 +287,10 @@ impl Core {
                     res: a,
                     gate: Gate::Closed,
                 });
+            } else if core.res[a].open {
+                // Served on from the previous agent, which may have stopped before it could
+                // announce an opening: said again, harmless if the clients knew.
+                core.actions.push_back(Action::Announce { res: a });
             }
         }
         core

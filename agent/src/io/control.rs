@@ -79,6 +79,8 @@ pub const MAX_CLIENTS: usize = 32;
 /// never buffered.
 pub const MAX_REQUEST: usize = 4096;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the agent may take to answer (a handoff waits for the storage).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
 /// A client that does not read its answer does not keep its slot either.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed accept: an error such as EMFILE lasts until something is freed, and
@@ -158,8 +160,13 @@ async fn answer(stream: UnixStream, deliver: impl Fn(Request) -> bool, reports: 
             if !deliver(Request { command, reply }) {
                 return;
             }
-            rx.await
-                .unwrap_or_else(|_| json!({"error": "agent stopping"}))
+            // The storage answers handoff requests: a hung one must not hold the slot.
+            match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                Ok(answer) => answer.unwrap_or_else(|_| json!({"error": "agent stopping"})),
+                Err(_) => {
+                    json!({"error": format!("no answer within {ANSWER_TIMEOUT:?} (the storage area may hang)")})
+                }
+            }
         }
         Ok(Err(refused)) => {
             // A client that connects and closes (a probe) is not worth a line.

@@ -127,6 +127,12 @@ impl Core {
         })
     }
 
+    /// Is a disk write reported at `now` still in time to count (the lease the last one gave
+    /// has not run out)? For a stopping agent's last write.
+    pub fn disk_lease_runs(&self, now: Duration) -> bool {
+        self.disk_chain_holds(now)
+    }
+
     /// Can this node read peer `p`'s slot (a read within the timeout)?
     fn disk_readable(&self, p: NodeId) -> bool {
         match (self.cfg.disk_timeout, self.peers[p].disk_read_at) {

@@ -24,7 +24,7 @@ use crate::{
     config::Storage,
     core::{
         event::resource_name,
-        node::{CoreConfig, DiskRead, NodeId, ReadTimes},
+        node::{CoreConfig, DiskRead, Gate, NodeId, ReadTimes},
     },
     io::{
         control::{Handoff, HandoffOp},
@@ -188,13 +188,19 @@ impl Shell {
         };
         let request = match (h.handoff, res) {
             (HandoffOp::Put, None) | (HandoffOp::Get, None) => {
-                return refuse(reply, "which resource? (--resource is missing)".into())
+                return refuse(
+                    reply,
+                    "which resource? (give it as the first argument)".into(),
+                )
             }
             (HandoffOp::Put, Some(r)) => {
-                if !self.core.is_open(r) {
+                // A service is served where its gate is open (its address's server, or the
+                // peer its traffic is handed to).
+                let address = self.core_cfg.resources[r].service.map_or(r, |s| s.address);
+                if self.core.gate(r) != Gate::Open {
                     let by = self
                         .core
-                        .server(r)
+                        .server(address)
                         .map_or("nobody".to_string(), |n| self.core_cfg.nodes[n].clone());
                     return refuse(
                         reply,
@@ -209,7 +215,7 @@ impl Shell {
                 }
                 Request::HandoffPut {
                     resource: names[r].clone(),
-                    epoch: self.core.epoch(r),
+                    epoch: self.core.epoch(address),
                     values: h.values,
                     reply,
                 }

@@ -366,10 +366,21 @@ impl Shell {
             }
         }
         self.send(out);
+        // The gates may serve on over the restart, which the peers wait for, only if the
+        // lease still runs now (a lapsed one may have let a peer take over meanwhile).
+        let runs = self
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.lease.until_ns() > crate::dataplane::heard::clock_ns() + 1_000_000);
         // With a storage area, peers cut off the network judge this node by its disk: its
-        // last heartbeat there must say it restarts, or the gates are not extended.
+        // last heartbeat there must say it restarts, before they could count it stale, or
+        // the gates are not extended.
+        self.disk_beat();
         let told_disk = match (&self.disk, &self.cfg.storage) {
-            (Some(disk), Some(st)) => disk.last_write(st.interval, st.timeout / 2),
+            (Some(disk), Some(st)) => {
+                disk.last_write(st.interval, st.timeout / 2)
+                    && self.core.disk_lease_runs(self.now())
+            }
             _ => true,
         };
         let over_restart = self.mono_ns(self.now() + self.core_cfg.restart_grace);
@@ -377,9 +388,6 @@ impl Shell {
             if let Err(e) = r.stopping() {
                 log::warn!("{e:#}: the peers may take this restart for a crash");
             }
-            // The gates serve on over the restart, which the peers wait for: only if the
-            // lease still runs (a lapsed one may have let a peer take over meanwhile).
-            let runs = r.lease.until_ns() > crate::dataplane::heard::clock_ns() + 1_000_000;
             if self.core_cfg.lease && told_disk && runs {
                 r.lease.extend(over_restart);
             }
