@@ -608,3 +608,38 @@ fn a_service_that_exits_goes_to_the_peer_even_while_its_agent_is_frozen() -> Res
     assert_eq!(web["fault"], "exited", "{web}");
     Ok(())
 }
+
+/// With a storage area, a service's handoff record is written where the service is served
+/// (its gate open there), under its address's epoch, and read from any node; the other node
+/// is refused, told who serves it.
+#[test]
+fn a_service_leaves_its_handoff_where_it_is_served_and_only_there() -> Result<()> {
+    let dev = takeover_lab::storage::LoopDevice::new("svc-area", 8)?;
+    takeover().ok_plain(&format!("storage init {} --nodes a,b", dev.dev))?;
+    let area = dev.config("10ms", "200ms");
+    let s = Setup::with(|dir, me, _| Ok(services(dir, me, &Recovery::default(), None)? + &area))?;
+    s.logged(s.wait_web("a"))?;
+    let resource = format!("{LOGICAL} tcp/80");
+    let handoff = |host: &str, args: &[&str]| {
+        takeover()
+            .cmd(&s.lan.host(host).ns)
+            .arg("handoff")
+            .args(args)
+            .output()
+    };
+    let put = handoff("a", &["put", &resource, "sessions=7"])?;
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let refused = handoff("b", &["put", &resource, "sessions=0"])?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("a serves it"),
+        "{why}"
+    );
+    let got = handoff("b", &["get", &resource, "sessions"])?;
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "7");
+    Ok(())
+}
