@@ -36,17 +36,18 @@ pub fn check(path: &Path) -> Result<()> {
         outln!("{}: warning: {w}", path.display())?;
     }
     if let Some(st) = &config.storage {
-        let nodes: Vec<&str> = std::iter::once(me.as_str())
-            .chain(config.peers.iter().map(|p| p.name.as_str()))
-            .collect();
-        outln!("{}: {}", path.display(), storage_note(st, &nodes))?;
+        outln!(
+            "{}: {}",
+            path.display(),
+            storage_note(st, &config.node_names())
+        )?;
     }
     Ok(())
 }
 
 /// What the storage area named by `st` is on this machine: a warning if it cannot be used
 /// here (it may be reachable only from the nodes; `run` refuses it).
-fn storage_note(st: &config::Storage, nodes: &[&str]) -> String {
+fn storage_note(st: &config::Storage, nodes: &[String]) -> String {
     use takeover::storage::{Area, Device};
     let dev = st.device.display();
     let every = format!(
@@ -71,10 +72,7 @@ fn storage_note(st: &config::Storage, nodes: &[&str]) -> String {
 /// Reads and validates `path`, and what it names on this machine (the fence program, the
 /// key file unless it is only missing); the error lists every problem, one per line.
 pub fn load(path: &Path) -> Result<Config> {
-    let text =
-        files::read_config(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    let config = config::parse(&text)
-        .map_err(|errors| problems(path, errors.iter().map(|e| e.to_string()).collect()))?;
+    let config = parse_file(path)?;
     let mut found = fence_problem(&config).into_iter().collect::<Vec<_>>();
     found.extend(
         key_file_problem(&config)
@@ -85,6 +83,15 @@ pub fn load(path: &Path) -> Result<Config> {
         return Err(problems(path, found));
     }
     Ok(config)
+}
+
+/// Reads and validates `path` as a configuration, nothing more; the error lists every
+/// problem, one per line.
+pub fn parse_file(path: &Path) -> Result<Config> {
+    let text =
+        files::read_config(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    config::parse(&text)
+        .map_err(|errors| problems(path, errors.iter().map(|e| e.to_string()).collect()))
 }
 
 fn problems(path: &Path, found: Vec<String>) -> anyhow::Error {

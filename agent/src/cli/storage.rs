@@ -1,13 +1,10 @@
 //! `takeover storage init | show`: format the shared storage area, and read everything in it.
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
-use takeover::{
-    config,
-    storage::{
-        admin::{self, Report, Sizes},
-        Area, Device,
-    },
+use anyhow::{bail, Result};
+use takeover::storage::{
+    admin::{self, Report, Sizes},
+    Area, Device,
 };
 
 pub struct Init<'a> {
@@ -22,7 +19,7 @@ pub struct Init<'a> {
 pub fn init(req: Init) -> Result<()> {
     let nodes = match (&req.config, req.nodes.is_empty()) {
         (Some(_), false) => bail!("give the nodes either with --nodes or with --config, not both"),
-        (Some(path), true) => nodes_of(path)?,
+        (Some(path), true) => super::check::parse_file(path)?.node_names(),
         (None, _) => req.nodes,
     };
     let area = admin::init(req.device, &nodes, req.sizes, req.force)?;
@@ -46,27 +43,6 @@ pub fn init(req: Init) -> Result<()> {
 }
 
 const NOT_DIRECT: &str = "warning: this file system does not take O_DIRECT: reads go through this host's page cache, so nodes on other hosts may read stale records (use a block device)";
-
-/// The node names of a configuration: its node and its peers.
-fn nodes_of(path: &Path) -> Result<Vec<String>> {
-    let text = config::files::read_config(path)
-        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    let c = config::parse(&text).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}: {e}", path.display()))
-            .collect();
-        anyhow!(
-            "{} problem(s) in {}:\n{}",
-            lines.len(),
-            path.display(),
-            lines.join("\n")
-        )
-    })?;
-    Ok(std::iter::once(c.node.name)
-        .chain(c.peers.into_iter().map(|p| p.name))
-        .collect())
-}
 
 pub fn show(device: &Path, json: bool) -> Result<()> {
     let area = Area::open(Device::open(device)?)?;

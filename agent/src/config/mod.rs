@@ -63,6 +63,15 @@ pub enum OnStorageLost {
     HandOver,
 }
 
+impl Config {
+    /// Every node's name: this node's first, then its peers' in the file's order.
+    pub fn node_names(&self) -> Vec<String> {
+        std::iter::once(self.node.name.clone())
+            .chain(self.peers.iter().map(|p| p.name.clone()))
+            .collect()
+    }
+}
+
 /// Gates as leases (docs/design.md, "gates are leases"): the data plane serves this node's
 /// gates only while the agent renews them, so a dead, hung or frozen agent's host stops
 /// serving by itself, and peers can take over with no fence command. On by default.

@@ -92,7 +92,7 @@ impl Core {
         if self.cfg.disk_timeout.is_none() {
             return;
         }
-        if ok && self.disk_chain_holds(now) {
+        if ok && self.disk_lease_runs(now) {
             self.disk_written_at = Some(self.disk_written_at.map_or(started, |w| w.max(started)));
         }
         if ok == self.storage_ok {
@@ -106,14 +106,15 @@ impl Core {
         self.refit(now);
     }
 
-    /// May a write that ended by `now` extend this node's lease? Only if it was on the
+    /// May a write that ended by `now` extend this node's lease (a stopping agent's last one
+    /// included)? Only if it was on the
     /// device before the lease its last write gave ran out: a peer reads a generation as
     /// stale no sooner than that (it saw the previous one no earlier than it was written).
     /// A node that stalled for longer (a frozen agent, a hung storage) may have been judged
     /// gone by a peer that took its resources, so writing again proves nothing until every
     /// peer is heard again and echoes this node (what they serve now came with that). A
     /// starting agent's first write may: it opens nothing it does not prove free first.
-    fn disk_chain_holds(&self, now: Duration) -> bool {
+    pub fn disk_lease_runs(&self, now: Duration) -> bool {
         let (Some(timeout), Some(w)) = (self.cfg.disk_timeout, self.disk_written_at) else {
             return true;
         };
@@ -125,12 +126,6 @@ impl Core {
             let peer = &self.peers[p];
             peer.alive && Duration::from_micros(peer.acked_us) + span >= now
         })
-    }
-
-    /// Is a disk write reported at `now` still in time to count (the lease the last one gave
-    /// has not run out)? For a stopping agent's last write.
-    pub fn disk_lease_runs(&self, now: Duration) -> bool {
-        self.disk_chain_holds(now)
     }
 
     /// Can this node read peer `p`'s slot (a read within the timeout)?

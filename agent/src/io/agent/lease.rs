@@ -27,17 +27,16 @@ impl Shell {
         };
         // Lapsed in between (this agent stalled, or its peers did not echo it for the dead
         // time) while it served: its leased gates were closed meanwhile. Said once per lapse;
-        // not for gates opened in this very wake-up (the lease lapses before the first peer
-        // is heard, when nothing is open).
+        // not at this agent's first renewal (the lease it found may have run out before it
+        // was ready, with nothing open).
         let now = heard::clock_ns();
         let lapsed = before < now && until > now;
-        if lapsed && !self.lease_lapsed && self.lease_served {
+        if lapsed && !self.lease_lapsed && !first && self.core.serves_any() {
             log::warn!(
                 "the gates' lease had lapsed {:?} ago (this agent stalled, or no peer echoed its heartbeats for the dead time): its open gates were closed meanwhile; renewed",
                 Duration::from_nanos(now - before)
             );
         }
         self.lease_lapsed = lapsed;
-        self.lease_served = self.core.serves_any();
     }
 }

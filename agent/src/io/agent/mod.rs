@@ -196,8 +196,6 @@ struct Shell {
     start_mono_ns: u64,
     /// The lease was found lapsed at the last renewal (said once per lapse).
     lease_lapsed: bool,
-    /// This node served something at the last renewal: a lapse since then closed open gates.
-    lease_served: bool,
     /// The disk heartbeat's thread, if the nodes share a storage area.
     disk: Option<disk::Disk>,
     /// Its last round could not read the area (said once).

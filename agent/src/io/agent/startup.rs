@@ -536,7 +536,6 @@ impl Shell {
             start,
             start_mono_ns,
             lease_lapsed: false,
-            lease_served: false,
             disk,
             disk_unreadable: false,
         })

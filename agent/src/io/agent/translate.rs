@@ -13,9 +13,7 @@ use crate::{
 /// The core's view of the configuration: node names sorted (votes name nodes by index, so
 /// every node must number them alike), and each peer's address per path.
 pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAddr>>) {
-    let mut names: Vec<String> = std::iter::once(cfg.node.name.clone())
-        .chain(cfg.peers.iter().map(|p| p.name.clone()))
-        .collect();
+    let mut names = cfg.node_names();
     names.sort();
     let index = |n: &str| names.iter().position(|x| x == n).expect("validated name");
     let mut paths = vec![Vec::new(); names.len()];
