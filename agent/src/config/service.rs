@@ -29,6 +29,23 @@ pub struct Service {
     /// A failure takes the whole address over at once (fence included), without trying a
     /// partial takeover or a restart first.
     pub critical: bool,
+    /// Runs only where its address is served (`standby = "cold"`): started at a takeover or
+    /// failback, told the epoch, stopped before the address is handed over. For a service
+    /// whose state is on shared storage (a database): one instance at a time.
+    pub cold: bool,
+    /// Mounted before a cold service starts, unmounted after it stops.
+    pub filesystem: Option<Filesystem>,
+}
+
+/// A cold service's file system on shared storage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filesystem {
+    pub device: PathBuf,
+    pub mount: PathBuf,
+    /// `mount -t`.
+    pub kind: String,
+    /// `mount -o` (empty: none).
+    pub options: String,
 }
 
 /// How the agent knows the service's process.
@@ -63,6 +80,9 @@ pub struct Ocf {
     pub params: BTreeMap<String, String>,
     /// Longest a start, stop or monitor action may take.
     pub timeout: Duration,
+    /// Added to every action's environment (a cold service's takeover: its epoch and
+    /// handoff); not configured.
+    pub env: BTreeMap<String, String>,
 }
 
 impl Ocf {
@@ -196,6 +216,8 @@ pub(super) struct RawService {
     port: Option<Spanned<i64>>,
     ports: Option<Spanned<String>>,
     critical: Option<Spanned<bool>>,
+    standby: Option<Spanned<String>>,
+    filesystem: Option<Spanned<RawFilesystem>>,
     run: Option<Spanned<RawRun>>,
     watch: Option<Spanned<RawWatch>>,
     ocf: Option<Spanned<RawOcf>>,
@@ -213,6 +235,16 @@ struct RawRun {
     user: Option<Spanned<String>>,
     dir: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilesystem {
+    device: Spanned<String>,
+    mount: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    options: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +589,7 @@ pub(super) fn services(
                             DEFAULT_OCF_TIMEOUT,
                             (Duration::from_millis(10), Duration::from_secs(3600)),
                         ),
+                        env: BTreeMap::new(),
                     }))
                 }
                 _ => {
@@ -651,6 +684,57 @@ pub(super) fn services(
                 },
             });
         }
+        let cold = match s.standby.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "hot")) => false,
+            Some((_, "cold")) => true,
+            Some((v, other)) => {
+                c.error(
+                    v.span(),
+                    format!("{key}.standby"),
+                    format!("{other:?} is not hot (an instance runs on every node that may serve it) or cold (only where its address is served)"),
+                );
+                false
+            }
+        };
+        if cold {
+            if !matches!(how, None | Some(Supervision::Run(_) | Supervision::Ocf(_))) {
+                c.error(
+                    span.clone(),
+                    format!("{key}.standby"),
+                    "a cold service is started and stopped by the agent: give run or ocf, not watch",
+                );
+            }
+            if ips.len() > 1 {
+                c.error(
+                    span.clone(),
+                    format!("{key}.address"),
+                    "a cold service runs where its address is served: give it one address",
+                );
+            }
+        }
+        let filesystem = s.filesystem.as_ref().map(|f| {
+            let k = format!("{key}.filesystem");
+            if !cold {
+                c.error(
+                    f.span(),
+                    k.clone(),
+                    "a file system on shared storage is mounted where the service runs alone: set standby = \"cold\"",
+                );
+            }
+            let f = f.get_ref();
+            let kind = f.kind.as_ref().map_or("ext4".to_string(), |t| t.get_ref().clone());
+            if let Some(t) = &f.kind {
+                if kind.is_empty() || !kind.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.') {
+                    c.error(t.span(), format!("{k}.type"), format!("{kind:?} is not a file system type, such as \"ext4\""));
+                }
+            }
+            Filesystem {
+                device: c.absolute(&f.device, &format!("{k}.device")),
+                mount: c.absolute(&f.mount, &format!("{k}.mount")),
+                kind,
+                options: f.options.as_ref().map_or(String::new(), |o| o.get_ref().clone()),
+            }
+        });
         if let Some(how) = how {
             out.push(Service {
                 name,
@@ -671,6 +755,8 @@ pub(super) fn services(
                 how,
                 checks,
                 critical: s.critical.as_ref().is_some_and(|v| *v.get_ref()),
+                cold,
+                filesystem,
             });
         }
     }

@@ -143,6 +143,16 @@ impl Component {
         c
     }
 
+    /// Its instance could not be started where its stateful address was taken (mounting or
+    /// starting failed): failed and escalated, no restart (the address goes elsewhere).
+    pub fn gave_up(policy: Policy, now: Duration) -> Self {
+        let mut c = Self::new(policy, now);
+        c.state = State::Failed;
+        c.fault = Some(Fault::StartFailed);
+        c.escalated = true;
+        c
+    }
+
     /// The instance could not be started (at agent start): failed, and restarted as the
     /// recovery says.
     pub fn start_failed(&mut self, now: Duration, todo: &mut Vec<Todo>) {

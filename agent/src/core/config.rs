@@ -78,6 +78,10 @@ pub struct ResourceSpec {
     pub ip: IpAddr,
     pub prefix: u8,
     pub service: Option<ServiceSpec>,
+    /// An address with cold services (run only where it is served, e.g. on a shared file
+    /// system): taken over and given back in steps (`node::stateful`), and taken from a dead
+    /// peer only once it is fenced (its lease proves its gates closed, not its writes).
+    pub stateful: bool,
     /// Preferred owner first.
     pub preference: Vec<NodeId>,
 }
@@ -104,6 +108,9 @@ pub struct ComponentSpec {
     /// This node runs an instance (it may serve one of the service's addresses); else the
     /// component stays in Standby and says nothing.
     pub here: bool,
+    /// Runs only where its address is served (started by `Acquire`, stopped by `Release`):
+    /// in Standby elsewhere.
+    pub cold: bool,
 }
 
 impl CoreConfig {
@@ -125,6 +132,11 @@ impl CoreConfig {
                 "resource {}/{} {:?} {:?}\n",
                 r.ip, r.prefix, r.service, r.preference
             ));
+            // Only when set: the digests of configurations without it stay as they were
+            // (older agents compute them so).
+            if r.stateful {
+                h.update("stateful\n");
+            }
         }
         for c in &self.components {
             h.update(format!("service {}\n", c.name));

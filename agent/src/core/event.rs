@@ -166,6 +166,33 @@ pub enum Event {
     NoInstance {
         res: ResId,
     },
+    /// A stateful resource is this node's in `epoch`: its file systems are being mounted and
+    /// its cold services started (`takeover`: taken from a peer, not handed over).
+    Acquiring {
+        res: ResId,
+        epoch: u64,
+        takeover: bool,
+    },
+    /// Mounting or starting failed: what was done is undone, and the address goes to a peer.
+    AcquireFailed {
+        res: ResId,
+    },
+    /// A stateful resource is being given up: its gate is closed, its services stop, its file
+    /// systems are unmounted; it stays claimed until that is done.
+    Releasing {
+        res: ResId,
+    },
+    /// Stopping or unmounting failed: it stays claimed (nobody else may start it) and closed;
+    /// retried.
+    ReleaseFailed {
+        res: ResId,
+    },
+    /// A dead peer is proven gone by its lease only, and a stateful resource of it needs a
+    /// fence (its lease closed its gates, not its writes): nothing is taken without one.
+    FenceRequired {
+        peer: NodeId,
+        res: ResId,
+    },
 }
 
 impl Gate {
@@ -254,6 +281,11 @@ impl Event {
             Event::Component { .. } => "component",
             Event::Escalated { .. } => "escalated",
             Event::NoInstance { .. } => "no_instance",
+            Event::Acquiring { .. } => "acquiring",
+            Event::AcquireFailed { .. } => "acquire_failed",
+            Event::Releasing { .. } => "releasing",
+            Event::ReleaseFailed { .. } => "release_failed",
+            Event::FenceRequired { .. } => "fence_required",
         }
     }
 
@@ -343,7 +375,22 @@ impl Event {
             Event::Escalated { component } => {
                 vec![("service", cfg.components[*component].name.clone())]
             }
-            Event::NoInstance { res: r } => vec![("resource", res(r))],
+            Event::NoInstance { res: r }
+            | Event::AcquireFailed { res: r }
+            | Event::Releasing { res: r }
+            | Event::ReleaseFailed { res: r } => vec![("resource", res(r))],
+            Event::Acquiring {
+                res: r,
+                epoch,
+                takeover,
+            } => vec![
+                ("resource", res(r)),
+                ("epoch", epoch.to_string()),
+                ("takeover", takeover.to_string()),
+            ],
+            Event::FenceRequired { peer, res: r } => {
+                vec![("peer", node(peer)), ("resource", res(r))]
+            }
         }
     }
 
@@ -455,6 +502,32 @@ impl Event {
             ),
             Event::NoInstance { res: r } => format!(
                 "{}: the instance here failed and no peer's can serve: its traffic stays here",
+                res(r)
+            ),
+            Event::Acquiring {
+                res: r,
+                epoch,
+                takeover,
+            } => format!(
+                "{} is this node's in epoch {epoch}: mounting and starting its services ({}); it opens once their checks pass",
+                res(r),
+                if *takeover { "a takeover: they recover" } else { "handed over" }
+            ),
+            Event::AcquireFailed { res: r } => format!(
+                "{}: mounting or starting failed: undone, and it goes to a peer",
+                res(r)
+            ),
+            Event::Releasing { res: r } => format!(
+                "{}: closed; stopping its services and unmounting before it is handed over",
+                res(r)
+            ),
+            Event::ReleaseFailed { res: r } => format!(
+                "{}: stopping or unmounting FAILED: it stays claimed and closed, so that nobody else starts it (retried)",
+                res(r)
+            ),
+            Event::FenceRequired { peer, res: r } => format!(
+                "peer {}'s lease has lapsed, but {} is stateful and its lease does not stop its writes: not taken without a fence (configure [fence])",
+                node(peer),
                 res(r)
             ),
         }

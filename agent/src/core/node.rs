@@ -33,6 +33,7 @@ mod lease;
 mod liveness;
 mod peer;
 mod services;
+mod stateful;
 
 use std::{collections::VecDeque, ops::Range, time::Duration};
 
@@ -42,6 +43,7 @@ pub use super::event::{DeathReason, Event, Gate, Mismatch};
 use super::wire::{self, Rejected};
 pub use disk::{DiskRead, ReadTimes};
 use peer::Peer;
+pub use stateful::Step;
 
 /// What the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +69,18 @@ pub enum Action {
     /// Stop what is left of this component's instance and start it again; report with
     /// `handle_restarted`.
     Restart { component: usize },
+    /// A stateful resource is this node's in `epoch` (on record): mount its file systems and
+    /// start its cold services, told of the epoch (`takeover`: taken from a peer that did
+    /// not hand it over); report with `handle_acquired`. Its gate opens once their checks
+    /// pass.
+    Acquire {
+        res: ResId,
+        epoch: u64,
+        takeover: bool,
+    },
+    /// Stop a stateful resource's cold services and unmount their file systems (its gate is
+    /// closed already); report with `handle_released`. No peer starts them before.
+    Release { res: ResId },
     /// Something happened (for the log, metrics, hooks).
     Event(Event),
 }
@@ -125,6 +139,13 @@ struct Res {
     derived: Gate,
     /// A service whose instance here failed with no peer's able to take it.
     stranded: bool,
+    /// A stateful resource's step here (`stateful`).
+    step: Step,
+    /// A stateful resource's `Acquire` failed at this time: its cold services stay failed
+    /// here (the address goes to a peer) until a peer claims it or a while has passed.
+    acquire_failed: Option<Duration>,
+    /// When a stateful resource was last taken from a peer that did not hand it over.
+    taken: bool,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -215,6 +236,13 @@ impl Core {
                     open: true,
                     epoch,
                     max_epoch: epoch,
+                    // Its services run on (a restarted agent adopts them) and its file
+                    // systems stay mounted.
+                    step: if cfg.resources[a].stateful {
+                        Step::Serving
+                    } else {
+                        Step::Idle
+                    },
                     ..Res::default()
                 }
             };
@@ -230,8 +258,18 @@ impl Core {
         let components: Vec<Component> = cfg
             .components
             .iter()
-            .map(|c| {
-                if c.here {
+            .enumerate()
+            .map(|(i, c)| {
+                // A cold one runs only where its address is served (found open here).
+                let found = || {
+                    cfg.resources.iter().any(|r| {
+                        r.service.is_some_and(|s| s.component == i)
+                            && open
+                                .iter()
+                                .any(|&(o, _)| r.service.is_some_and(|s| s.address == o))
+                    })
+                };
+                if c.here && (!c.cold || found()) {
                     Component::new(c.policy.clone(), now)
                 } else {
                     Component::standby(c.policy.clone(), now)
@@ -280,6 +318,7 @@ impl Core {
             service_res,
             cfg,
         };
+        core.startup_releases();
         for a in 0..core.res.len() {
             if !core.res[a].open && core.res[a].derived != Gate::Open {
                 // Not an event: nothing changed, the gate is made to say what it must.
@@ -379,6 +418,9 @@ impl Core {
         if let Some(at) = self.components_deadline(self.fed) {
             consider(at);
         }
+        if let Some(at) = self.stateful_deadline() {
+            consider(at);
+        }
         for r in &self.res {
             if r.forwarding.is_some() {
                 consider(r.forward_until);
@@ -461,6 +503,7 @@ impl Core {
         if !self.ready
             && (self.others().all(|p| self.peers[p].alive)
                 || now >= self.started + self.cfg.startup_grace)
+            && !self.releasing()
         {
             self.ready = true;
             self.fit_us = self.next_stamp(now);
@@ -472,6 +515,7 @@ impl Core {
             self.send_probes(now);
         }
         self.reannounce(now);
+        self.stateful_tick(now);
         self.decide(now);
         self.components_tick(now);
     }
@@ -615,7 +659,8 @@ impl Core {
             return r.derived;
         }
         match (r.open, r.forwarding, r.receiving) {
-            (true, _, _) => Gate::Open,
+            (true, _, _) if self.serving(a) => Gate::Open,
+            (true, _, _) => Gate::Closed,
             (false, Some(n), _) => Gate::Forward(n),
             (false, None, Some(n)) => Gate::Receive(n),
             (false, None, None) => Gate::Closed,
@@ -759,3 +804,5 @@ mod tests_disk;
 mod tests_lease;
 #[cfg(test)]
 mod tests_services;
+#[cfg(test)]
+mod tests_stateful;

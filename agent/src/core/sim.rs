@@ -91,6 +91,9 @@ pub struct SimNode {
     /// The agent while it is frozen (SIGSTOP): it runs nothing, its gates stay, its kernel
     /// answers probes (and no exit notice: the process lives).
     pub frozen: Option<Core>,
+    /// Per stateful resource: its file system is mounted on this machine (acquired, and not
+    /// yet released; outlives the agent, not the machine).
+    pub mounted: Vec<bool>,
 }
 
 /// A service's instance on a simulated machine (outlives its agent, not the machine).
@@ -159,6 +162,8 @@ pub struct Sim {
     pub node_configs: Vec<Option<CoreConfig>>,
     /// Whether durable writes succeed.
     pub persist_works: bool,
+    /// Mounting and starting a stateful resource works (else every `Acquire` fails).
+    pub acquire_works: bool,
     /// Per node and resource: since when its gate forwards (checked against the window).
     forward_since: Vec<Vec<Option<Duration>>>,
     /// How often the services' instances are checked, and the next check.
@@ -218,6 +223,7 @@ pub fn config_with_services(
                 name: format!("s{a}.{k}"),
                 policy: policy.clone(),
                 here: true,
+                cold: false,
             });
             let port = 80 + k as u16;
             cfg.resources.push(ResourceSpec {
@@ -236,6 +242,28 @@ pub fn config_with_services(
     cfg
 }
 
+/// `config_with_services` with one cold service per address (run only where its address is
+/// served, as on a shared file system): every address stateful.
+pub fn config_stateful(nodes: usize, preempt: Option<Duration>, fence: bool) -> CoreConfig {
+    let mut cfg = config_with_services(
+        nodes,
+        Duration::from_millis(1),
+        preempt,
+        1,
+        service_policy(2, true, false),
+    );
+    for c in &mut cfg.components {
+        c.cold = true;
+    }
+    for r in cfg.resources.iter_mut().filter(|r| r.service.is_none()) {
+        r.stateful = true;
+    }
+    cfg.lease = true;
+    cfg.fence = fence;
+    cfg.digest = cfg.digest_of();
+    cfg
+}
+
 pub fn config(
     nodes: usize,
     me: NodeId,
@@ -248,6 +276,7 @@ pub fn config(
             ip: IpAddr::V4(Ipv4Addr::new(10, 77, 0, 100 + i as u8)),
             prefix: 32,
             service: None,
+            stateful: false,
             preference: (0..nodes).map(|k| (i + k) % nodes).collect(),
         })
         .collect();
@@ -314,6 +343,7 @@ impl Sim {
             announced: Vec::new(),
             node_configs: vec![None; nodes],
             persist_works: true,
+            acquire_works: true,
             forward_since: vec![vec![None; addrs]; nodes],
             check_every: Duration::from_millis(2),
             next_check: Duration::from_secs(1),
@@ -329,16 +359,18 @@ impl Sim {
             }),
             cfg,
         };
-        let components = sim.cfg.components.len();
         for n in 0..nodes {
             sim.nodes.push(SimNode {
-                instances: vec![
-                    Instance {
-                        running: true,
+                // Hot ones start with the machine; cold ones when acquired.
+                instances: sim
+                    .cfg
+                    .components
+                    .iter()
+                    .map(|c| Instance {
+                        running: !c.cold,
                         ..Instance::default()
-                    };
-                    components
-                ],
+                    })
+                    .collect(),
                 core: None,
                 powered: true,
                 gates: vec![Gate::Closed; addrs],
@@ -350,6 +382,7 @@ impl Sim {
                 exited: false,
                 lease: Duration::ZERO,
                 frozen: None,
+                mounted: vec![false; addrs],
             });
             sim.start_agent(n);
         }
@@ -523,6 +556,7 @@ impl Sim {
         node.waiting.clear();
         node.exited = false;
         node.gates.iter_mut().for_each(|g| *g = Gate::Closed);
+        node.mounted.iter_mut().for_each(|m| *m = false);
         let now = self.now;
         for i in &mut node.instances {
             i.running = false;
@@ -538,9 +572,9 @@ impl Sim {
         }
         self.nodes[n].powered = true;
         self.nodes[n].mute = false;
-        for i in &mut self.nodes[n].instances {
-            // Started with the machine (unless broken).
-            i.running = !i.broken;
+        for (c, i) in self.nodes[n].instances.iter_mut().enumerate() {
+            // Started with the machine (unless broken), if hot.
+            i.running = !i.broken && !self.cfg.components[c].cold;
             i.hung = false;
             i.down_since = if i.running { None } else { i.down_since };
         }
@@ -739,6 +773,21 @@ impl Sim {
                     self.trace
                         .push(format!("{:?} n{n} restarts s{component}", self.now));
                 }
+                Action::Acquire { res, .. } => self.acquire(n, res),
+                Action::Release { res } => {
+                    for c in self.cold_of(res) {
+                        self.nodes[n].instances[c].running = false;
+                    }
+                    self.nodes[n].mounted[res] = false;
+                    self.trace
+                        .push(format!("{:?} n{n} releases a{res}", self.now));
+                    let at = self.at(n);
+                    self.nodes[n]
+                        .core
+                        .as_mut()
+                        .unwrap()
+                        .handle_released(at, res, true);
+                }
                 Action::Fence { peer } => {
                     self.fences_requested += 1;
                     self.trace
@@ -866,6 +915,51 @@ impl Sim {
             Gate::Forward(_) => self.forward_since[n][a].or(Some(now)),
             _ => None,
         };
+    }
+
+    /// The cold components on stateful address `a`.
+    fn cold_of(&self, a: usize) -> Vec<usize> {
+        self.cfg
+            .resources
+            .iter()
+            .filter_map(|r| r.service)
+            .filter(|sv| sv.address == a && self.cfg.components[sv.component].cold)
+            .map(|sv| sv.component)
+            .collect()
+    }
+
+    /// Node `n` mounts stateful address `a`'s file system and starts its cold services (a
+    /// broken one fails it, undone). Nowhere else may it be mounted: two hosts writing one
+    /// file system is the worst a takeover can do.
+    fn acquire(&mut self, n: NodeId, a: usize) {
+        let others: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&m| m != n && self.nodes[m].powered && self.nodes[m].mounted[a])
+            .collect();
+        assert!(
+            others.is_empty(),
+            "n{n} mounts a{a} while {others:?} still has it mounted\n{}",
+            self.tail()
+        );
+        let cold = self.cold_of(a);
+        let ok = self.acquire_works && cold.iter().all(|&c| !self.nodes[n].instances[c].broken);
+        for c in cold {
+            let i = &mut self.nodes[n].instances[c];
+            i.running = ok;
+            i.hung = false;
+            i.down_since = None;
+        }
+        self.nodes[n].mounted[a] = ok;
+        self.trace.push(format!(
+            "{:?} n{n} {} a{a}",
+            self.now,
+            if ok { "acquires" } else { "fails to acquire" }
+        ));
+        let at = self.at(n);
+        self.nodes[n]
+            .core
+            .as_mut()
+            .unwrap()
+            .handle_acquired(at, a, ok);
     }
 
     /// Invariant 6's bound: a running agent forwards what it handed over for its window, then
@@ -1134,6 +1228,7 @@ impl Sim {
     pub fn heal_all(&mut self) {
         let nodes = self.nodes.len();
         self.persist_works = true;
+        self.acquire_works = true;
         self.loss = 0.0;
         self.duplicate = 0.0;
         self.fence_works = true;

@@ -110,14 +110,40 @@ impl Core {
                 safe = false;
                 continue;
             }
-            // Whichever proves it gone first: its lease, or the fence.
+            // Whichever proves it gone first: its lease, or the fence (for a stateful
+            // resource, only the fence: one under way or that just failed is waited for).
+            let stateful = self.cfg.resources[a].stateful;
+            let fencing = stateful
+                && match self.peers[p].fence {
+                    FenceState::Pending => true,
+                    FenceState::Failed(at) => now < at + self.cfg.fence_retry,
+                    _ => false,
+                };
             if !matches!(self.peers[p].fence, FenceState::Fenced | FenceState::Lapsed)
+                && !fencing
                 && self.lease_lapsed(now, p)
             {
                 self.proven_by_lease(p);
             }
             match self.peers[p].fence {
-                FenceState::Fenced | FenceState::Lapsed => {}
+                FenceState::Fenced => {}
+                // A lease proves its gates closed, not that it stopped writing to the shared
+                // storage (its services outlive its agent): a stateful resource waits for
+                // the fence.
+                FenceState::Lapsed if stateful && self.cfg.fence => {
+                    self.peers[p].fence = FenceState::Pending;
+                    self.actions.push_back(Action::Fence { peer: p });
+                    self.event(Event::FenceStarted { peer: p });
+                    safe = false;
+                }
+                FenceState::Lapsed if stateful => {
+                    if !self.peers[p].fence_wanted {
+                        self.peers[p].fence_wanted = true;
+                        self.event(Event::FenceRequired { peer: p, res: a });
+                    }
+                    safe = false;
+                }
+                FenceState::Lapsed => {}
                 FenceState::Pending | FenceState::Waiting => safe = false,
                 FenceState::Failed(at) if now < at + self.cfg.fence_retry => safe = false,
                 FenceState::None | FenceState::Failed(_) if self.cfg.fence => {
@@ -144,8 +170,28 @@ impl Core {
         self.peers[t].known && self.peers[t].res[a].vote == Some(t)
     }
 
-    /// Opens `a` in `epoch` (on record by now) and announces it.
+    /// Opens `a` in `epoch` (on record by now) and announces it. A stateful resource is
+    /// claimed in it and acquired first: its gate opens once its services run (`stateful`).
     pub(super) fn open(&mut self, now: Duration, a: ResId, epoch: u64) {
+        if self.cfg.resources[a].stateful {
+            // Taken from a peer that did not hand it over (its services are started told
+            // so: a recovery, not a cold start).
+            let taken = self.res[a].receiving.is_none();
+            self.res[a] = Res {
+                open: true,
+                epoch,
+                max_epoch: epoch,
+                forwarding: None,
+                receiving: None,
+                opening: None,
+                reannounce: None,
+                opened_us: self.next_stamp(now),
+                taken,
+                ..self.res[a]
+            };
+            self.acquire(a);
+            return;
+        }
         self.res[a] = Res {
             open: true,
             epoch,
@@ -165,6 +211,7 @@ impl Core {
 
     /// Opens and closes this node's gates to match the targets.
     pub(super) fn decide(&mut self, now: Duration) {
+        self.stateful_progress(now);
         for p in self.others_vec() {
             let e = self.eligible(p);
             let peer = &mut self.peers[p];
@@ -275,6 +322,12 @@ impl Core {
                     && self.peers[t].res[a].acked_us >= self.res[a].voted_us)
             });
         if !((newer_elsewhere || (self.ready && target != Some(me))) && !hold) {
+            self.keep_stateful(now, a);
+            return false;
+        }
+        // A stateful resource's services stop and its file systems are unmounted first; it
+        // stays claimed meanwhile, so that no peer starts them.
+        if !self.released_here(a) {
             return false;
         }
         let stamp = self.next_stamp(now);

@@ -225,6 +225,7 @@ impl Core {
         peer.eligible_since = None;
         peer.restart_until = None;
         peer.disk_held = false;
+        peer.fence_wanted = false;
         peer.kernel_since = None;
         self.event(Event::PeerDead { peer: p, reason });
     }

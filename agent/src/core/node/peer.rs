@@ -71,6 +71,9 @@ pub(super) struct Peer {
     /// Dead: when its data plane first answered a probe since (its kernel and both
     /// directions of the LAN work while its agent is silent).
     pub kernel_since: Option<Duration>,
+    /// Dead, proven gone by its lease only, with no fence to stop its writes: a stateful
+    /// resource of it waits (said once).
+    pub fence_wanted: bool,
 }
 
 /// What a peer said of one resource, and when.
@@ -129,6 +132,7 @@ impl Peer {
             disk_restarting: false,
             disk_read_at: None,
             kernel_since: None,
+            fence_wanted: false,
         }
     }
 

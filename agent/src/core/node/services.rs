@@ -80,7 +80,7 @@ impl Core {
     pub fn exit_plan(&self, s: ResId) -> Option<Gate> {
         let (a, _) = self.service_of(s)?;
         let now = self.fed;
-        (self.res[a].open && self.res[s].derived == Gate::Open)
+        (self.serving(a) && self.res[s].derived == Gate::Open)
             .then(|| self.taker(s, a, now))
             .flatten()
             .map(Gate::Forward)
@@ -92,7 +92,7 @@ impl Core {
             return Gate::Closed;
         };
         let me = self.cfg.me;
-        if self.res[a].open {
+        if self.serving(a) {
             let mine = self.health(me, s, now);
             if !mine.is_some_and(|h| h.faulty) {
                 return Gate::Open;
@@ -120,7 +120,7 @@ impl Core {
             let gate = self.service_gate(s, now);
             let (a, _) = self.service_of(s).unwrap();
             let stranded = gate == Gate::Open
-                && self.res[a].open
+                && self.serving(a)
                 && self.health(self.cfg.me, s, now).is_some_and(|h| h.faulty);
             if stranded != self.res[s].stranded {
                 self.res[s].stranded = stranded;

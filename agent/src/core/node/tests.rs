@@ -861,6 +861,7 @@ fn a_configuration_version_2_cannot_express_is_a_mismatch_with_a_version_2_peer(
             ip: format!("10.77.1.{i}").parse().unwrap(),
             prefix: 32,
             service: None,
+            stateful: false,
             preference: vec![i % 2, 1 - i % 2],
         })
         .collect();
@@ -894,6 +895,7 @@ fn a_thousand_resources_in_parts_fail_over_together() {
             ip: std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16)),
             prefix: 128,
             service: None,
+            stateful: false,
             preference: vec![i % 2, 1 - i % 2],
         })
         .collect();

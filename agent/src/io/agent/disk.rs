@@ -149,6 +149,11 @@ impl Disk {
         })
     }
 
+    /// The thread's request channel (a stateful resource's acquire reads its handoff).
+    pub(super) fn requests(&self) -> mpsc::Sender<Request> {
+        self.requests.clone()
+    }
+
     /// Records that this node opens these resources in these epochs; the answer comes as
     /// `Input::DiskClaimed`. False if the thread is gone.
     pub(super) fn claim(&self, claims: Vec<(String, u64)>) -> bool {
@@ -197,7 +202,11 @@ impl Shell {
                 // A service is served where its gate is open (its address's server, or the
                 // peer its traffic is handed to).
                 let address = self.core_cfg.resources[r].service.map_or(r, |s| s.address);
-                if self.core.gate(r) != Gate::Open {
+                // A stateful resource's services write theirs while they stop (claimed, its
+                // gate closed) or start (claimed, before it opens).
+                let claimed =
+                    self.core_cfg.resources[address].stateful && self.core.is_open(address);
+                if self.core.gate(r) != Gate::Open && !claimed {
                     let by = self
                         .core
                         .server(address)

@@ -15,6 +15,7 @@ mod lease;
 mod perform;
 mod services;
 mod startup;
+mod stateful;
 mod translate;
 
 use std::{
@@ -82,6 +83,16 @@ enum Input {
     Disk(disk::Round),
     /// The disk thread recorded (or could not) the epochs of a `Persist`.
     DiskClaimed(Result<(), String>),
+    /// A stateful resource's `Acquire` finished.
+    Acquired {
+        res: usize,
+        result: Result<(), String>,
+    },
+    /// A stateful resource's `Release` finished.
+    Released {
+        res: usize,
+        result: Result<(), String>,
+    },
     Stop,
 }
 
@@ -188,6 +199,8 @@ struct Shell {
     /// The services' instances here, and per component the exit plans armed for its
     /// process (its pid, 0: none).
     services: services::Services,
+    /// The stateful resources' steps (mount, start; stop, unmount).
+    stateful: stateful::Stateful,
     exit_armed: Vec<(u32, Vec<takeover_common::ExitPlan>)>,
     /// Per component, its services' resources.
     component_res: Vec<Vec<usize>>,
@@ -330,6 +343,8 @@ impl Shell {
                 }
                 self.core.handle_persisted(now, result.is_ok());
             }
+            Input::Acquired { res, result } => self.core.handle_acquired(now, res, result.is_ok()),
+            Input::Released { res, result } => self.core.handle_released(now, res, result.is_ok()),
             Input::Stop => {
                 self.stop(now, out);
                 return Ok(false);

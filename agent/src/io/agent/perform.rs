@@ -51,6 +51,12 @@ impl Shell {
                 }
                 Action::Fence { peer } => self.start_fence(poller, peer),
                 Action::Restart { component } => self.services.restart(component),
+                Action::Acquire {
+                    res,
+                    epoch,
+                    takeover,
+                } => self.stateful.acquire(res, epoch, takeover),
+                Action::Release { res } => self.stateful.release(res),
                 Action::Send {
                     peer,
                     path,

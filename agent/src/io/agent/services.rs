@@ -7,16 +7,17 @@
 //! ones since the last restart) is not sent: three services checked every 10 ms would
 //! otherwise wake the heartbeat loop 300 times a second for nothing.
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Input;
 use crate::{
@@ -48,21 +49,39 @@ pub enum Report {
     },
 }
 
+/// What the heartbeat loop (or a stateful resource's steps) asks of an instance's task.
+pub enum Command {
+    /// The core's `Restart`.
+    Restart,
+    /// Start a cold service, with this environment added (its takeover's epoch and
+    /// handoff); answer once it runs.
+    Start {
+        env: BTreeMap<String, String>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Stop a cold service; answer once it is gone.
+    Stop {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
 /// The heartbeat loop's handle on the instances.
 pub struct Services {
-    restart: Vec<Option<mpsc::UnboundedSender<()>>>,
+    commands: Vec<Option<mpsc::UnboundedSender<Command>>>,
     notes: Vec<Arc<Mutex<Notes>>>,
 }
 
 impl Services {
-    /// Starts a task per service this node runs (`here[c]`).
+    /// Starts a task per service this node runs (`here[c]`); a cold one's instance only if
+    /// it runs here already (`active[c]`: its address was found open), else at `Start`.
     pub fn start(
         services: &[Service],
         here: &[bool],
+        active: &[bool],
         state_dir: PathBuf,
         mailbox: Mailbox<Input>,
     ) -> Self {
-        let mut restart = Vec::new();
+        let mut commands = Vec::new();
         let mut notes = Vec::new();
         for (c, svc) in services.iter().enumerate() {
             let n = Arc::new(Mutex::new(Notes {
@@ -71,11 +90,11 @@ impl Services {
             }));
             notes.push(n.clone());
             if !here[c] {
-                restart.push(None);
+                commands.push(None);
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            restart.push(Some(tx));
+            commands.push(Some(tx));
             let task = Task {
                 component: c,
                 svc: svc.clone(),
@@ -84,10 +103,18 @@ impl Services {
                 notes: n,
                 pid: Arc::new(AtomicU32::new(0)),
                 generation: Arc::new(AtomicU64::new(0)),
+                active: Arc::new(AtomicBool::new(active[c])),
+                env: BTreeMap::new(),
             };
             tokio::spawn(task.run(rx));
         }
-        Self { restart, notes }
+        Self { commands, notes }
+    }
+
+    /// The channel to component `c`'s task, if it runs here (for a stateful resource's
+    /// steps).
+    pub fn commands(&self, c: usize) -> Option<mpsc::UnboundedSender<Command>> {
+        self.commands.get(c).cloned().flatten()
     }
 
     /// What the status table shows of each.
@@ -105,9 +132,9 @@ impl Services {
 
     /// The core's `Restart` of component `c`.
     pub fn restart(&self, c: usize) {
-        match self.restart.get(c) {
+        match self.commands.get(c) {
             Some(Some(tx)) => {
-                let _ = tx.send(());
+                let _ = tx.send(Command::Restart);
             }
             _ => log::warn!("restart of a service not run here (component {c}): ignored"),
         }
@@ -124,6 +151,12 @@ struct Task {
     pid: Arc<AtomicU32>,
     /// Bumped at each restart: the checks' counts of equal results start again.
     generation: Arc<AtomicU64>,
+    /// It should run (a hot service always; a cold one between `Start` and `Stop`): its
+    /// checks report only then, and its exit is a fault only then.
+    active: Arc<AtomicBool>,
+    /// What the last `Start` added to a cold service's environment (its restarts get it
+    /// too).
+    env: BTreeMap<String, String>,
 }
 
 impl Task {
@@ -137,9 +170,40 @@ impl Task {
         self.notes.lock().unwrap().pid = pid;
     }
 
-    async fn run(self, mut restarts: mpsc::UnboundedReceiver<()>) {
+    /// The service as started now: a cold one with its takeover's environment.
+    fn with_env(&self) -> Service {
+        let mut svc = self.svc.clone();
+        match &mut svc.how {
+            Supervision::Run(run) => run.env.extend(self.env.clone()),
+            Supervision::Ocf(agent) => agent.env.extend(self.env.clone()),
+            _ => {}
+        }
+        svc
+    }
+
+    async fn run(self, mut restarts: mpsc::UnboundedReceiver<Command>) {
         let c = self.component;
-        let mut instance = match Instance::start(&self.svc, &self.state_dir).await {
+        for (n, hc) in self.svc.checks.iter().enumerate() {
+            tokio::spawn(check_loop(
+                c,
+                n,
+                hc.kind.clone(),
+                hc.interval,
+                hc.timeout,
+                hc.fall.max(hc.rise),
+                self.svc.clone(),
+                self.pid.clone(),
+                self.generation.clone(),
+                self.active.clone(),
+                self.mailbox.clone(),
+                self.notes.clone(),
+            ));
+        }
+        if !self.active.load(Ordering::Acquire) {
+            // A cold service not running here: started by its address's acquire.
+            return self.supervise(None, restarts).await;
+        }
+        let instance = match Instance::start(&self.with_env(), &self.state_dir).await {
             Ok(i) => {
                 log::info!(
                     "service {}: {}",
@@ -164,21 +228,17 @@ impl Task {
             }
         };
         self.set_pid(instance.as_ref());
-        for (n, hc) in self.svc.checks.iter().enumerate() {
-            tokio::spawn(check_loop(
-                c,
-                n,
-                hc.kind.clone(),
-                hc.interval,
-                hc.timeout,
-                hc.fall.max(hc.rise),
-                self.svc.clone(),
-                self.pid.clone(),
-                self.generation.clone(),
-                self.mailbox.clone(),
-                self.notes.clone(),
-            ));
-        }
+        self.supervise(instance, restarts).await
+    }
+
+    /// Watches the instance for its exit and does what the commands say, until the agent
+    /// stops.
+    async fn supervise(
+        mut self,
+        mut instance: Option<Instance>,
+        mut restarts: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let c = self.component;
         loop {
             let exited = async {
                 match instance.as_mut() {
@@ -209,15 +269,22 @@ impl Task {
                     }
                 }
                 got = restarts.recv() => {
-                    if got.is_none() {
+                    let Some(cmd) = got else {
                         return;
+                    };
+                    let idle = !self.active.load(Ordering::Acquire);
+                    if !matches!(cmd, Command::Restart) || idle {
+                        if !self.command(cmd, &mut instance).await {
+                            return;
+                        }
+                        continue;
                     }
                     if let Some(old) = instance.take() {
                         if let Err(e) = old.stop().await {
                             log::warn!("service {}: stopping before the restart: {e}", self.svc.name);
                         }
                     }
-                    let result = Instance::start(&self.svc, &self.state_dir).await;
+                    let result = Instance::start(&self.with_env(), &self.state_dir).await;
                     let result = match result {
                         Ok(i) => {
                             log::info!("service {}: restarted", self.svc.name);
@@ -248,6 +315,62 @@ impl Task {
 }
 
 impl Task {
+    /// A cold service's `Start` or `Stop` (a `Restart` of one not running is refused).
+    /// False once the heartbeat loop is gone.
+    async fn command(&mut self, cmd: Command, instance: &mut Option<Instance>) -> bool {
+        match cmd {
+            Command::Restart => {
+                let result = Err("not running here (its address is served elsewhere)".into());
+                self.report(Report::Restarted {
+                    component: self.component,
+                    result,
+                })
+            }
+            Command::Start { env, reply } => {
+                self.env = env;
+                let result = match instance {
+                    Some(_) => Ok(()),
+                    None => match Instance::start(&self.with_env(), &self.state_dir).await {
+                        Ok(i) => {
+                            log::info!(
+                                "service {}: {}",
+                                self.svc.name,
+                                i.pid().map_or("started".to_string(), |p| format!(
+                                    "started as pid {p}"
+                                ))
+                            );
+                            *instance = Some(i);
+                            Ok(())
+                        }
+                        Err(why) => Err(why),
+                    },
+                };
+                self.set_pid(instance.as_ref());
+                self.notes.lock().unwrap().error = result.as_ref().err().cloned();
+                // Its checks' results are news again, and count.
+                self.generation.fetch_add(1, Ordering::Release);
+                self.active.store(result.is_ok(), Ordering::Release);
+                let _ = reply.send(result);
+                true
+            }
+            Command::Stop { reply } => {
+                self.active.store(false, Ordering::Release);
+                // Not started by this agent: an earlier one's may run on.
+                let found = || Instance::leftover(&self.svc, &self.state_dir);
+                let result = match instance.take().or_else(found) {
+                    Some(i) => i.stop().await,
+                    None => Ok(()),
+                };
+                self.set_pid(instance.as_ref());
+                if result.is_ok() {
+                    log::info!("service {}: stopped", self.svc.name);
+                }
+                let _ = reply.send(result);
+                true
+            }
+        }
+    }
+
     /// Run by someone else (a pid file, a systemd unit): never started nor stopped here.
     fn watched(&self) -> bool {
         !matches!(self.svc.how, Supervision::Run(_) | Supervision::Ocf(_))
@@ -255,7 +378,10 @@ impl Task {
 
     /// Looks for a watched instance until it runs again (a restart order meanwhile only
     /// looks at once).
-    async fn find_again(&self, restarts: &mut mpsc::UnboundedReceiver<()>) -> Option<Instance> {
+    async fn find_again(
+        &self,
+        restarts: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Option<Instance> {
         loop {
             if let Ok(i) = Instance::start(&self.svc, &self.state_dir).await {
                 log::info!(
@@ -291,6 +417,7 @@ async fn check_loop(
     svc: Service,
     pid: Arc<AtomicU32>,
     generation: Arc<AtomicU64>,
+    active: Arc<AtomicBool>,
     mailbox: Mailbox<Input>,
     notes: Arc<Mutex<Notes>>,
 ) {
@@ -300,6 +427,10 @@ async fn check_loop(
     let (mut last, mut same, mut seen_gen) = (None::<bool>, 0u32, 0u64);
     loop {
         every.tick().await;
+        if !active.load(Ordering::Acquire) {
+            // A cold service not running here: nothing to check.
+            continue;
+        }
         let p = Some(pid.load(Ordering::Relaxed)).filter(|&p| p != 0);
         let result = match (&kind, &svc.how) {
             (CheckKind::OcfMonitor, Supervision::Ocf(agent)) => {

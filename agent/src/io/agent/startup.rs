@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use takeover_common::{Action as GateAction, GateValue};
 
-use super::{disk, epochs::Epochs, services, translate, Input, PeerMacs, Shell};
+use super::{disk, epochs::Epochs, services, stateful, translate, Input, PeerMacs, Shell};
 use crate::{
     config::{Config, XdpMode},
     core::{event::resource_name, node::Core, wire},
@@ -411,15 +411,6 @@ impl Shell {
                 component_res[sv.component].push(r);
             }
         }
-        let services = services::Services::start(
-            &cfg.services,
-            &here,
-            Path::new(RUN_ROOT)
-                .join(crate::sys::netns::current_id()?)
-                .join("services"),
-            mailbox.clone(),
-        );
-
         let start = Instant::now();
         // The core's clock on CLOCK_MONOTONIC, the data plane's (`Instant` is the same clock).
         let start_mono_ns = heard::clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
@@ -427,6 +418,19 @@ impl Shell {
             .duration_since(SystemTime::UNIX_EPOCH)?
             .as_nanos() as u64;
         let mut core = Core::new(c.core_cfg.clone(), incarnation, start.elapsed(), &open);
+        // A cold service runs here only if its address was found open (the core says so).
+        let active: Vec<bool> = (0..here.len())
+            .map(|k| core.component(k).state() != crate::core::component::State::Standby)
+            .collect();
+        let services = services::Services::start(
+            &cfg.services,
+            &here,
+            &active,
+            Path::new(RUN_ROOT)
+                .join(crate::sys::netns::current_id()?)
+                .join("services"),
+            mailbox.clone(),
+        );
         // Kernel-assisted liveness: if this process dies unannounced, the data plane answers
         // the peers' heartbeats with this notice; they hold the token's hash from our
         // heartbeats.
@@ -504,6 +508,25 @@ impl Shell {
             )?),
             _ => None,
         };
+        let mut cold = vec![Vec::new(); c.core_cfg.resources.len()];
+        for (k, svc) in cfg.services.iter().enumerate() {
+            let Some(commands) = services.commands(k).filter(|_| svc.cold) else {
+                continue;
+            };
+            for spec in &c.core_cfg.resources {
+                if let Some(sv) = spec.service.filter(|sv| sv.component == k) {
+                    cold[sv.address].push((svc.clone(), commands.clone()));
+                }
+            }
+        }
+        let stateful = stateful::Stateful::start(
+            cold,
+            (0..c.core_cfg.resources.len())
+                .map(|r| resource_name(&c.core_cfg, r))
+                .collect(),
+            disk.as_ref().map(disk::Disk::requests),
+            mailbox.clone(),
+        );
         let peer_wake = vec![vec![None; c.listen.len()]; c.peer_paths.len()];
         Ok(Shell {
             peer_wake,
@@ -530,6 +553,7 @@ impl Shell {
             exit_armed: vec![(0, Vec::new()); here.len()],
             component_res,
             services,
+            stateful,
             peer_macs: macs.lan,
             peer_line_macs: macs.line,
             line,

@@ -27,6 +27,10 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
             ip: a.ip,
             prefix: a.prefix,
             service: None,
+            stateful: cfg
+                .services
+                .iter()
+                .any(|s| s.cold && s.addresses.contains(&a.ip)),
             preference: a.preference.iter().map(|n| index(n)).collect(),
         })
         .collect();
@@ -57,6 +61,7 @@ pub fn core_config(cfg: &Config, key: Vec<u8>) -> (CoreConfig, Vec<Vec<SocketAdd
             name: svc.name.clone(),
             policy: policy(svc),
             here,
+            cold: svc.cold,
         });
     }
     let mut core = CoreConfig {

@@ -63,6 +63,7 @@ pub fn command(agent: &Ocf, instance: &str, action: Action) -> tokio::process::C
     for (k, v) in &agent.params {
         c.env(format!("OCF_RESKEY_{k}"), v);
     }
+    c.envs(&agent.env);
     c
 }
 
@@ -119,6 +120,7 @@ mod tests {
                 "/etc/nginx/nginx.conf".to_string(),
             )]),
             timeout: Duration::from_secs(20),
+            env: BTreeMap::new(),
         };
         let c = command(&agent, "web", Action::Monitor);
         let c = c.as_std();

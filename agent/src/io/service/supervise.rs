@@ -112,6 +112,29 @@ impl Instance {
         })
     }
 
+    /// What an earlier agent left running of a service it started (its pid file names a
+    /// live process; an OCF agent's stop is harmless on a stopped resource), to be stopped.
+    pub fn leftover(svc: &Service, state_dir: &Path) -> Option<Instance> {
+        let (how, process) = match &svc.how {
+            Supervision::Run(run) => {
+                let pid_file = state_dir.join(format!("{}.pid", svc.name));
+                let process = adopt(&pid_file)?;
+                let how = How::Run {
+                    stop_timeout: run.stop_timeout,
+                    pid_file,
+                };
+                (how, Some(process))
+            }
+            Supervision::Ocf(agent) => (How::Ocf(agent.clone()), None),
+            _ => return None,
+        };
+        Some(Instance {
+            name: svc.name.clone(),
+            how,
+            process,
+        })
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid)
     }
@@ -680,6 +703,8 @@ mod tests {
                 hold: Duration::from_secs(1),
             },
             critical: false,
+            cold: false,
+            filesystem: None,
         }
     }
 
@@ -968,6 +993,7 @@ mod tests {
             kind: "Dummy".into(),
             params: BTreeMap::new(),
             timeout: Duration::from_secs(20),
+            env: BTreeMap::new(),
         };
         // `cargo xtask setup` installs resource-agents.
         assert!(
