@@ -23,6 +23,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("dnsmasq-base", "dnsmasq"),
     ("resource-agents", "/usr/lib/ocf/resource.d/heartbeat/nginx"),
+    // The stateful takeover's database and its file system on the shared disk.
+    ("postgresql-15", "/usr/lib/postgresql/15/bin/postgres"),
+    ("postgresql-client-15", "psql"),
+    ("e2fsprogs", "mkfs.ext4"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

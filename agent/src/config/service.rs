@@ -69,9 +69,21 @@ pub struct Run {
     pub env: BTreeMap<String, String>,
     pub user: Option<String>,
     pub dir: Option<PathBuf>,
-    /// After SIGTERM, how long before SIGKILL.
+    /// After the stop signal, how long before SIGKILL.
     pub stop_timeout: Duration,
+    /// What stops it cleanly (SIGTERM; PostgreSQL's fast shutdown is SIGINT).
+    pub stop_signal: i32,
 }
+
+/// The signals a service may be stopped with, by name.
+pub const STOP_SIGNALS: &[(&str, i32)] = &[
+    ("TERM", libc::SIGTERM),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("HUP", libc::SIGHUP),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ocf {
@@ -235,6 +247,7 @@ struct RawRun {
     user: Option<Spanned<String>>,
     dir: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -541,6 +554,31 @@ pub(super) fn services(
                     DEFAULT_STOP_TIMEOUT,
                     (Duration::ZERO, Duration::from_secs(600)),
                 ),
+                stop_signal: match &r.stop_signal {
+                    None => libc::SIGTERM,
+                    Some(v) => {
+                        let name = v.get_ref().trim_start_matches("SIG");
+                        match STOP_SIGNALS.iter().find(|(n, _)| *n == name) {
+                            Some((_, sig)) => *sig,
+                            None => {
+                                c.error(
+                                    v.span(),
+                                    format!("{k}.stop_signal"),
+                                    format!(
+                                        "{:?} is not one of {}",
+                                        v.get_ref(),
+                                        STOP_SIGNALS
+                                            .iter()
+                                            .map(|(n, _)| format!("SIG{n}"))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    ),
+                                );
+                                libc::SIGTERM
+                            }
+                        }
+                    }
+                },
             }))
         } else if let Some(w) = &s.watch {
             let k = format!("{key}.watch");

@@ -130,6 +130,9 @@ fn fence_command(ns: &str) -> String {
 pub struct Cluster {
     pub dir: PathBuf,
     pub timing: Timing,
+    /// Each agent in mount and IPC namespaces of its own (what it mounts, its services'
+    /// shared memory: as on hosts of their own).
+    pub own_mounts: bool,
     /// Host name -> its namespace, for the fence that cuts it off the LAN.
     fences: std::collections::BTreeMap<String, String>,
 }
@@ -161,6 +164,7 @@ impl Cluster {
         Ok(Self {
             dir,
             timing,
+            own_mounts: false,
             fences,
         })
     }
@@ -253,8 +257,16 @@ key_file = "{key}"
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.join(format!("{}-{n}.log", me.name));
-        let child = t
-            .cmd(&me.ns)
+        let mut cmd = t.cmd(&me.ns);
+        if self.own_mounts {
+            // unshare execs the agent: its pid is the agent's.
+            let mut u = std::process::Command::new("unshare");
+            u.args(["--mount", "--ipc", "--propagation", "private", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = u;
+        }
+        let child = cmd
             .arg("run")
             .args(if self.timing.realtime {
                 None

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod bench_services;
 pub mod capture;
+pub mod database;
 pub mod failover_bench;
 pub mod failover_demo;
 pub mod http_load;

@@ -49,6 +49,7 @@ enum How {
     /// Ours: stopped through its process group; the pid file lets a restarted agent adopt it.
     Run {
         stop_timeout: Duration,
+        stop_signal: libc::c_int,
         pid_file: PathBuf,
     },
     /// Someone else's: watched, never stopped, never reaped.
@@ -85,6 +86,7 @@ impl Instance {
                 };
                 let how = How::Run {
                     stop_timeout: run.stop_timeout,
+                    stop_signal: run.stop_signal,
                     pid_file,
                 };
                 (how, Some(process))
@@ -121,6 +123,7 @@ impl Instance {
                 let process = adopt(&pid_file)?;
                 let how = How::Run {
                     stop_timeout: run.stop_timeout,
+                    stop_signal: run.stop_signal,
                     pid_file,
                 };
                 (how, Some(process))
@@ -178,13 +181,14 @@ impl Instance {
             },
             How::Run {
                 stop_timeout,
+                stop_signal,
                 pid_file,
             } => {
-                let (stop_timeout, pid_file) = (*stop_timeout, pid_file.clone());
+                let (stop_timeout, sig, pid_file) = (*stop_timeout, *stop_signal, pid_file.clone());
                 let Some(p) = self.process.as_mut() else {
                     return Ok(());
                 };
-                let result = p.stop_group(stop_timeout).await;
+                let result = p.stop_group(stop_timeout, sig).await;
                 if !p.gone {
                     // Still running: the pid file stays, so that it is adopted, not doubled.
                     return result;
@@ -274,11 +278,12 @@ impl Process {
         };
     }
 
-    /// SIGTERM, then SIGKILL for whatever of the group is left at `stop_timeout`.
-    async fn stop_group(&mut self, stop_timeout: Duration) -> Result<(), String> {
+    /// `sig` (SIGTERM unless configured), then SIGKILL for whatever of the group is left at
+    /// `stop_timeout`.
+    async fn stop_group(&mut self, stop_timeout: Duration, sig: libc::c_int) -> Result<(), String> {
         let pid = self.pid;
         let deadline = Instant::now() + stop_timeout;
-        self.signal_group(libc::SIGTERM);
+        self.signal_group(sig);
         let leader = tokio::time::timeout_at(deadline, self.exited(true))
             .await
             .is_ok();
@@ -305,11 +310,11 @@ impl Process {
         }
         Err(if leader {
             format!(
-                "process {pid} exited on SIGTERM, but others of its process group were still running {stop_timeout:?} later: killed (SIGKILL)"
+                "process {pid} exited on its stop signal, but others of its process group were still running {stop_timeout:?} later: killed (SIGKILL)"
             )
         } else {
             format!(
-                "process {pid} did not stop within {stop_timeout:?} of SIGTERM: killed (SIGKILL)"
+                "process {pid} did not stop within {stop_timeout:?} of its stop signal: killed (SIGKILL)"
             )
         })
     }
@@ -715,6 +720,7 @@ mod tests {
             user: None,
             dir: None,
             stop_timeout,
+            stop_signal: libc::SIGTERM,
         }
     }
 
@@ -797,7 +803,7 @@ mod tests {
         let start = stat(pid).unwrap().start;
         let err = stop_after_traps_are_set(i).await;
         assert!(
-            err.contains("did not stop within 200ms of SIGTERM") && err.contains("SIGKILL"),
+            err.contains("did not stop within 200ms of its stop signal") && err.contains("SIGKILL"),
             "{err}"
         );
         assert!(reaped(pid, start));
@@ -820,7 +826,9 @@ mod tests {
         let worker_start = stat(s.hold(worker)).unwrap().start;
         let err = stop_after_traps_are_set(i).await;
         assert!(
-            err.starts_with(&format!("process {pid} exited on SIGTERM, but others")),
+            err.starts_with(&format!(
+                "process {pid} exited on its stop signal, but others"
+            )),
             "{err}"
         );
         // Killed (perhaps not yet reaped by whoever inherited it).
