@@ -40,7 +40,7 @@ commands:
                  takeover), or one of them, or the gate alone, on a namespace topology, with
                  timelines and target/takeover-demo.svg, target/takeover-service-demo.svg
                  (needs root)
-  bench gate|failover  setup, build, then measure the gate's cost or failovers; writes BENCHMARKS.md";
+  bench gate|failover|database  setup, build, then measure the gate's cost, failovers, or a database's takeover; writes BENCHMARKS.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();

@@ -12,7 +12,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, storage::LoopDevice, Netns};
+use crate::{
+    agents::{with_logs, Agent, Cluster, Timing, LOGICAL},
+    run,
+    storage::LoopDevice,
+    topology::{wait_for, Host, Lan},
+    Netns, Takeover,
+};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub const PORT: u16 = 5432;
@@ -268,5 +274,217 @@ impl Drop for Writer {
         }
         let _ = std::fs::remove_file(&self.acked);
         let _ = std::fs::remove_file(&self.stop);
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Agents on `a` and `b` (each in mount and IPC namespaces of its own) running the database
+/// cold on the logical address, client `cli`. Dropped in this order: the agents, their
+/// files, the namespaces (which kill what the agents left running), then the disk.
+pub struct DbCluster {
+    pub agents: Vec<Agent>,
+    pub cluster: Cluster,
+    pub lan: Lan,
+    pub disk: PgDisk,
+    t: Takeover,
+}
+
+/// What one crash and failback cost the client.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Rows acknowledged before the crash, and in all.
+    pub before: usize,
+    pub acked: Vec<(u64, f64)>,
+    /// The longest wait between two acknowledgements across the takeover, the failback.
+    pub takeover_gap: Duration,
+    pub failback_gap: Duration,
+    /// Acknowledged rows not in the table after the takeover, after the failback.
+    pub takeover_lost: Vec<u64>,
+    pub failback_lost: Vec<u64>,
+    /// When a crashed, and when it was back (seconds since the epoch).
+    pub crashed_at: f64,
+    pub rebooted_at: f64,
+}
+
+/// Now, in seconds since the epoch (the agents' logs' `ts`).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl DbCluster {
+    pub fn new(t: &Takeover, timing: Timing) -> Result<Self> {
+        let disk = PgDisk::new(&["a", "b"], 256)?;
+        let lan = Lan::new(t, &["cli", "a", "b"])?;
+        lan.dedicated_line("a", "b")?;
+        let mut cluster = Cluster::new(&lan, timing)?;
+        cluster.own_mounts = true;
+        // The database's wrapper (user postgres) notes its starts here.
+        let starts = cluster.dir.join("starts");
+        std::fs::write(&starts, "")?;
+        run(Command::new("chmod").arg("0666").arg(&starts))?;
+        let mut s = DbCluster {
+            agents: Vec::new(),
+            cluster,
+            lan,
+            disk,
+            t: t.clone(),
+        };
+        for (me, peer) in [("a", "b"), ("b", "a")] {
+            let agent = s.start(me, peer)?;
+            s.agents.push(agent);
+        }
+        Ok(s)
+    }
+
+    /// Starts `me`'s agent: the cluster's configuration, with the database, and a fence that
+    /// cuts the peer off the LAN and off the shared disk (as fence_scsi does).
+    pub fn start(&self, me: &str, peer: &str) -> Result<Agent> {
+        let (me, peer) = (self.lan.host(me), self.lan.host(peer));
+        let fence = self.cluster.dir.join(format!("fence-{}.sh", peer.name));
+        std::fs::write(
+            &fence,
+            format!(
+                "ip -n {} link set lan down\nblockdev --setro {}\n",
+                peer.ns.name,
+                self.disk.path(&peer.name).dev
+            ),
+        )?;
+        let service = self
+            .disk
+            .service(&me.name, LOGICAL, &self.cluster.dir.join("starts"));
+        self.cluster.start_with(&self.t, me, peer, |config| {
+            let mut out = String::new();
+            let mut in_fence = false;
+            for line in config.lines() {
+                if line.starts_with('[') {
+                    in_fence = line == "[fence]";
+                }
+                if in_fence && line.starts_with("command") {
+                    out.push_str(&format!(
+                        "command = [\"/bin/sh\", \"{}\"]\n",
+                        fence.display()
+                    ));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            out + &service
+        })
+    }
+
+    pub fn cli(&self) -> &Host {
+        self.lan.host("cli")
+    }
+
+    /// Adds both agents' logs to an error.
+    pub fn logged<T>(&self, r: Result<T>) -> Result<T> {
+        with_logs(&self.agents, r)
+    }
+
+    /// Waits until the database answers through the logical address.
+    pub fn wait_db(&self) -> Result<()> {
+        self.logged(wait_for(
+            "the database through the logical address",
+            WAIT,
+            || {
+                let up = psql(&self.cli().ns, LOGICAL, "select 1").is_ok_and(|o| o.trim() == "1");
+                Ok(up.then_some(()))
+            },
+        ))
+    }
+
+    /// The epochs and reasons the database was started with, per host, in order.
+    pub fn starts(&self) -> Vec<String> {
+        std::fs::read_to_string(self.cluster.dir.join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Host `name` (agent `agent`) dies at once: every process of it frozen, its links down
+    /// and its path to the disk gone (what was not on the disk is lost, as at a power cut),
+    /// then killed.
+    pub fn crash(&mut self, name: &str, agent: usize) -> Result<()> {
+        let host = self.lan.host(name);
+        let pids = run(Command::new("ip").args(["netns", "pids", &host.ns.name]))?;
+        let pids: Vec<i32> = pids.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        for &p in &pids {
+            // SAFETY: plain signals to processes of the lab's own namespace.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        host.ns.sh("ip link set ded down; ip link set lan down")?;
+        self.disk.path(name).set_writable(false)?;
+        for &p in &pids {
+            // SAFETY: as above.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        self.agents[agent].kill();
+        Ok(())
+    }
+
+    /// Host `name` (agent `agent`) back as after a reboot: links up, its path to the disk
+    /// back, a new agent.
+    pub fn reboot(&mut self, name: &str, peer: &str, agent: usize) -> Result<()> {
+        self.lan
+            .host(name)
+            .ns
+            .sh("ip link set lan up; ip link set ded up")?;
+        self.disk.path(name).set_writable(true)?;
+        self.agents[agent] = self.start(name, peer)?;
+        Ok(())
+    }
+
+    /// The acknowledged rows not in the table.
+    pub fn lost(&self, acked: &[(u64, f64)]) -> Result<Vec<u64>> {
+        let there = rows(&self.cli().ns, LOGICAL)?;
+        Ok(acked
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !there.contains(n))
+            .collect())
+    }
+
+    /// The whole job: the database up on `a`, a client writing, `a` crashed, taken over by
+    /// `b`, `a` back and given it back; what each cost.
+    pub fn crash_and_failback(&mut self) -> Result<Report> {
+        self.wait_db()?;
+        psql(
+            &self.cli().ns,
+            LOGICAL,
+            "create table rows (n bigint primary key)",
+        )?;
+        let mut writer = Writer::start(&self.cli().ns, LOGICAL, &self.cluster.dir)?;
+        self.logged(writer.wait_acked(0, 50, WAIT))?;
+        let before = writer.acked().len();
+        let crashed_at = unix_now();
+        self.crash("a", 0)?;
+        self.logged(writer.wait_acked(before, 50, WAIT))?;
+        let acked = writer.acked();
+        let takeover_lost = self.lost(&acked)?;
+        let takeover_gap = Writer::longest_gap(&acked, before.saturating_sub(1));
+        let back = acked.len();
+        let rebooted_at = unix_now();
+        self.reboot("a", "b", 0)?;
+        self.logged(wait_for("the database back on a", WAIT, || {
+            Ok((self.starts().len() == 3 && writer.acked().len() > back + 20).then_some(()))
+        }))?;
+        let acked = writer.stop()?;
+        let failback_lost = self.lost(&acked)?;
+        let failback_gap = Writer::longest_gap(&acked, back.saturating_sub(1));
+        Ok(Report {
+            before,
+            acked,
+            takeover_gap,
+            failback_gap,
+            takeover_lost,
+            failback_lost,
+            crashed_at,
+            rebooted_at,
+        })
     }
 }

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod bench_services;
 pub mod capture;
 pub mod database;
+pub mod database_demo;
 pub mod failover_bench;
 pub mod failover_demo;
 pub mod http_load;

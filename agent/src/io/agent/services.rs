@@ -358,13 +358,16 @@ impl Task {
                 // Not started by this agent: an earlier one's may run on.
                 let found = || Instance::leftover(&self.svc, &self.state_dir);
                 let result = match instance.take().or_else(found) {
-                    Some(i) => i.stop().await,
+                    Some(i) => {
+                        let r = i.stop().await;
+                        if r.is_ok() {
+                            log::info!("service {}: stopped", self.svc.name);
+                        }
+                        r
+                    }
                     None => Ok(()),
                 };
                 self.set_pid(instance.as_ref());
-                if result.is_ok() {
-                    log::info!("service {}: stopped", self.svc.name);
-                }
                 let _ = reply.send(result);
                 true
             }

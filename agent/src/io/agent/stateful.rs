@@ -151,15 +151,17 @@ impl Task {
         for (i, cold) in self.cold.iter().enumerate() {
             let step = async {
                 if let Some(fs) = &cold.svc.filesystem {
-                    filesystem::mount(fs).await.map_err(|e| {
+                    let mounted = filesystem::mount(fs).await.map_err(|e| {
                         format!("service {}: {}: {e}", cold.svc.name, fs.mount.display())
                     })?;
-                    log::info!(
-                        "service {}: {} mounted on {}",
-                        cold.svc.name,
-                        fs.device.display(),
-                        fs.mount.display()
-                    );
+                    if mounted {
+                        log::info!(
+                            "service {}: {} mounted on {}",
+                            cold.svc.name,
+                            fs.device.display(),
+                            fs.mount.display()
+                        );
+                    }
                 }
                 let (reply, answer) = oneshot::channel();
                 cold.commands
@@ -196,14 +198,16 @@ impl Task {
                 .map_err(|_| "the agent is stopping".to_string())?
                 .map_err(|e| format!("service {}: stopping: {e}", cold.svc.name))?;
             if let Some(fs) = &cold.svc.filesystem {
-                filesystem::unmount(fs).await.map_err(|e| {
+                let unmounted = filesystem::unmount(fs).await.map_err(|e| {
                     format!("service {}: {}: {e}", cold.svc.name, fs.mount.display())
                 })?;
-                log::info!(
-                    "service {}: {} unmounted",
-                    cold.svc.name,
-                    fs.mount.display()
-                );
+                if unmounted {
+                    log::info!(
+                        "service {}: {} unmounted",
+                        cold.svc.name,
+                        fs.mount.display()
+                    );
+                }
             }
         }
         Ok(())

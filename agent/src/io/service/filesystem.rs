@@ -54,10 +54,10 @@ fn unescape(s: &str) -> PathBuf {
     PathBuf::from(out)
 }
 
-/// Mounts it (creating the mount point), unless it is mounted there already.
-pub async fn mount(fs: &Filesystem) -> Result<(), String> {
+/// Mounts it (creating the mount point), unless it is mounted there already (false).
+pub async fn mount(fs: &Filesystem) -> Result<bool, String> {
     if mounted(fs)? {
-        return Ok(());
+        return Ok(false);
     }
     flush_buffers(&fs.device)?;
     std::fs::create_dir_all(&fs.mount).map_err(|e| format!("{}: {e}", fs.mount.display()))?;
@@ -67,20 +67,23 @@ pub async fn mount(fs: &Filesystem) -> Result<(), String> {
         c.arg("-o").arg(&fs.options);
     }
     c.arg(&fs.device).arg(&fs.mount);
-    run(c, "mount").await
+    run(c, "mount").await?;
+    Ok(true)
 }
 
-/// Unmounts it, if it is mounted. A busy file system is an error (nothing is forced: a
-/// process still writing there must not lose its writes, nor keep them from the next host).
-pub async fn unmount(fs: &Filesystem) -> Result<(), String> {
+/// Unmounts it, if it is mounted (true: it was). A busy file system is an error (nothing is
+/// forced: a process still writing there must not lose its writes, nor keep them from the
+/// next host).
+pub async fn unmount(fs: &Filesystem) -> Result<bool, String> {
     if !mounted(fs)? {
-        return Ok(());
+        return Ok(false);
     }
     let mut c = tokio::process::Command::new("umount");
     c.arg(&fs.mount);
     run(c, "umount").await?;
     // What this host cached of the device is stale once another mounts it.
-    flush_buffers(&fs.device)
+    flush_buffers(&fs.device)?;
+    Ok(true)
 }
 
 fn flush_buffers(device: &Path) -> Result<(), String> {

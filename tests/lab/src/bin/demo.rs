@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: failover of a logical address between two agents, then a service
-//! failing alone (partial takeover); `cargo xtask demo failover|service` one of them;
+//! failing alone (partial takeover), then a database on a shared disk taken over and given
+//! back; `cargo xtask demo failover|service|database` one of them;
 //! `cargo xtask demo gate`: the gate on its own, step by step. All clean up after themselves.
 //!
-//! Usage: demo PATH-TO-TAKEOVER [failover|service|gate]
+//! Usage: demo PATH-TO-TAKEOVER [failover|service|database|gate]
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
@@ -18,17 +19,21 @@ const PORT: u16 = 7000;
 fn main() -> Result<()> {
     let bin = std::env::args()
         .nth(1)
-        .context("usage: demo PATH-TO-TAKEOVER [failover|service|gate]")?;
+        .context("usage: demo PATH-TO-TAKEOVER [failover|service|database|gate]")?;
     let t = Takeover::new(bin);
     match std::env::args().nth(2).as_deref() {
         None => {
             takeover_lab::failover_demo::run(&t)?;
-            takeover_lab::service_demo::run(&t)
+            takeover_lab::service_demo::run(&t)?;
+            takeover_lab::database_demo::run(&t)
         }
         Some("failover") => takeover_lab::failover_demo::run(&t),
         Some("service") => takeover_lab::service_demo::run(&t),
+        Some("database") => takeover_lab::database_demo::run(&t),
         Some("gate") => gate(&t),
-        Some(other) => anyhow::bail!("unknown demo {other:?} (failover, service or gate)"),
+        Some(other) => {
+            anyhow::bail!("unknown demo {other:?} (failover, service, database or gate)")
+        }
     }
 }
 
