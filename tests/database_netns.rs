@@ -57,5 +57,15 @@ fn a_crashed_database_host_is_taken_over_with_every_acknowledged_row_and_given_b
     ensure!(b.logged("takeover", &[("resource", LOGICAL), ("epoch", "2")]));
     ensure!(b.logged("releasing", &[("resource", LOGICAL)]));
     ensure!(a.logged("takeover", &[("resource", LOGICAL), ("epoch", "3")]));
+    // Each agent's status says where the address's steps are: served on a, idle on b.
+    for (host, step) in [("a", "serving"), ("b", "idle")] {
+        let st: serde_json::Value =
+            serde_json::from_str(&takeover().ok(&s.lan.host(host).ns, "status --json")?)?;
+        ensure!(
+            st["addresses"][0]["step"] == step,
+            "{host}: {}",
+            st["addresses"][0]
+        );
+    }
     Ok(())
 }

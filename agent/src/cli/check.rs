@@ -35,6 +35,14 @@ pub fn check(path: &Path) -> Result<()> {
     if let Some(w) = warning {
         outln!("{}: warning: {w}", path.display())?;
     }
+    let cold = config.services.iter().filter(|s| s.cold).count();
+    if cold > 0 && config.fence.command.is_empty() {
+        outln!(
+            "{}: warning: {cold} cold service(s) and no [fence]: a dead host's stateful address is not taken over \
+             (its lease closes its gates, not its writes to the shared storage); it waits until that host is heard again",
+            path.display()
+        )?;
+    }
     if let Some(st) = &config.storage {
         outln!(
             "{}: {}",

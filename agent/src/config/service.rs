@@ -734,17 +734,17 @@ pub(super) fn services(
                 false
             }
         };
-        if cold {
+        if let (true, Some(standby)) = (cold, &s.standby) {
             if !matches!(how, None | Some(Supervision::Run(_) | Supervision::Ocf(_))) {
                 c.error(
-                    span.clone(),
+                    standby.span(),
                     format!("{key}.standby"),
                     "a cold service is started and stopped by the agent: give run or ocf, not watch",
                 );
             }
             if ips.len() > 1 {
                 c.error(
-                    span.clone(),
+                    standby.span(),
                     format!("{key}.address"),
                     "a cold service runs where its address is served: give it one address",
                 );

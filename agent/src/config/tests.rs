@@ -735,6 +735,35 @@ fn service_errors_name_their_key_and_line() {
             "backoff = \"1\"",
             "service[0].recovery.backoff",
             "unit",
+        ),        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nstandby = \"warm\"\nrun = { command = [\"/bin/x\"] }",
+            "standby = \"warm\"",
+            "service[0].standby",
+            "is not hot",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nstandby = \"cold\"\nwatch = { systemd_unit = \"x.service\" }\n[service.recovery]\nrestarts = 0",
+            "standby = \"cold\"",
+            "service[0].standby",
+            "a cold service is started and stopped by the agent",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"] }\nfilesystem = { device = \"/dev/sdb1\", mount = \"/srv/db\" }",
+            "filesystem = {",
+            "service[0].filesystem",
+            "set standby = \"cold\"",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nstandby = \"cold\"\nrun = { command = [\"/bin/x\"] }\nfilesystem = { device = \"sdb1\", mount = \"/srv/db\" }",
+            "filesystem = {",
+            "service[0].filesystem.device",
+            "is not an absolute path",
+        ),
+        (
+            "name = \"s\"\naddress = \"10.0.0.100\"\nprotocol = \"tcp\"\nport = 80\nrun = { command = [\"/bin/x\"], stop_signal = \"SIGKILL\" }",
+            "stop_signal",
+            "service[0].run.stop_signal",
+            "is not one of SIGTERM, SIGINT",
         ),
     ];
     for (body, marker, key, says) in cases {
@@ -772,4 +801,47 @@ fn two_services_on_one_port_or_name_are_refused() {
         "service[1].name",
         "is already service[0]",
     );
+}
+
+#[test]
+fn a_cold_service_with_its_file_system_is_read_and_makes_its_address_stateful() {
+    let service = r#"
+[[service]]
+name = "db"
+address = "10.0.0.100"
+protocol = "tcp"
+port = 5432
+standby = "cold"
+filesystem = { device = "/dev/disk/by-label/db", mount = "/srv/db", options = "noatime" }
+run = { command = ["/usr/lib/postgresql/15/bin/postgres", "-D", "/srv/db/data"], user = "postgres", stop_signal = "INT" }
+"#;
+    let cfg = parse(&with_services(service)).unwrap();
+    let db = &cfg.services[0];
+    assert!(db.cold);
+    assert_eq!(
+        db.filesystem,
+        Some(service::Filesystem {
+            device: "/dev/disk/by-label/db".into(),
+            mount: "/srv/db".into(),
+            kind: "ext4".into(),
+            options: "noatime".into(),
+        })
+    );
+    match &db.how {
+        service::Supervision::Run(r) => assert_eq!(r.stop_signal, libc::SIGINT),
+        other => panic!("{other:?}"),
+    }
+    let (core, _) = crate::io::agent::core_config(&cfg, vec![0; 32]);
+    assert!(core.resources[0].stateful && core.components[0].cold);
+    // The same service hot: not stateful, and the digests differ (a node configured one way
+    // and its peer the other do not agree).
+    let hot: String = service
+        .lines()
+        .filter(|l| !l.starts_with("standby") && !l.starts_with("filesystem"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let hot = parse(&with_services(&hot)).unwrap();
+    let (hot_core, _) = crate::io::agent::core_config(&hot, vec![0; 32]);
+    assert!(!hot_core.resources[0].stateful);
+    assert_ne!(core.digest_of(), hot_core.digest_of());
 }

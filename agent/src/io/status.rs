@@ -66,6 +66,10 @@ pub struct Resource {
     /// take its traffic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A stateful address's step here: `idle`, `acquiring`, `starting`, `serving`,
+    /// `releasing`, `release failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +201,7 @@ impl Status {
                 note: core
                     .stranded(a)
                     .then(|| "its instance here failed and no peer's can serve: stays".into()),
+                step: spec.stateful.then(|| core.step(a).name().to_string()),
             })
             .collect();
         let components = components(core, now, lan, notes);
@@ -373,6 +378,9 @@ impl Status {
                     None => a.address.clone(),
                 };
                 out.push_str(&format!("{what}: {n}\n"));
+            }
+            if let Some(step) = a.step.as_deref().filter(|s| *s != "idle") {
+                out.push_str(&format!("{}: stateful, {step} here\n", a.address));
             }
         }
         if !self.components.is_empty() {
