@@ -317,6 +317,63 @@ fn both_network_paths_cut_with_the_storage_fine_moves_nothing_and_fences_no_one(
 }
 
 #[test]
+fn an_owner_cut_off_every_path_with_its_lan_down_obeys_a_poison_pill_and_is_taken_over(
+) -> Result<()> {
+    // No fence command: the storage area is the only way left to tell a to let go.
+    let (dev, storage) = shared_storage()?;
+    let start = |cluster: &Cluster, me: &Host, peer: &Host| {
+        cluster.start_with(&takeover(), me, peer, |c| without_fence(c) + &storage)
+    };
+    let s = setup_starting(start, start)?;
+    let (a, b) = (s.lan.host("a"), s.lan.host("b"));
+    only_answerer(&s, a, "a serves")?;
+    // a's LAN goes down at its switch port (a sees its carrier go), and the line drops all
+    // a sends and gets with no carrier lost: b hears nothing from a on any path, a's disk
+    // heartbeat still moves, and says a's LAN is down.
+    a.ns.sh("tc qdisc replace dev ded root pfifo limit 0")?;
+    b.ns.sh("tc qdisc replace dev ded root pfifo limit 0")?;
+    a.ns.ip("link set lan down")?;
+    s.logged(wait_served_by(&s.client, "b", "b to take over"))?;
+    let (la, lb) = (&s.agents[0], &s.agents[1]);
+    assert!(lb.logged("pill_sent", &[("peer", "a")]), "{}", lb.log());
+    assert!(
+        la.logged("ordered", &[("by", "b"), ("fenced", "true")]),
+        "{}",
+        la.log()
+    );
+    assert!(lb.logged("pill_obeyed", &[("peer", "a")]), "{}", lb.log());
+    assert!(nobody_fenced(&s));
+    // The order is on the area: in b's message slot, obeyed in a's heartbeat.
+    let area: serde_json::Value =
+        serde_json::from_str(&takeover().ok_plain(&format!("storage show {} --json", dev.dev))?)?;
+    let orders = &area["nodes"][1]["message"]["value"]["orders"];
+    assert_eq!(orders[0]["to"], "a", "{area}");
+    assert_eq!(
+        area["nodes"][0]["heartbeat"]["value"]["obeyed"]["b"], orders[0]["id"],
+        "{area}"
+    );
+    // a's LAN back but its port isolated from b's, the line still dead: b still hears
+    // nothing of a, the order stands, a serves nothing (its clients reach it, it answers
+    // none of them).
+    s.lan.isolate("a", "b", true)?;
+    a.ns.ip("link set lan up")?;
+    std::thread::sleep(Duration::from_millis(500));
+    only_answerer(&s, b, "b serves while a is ordered off")?;
+    let status = takeover().ok(&a.ns, "status")?;
+    assert!(status.contains("FENCED BY ORDER of b"), "{status}");
+    // The paths back: b hears a and withdraws the order; a, first in preference, gets its
+    // address back after the preempt delay.
+    s.lan.isolate("a", "b", false)?;
+    a.ns.sh("tc qdisc del dev ded root")?;
+    b.ns.sh("tc qdisc del dev ded root")?;
+    s.logged(wait_served_by(&s.client, "a", "the address back to a"))?;
+    assert!(s.agents[1].logged("pill_withdrawn", &[("peer", "a")]));
+    assert!(s.agents[0].logged("ordered", &[("by", "b"), ("fenced", "false")]));
+    only_answerer(&s, a, "a serves again")?;
+    Ok(())
+}
+
+#[test]
 fn storage_lost_on_the_owner_is_reported_and_hands_over_when_told_to() -> Result<()> {
     // Each host reaches the area by a path of its own (two loop devices over one file): a's
     // can fail alone.

@@ -187,6 +187,25 @@ pub enum Event {
     ReleaseFailed {
         res: ResId,
     },
+    /// Dead peer's disk heartbeat moves and says its LAN is down: ordered fenced through the
+    /// storage area (the poison pill).
+    PillSent {
+        peer: NodeId,
+    },
+    /// The peer obeyed this node's order (nothing of it runs): proven gone, as by a fence.
+    PillObeyed {
+        peer: NodeId,
+    },
+    /// The peer is heard again: its order is withdrawn (it may serve again).
+    PillWithdrawn {
+        peer: NodeId,
+    },
+    /// A peer's order fences this node (`fenced`): it closes, stops, and reopens nothing; or
+    /// the order was withdrawn.
+    Ordered {
+        by: NodeId,
+        fenced: bool,
+    },
     /// A dead peer is proven gone by its lease only, and a stateful resource of it needs a
     /// fence (its lease closed its gates, not its writes): nothing is taken without one.
     FenceRequired {
@@ -286,6 +305,10 @@ impl Event {
             Event::Releasing { .. } => "releasing",
             Event::ReleaseFailed { .. } => "release_failed",
             Event::FenceRequired { .. } => "fence_required",
+            Event::PillSent { .. } => "pill_sent",
+            Event::PillObeyed { .. } => "pill_obeyed",
+            Event::PillWithdrawn { .. } => "pill_withdrawn",
+            Event::Ordered { .. } => "ordered",
         }
     }
 
@@ -390,6 +413,14 @@ impl Event {
             ],
             Event::FenceRequired { peer, res: r } => {
                 vec![("peer", node(peer)), ("resource", res(r))]
+            }
+            Event::PillSent { peer }
+            | Event::PillObeyed { peer }
+            | Event::PillWithdrawn { peer } => {
+                vec![("peer", node(peer))]
+            }
+            Event::Ordered { by, fenced } => {
+                vec![("by", node(by)), ("fenced", fenced.to_string())]
             }
         }
     }
@@ -524,6 +555,26 @@ impl Event {
             Event::ReleaseFailed { res: r } => format!(
                 "{}: stopping or unmounting FAILED: it stays claimed and closed, so that nobody else starts it (retried)",
                 res(r)
+            ),
+            Event::PillSent { peer } => format!(
+                "peer {} is silent on every network path, its disk heartbeat moves and says its LAN is down: ordered fenced through the storage area",
+                node(peer)
+            ),
+            Event::PillObeyed { peer } => format!(
+                "peer {} obeyed the fence order (nothing of it runs): gone, as if fenced",
+                node(peer)
+            ),
+            Event::PillWithdrawn { peer } => format!(
+                "peer {} is heard again: its fence order is withdrawn",
+                node(peer)
+            ),
+            Event::Ordered { by, fenced: true } => format!(
+                "FENCED BY ORDER of peer {} (through the storage area): closing every gate, stopping the cold services, reopening nothing until the order is withdrawn",
+                node(by)
+            ),
+            Event::Ordered { by, fenced: false } => format!(
+                "peer {}'s fence order was withdrawn: this node may serve again",
+                node(by)
             ),
             Event::FenceRequired { peer, res: r } => format!(
                 "peer {}'s lease has lapsed, but {} is stateful and its lease does not stop its writes: not taken without a fence (configure [fence])",

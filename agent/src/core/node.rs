@@ -32,6 +32,7 @@ mod heartbeat;
 mod lease;
 mod liveness;
 mod peer;
+mod pill;
 mod services;
 mod stateful;
 
@@ -81,6 +82,9 @@ pub enum Action {
     /// Stop a stateful resource's cold services and unmount their file systems (its gate is
     /// closed already); report with `handle_released`. No peer starts them before.
     Release { res: ResId },
+    /// Write (`Some(id)`) or withdraw (`None`) a fence order for `peer` in this node's message
+    /// slot of the storage area (`pill`); kept written until withdrawn.
+    Order { peer: NodeId, id: Option<u64> },
     /// Something happened (for the log, metrics, hooks).
     Event(Event),
 }
@@ -207,6 +211,8 @@ pub struct Core {
     components: Vec<Component>,
     /// What the peers were last told of each (`Health::code`; `None`: no instance here).
     told: Vec<Option<u8>>,
+    /// The last fence order's id this node sent (`pill`).
+    order_seq: u64,
     /// Per address resource, its services' resources; and every service's resource.
     services_of: Vec<Vec<ResId>>,
     service_res: Vec<ResId>,
@@ -311,6 +317,7 @@ impl Core {
             probe_seq: 0,
             persisting: false,
             persist_failed: None,
+            order_seq: 0,
             res,
             components,
             told,
@@ -563,7 +570,9 @@ impl Core {
     /// changed, what follows, told to the peers at once (on the paths that still work), not
     /// at the next heartbeat.
     fn refit(&mut self, now: Duration) {
-        let fit = self.lan_link && (self.storage_ok || !self.cfg.storage_hand_over);
+        let fit = self.lan_link
+            && (self.storage_ok || !self.cfg.storage_hand_over)
+            && !self.ordered_off();
         if fit == self.lan_up {
             return;
         }

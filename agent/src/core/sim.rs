@@ -189,6 +189,13 @@ pub struct SimDisk {
     pub restarting: Vec<bool>,
     /// Per node: cut off the storage (its writes fail, its reads find nothing).
     pub cut: Vec<bool>,
+    /// Per node, as its last write said: its LAN, and per sender the order it obeyed.
+    pub lan_up: Vec<bool>,
+    pub obeyed: Vec<Vec<u64>>,
+    /// Per node, its fence orders per target: as its agent wants them, and as its message
+    /// slot holds them (written at its next round that reaches the storage).
+    pub orders: Vec<Vec<Option<u64>>>,
+    pub written_orders: Vec<Vec<Option<u64>>>,
 }
 
 /// A policy for the simulation's services: one check, fall 2, rise 2, a short hold.
@@ -356,6 +363,10 @@ impl Sim {
                 gens: vec![0; nodes],
                 restarting: vec![false; nodes],
                 cut: vec![false; nodes],
+                lan_up: vec![true; nodes],
+                obeyed: vec![vec![0; nodes]; nodes],
+                orders: vec![vec![None; nodes]; nodes],
+                written_orders: vec![vec![None; nodes]; nodes],
             }),
             cfg,
         };
@@ -433,8 +444,13 @@ impl Sim {
         let cfg = self.node_cfg(n);
         let at = self.at(n);
         let now = self.now;
+        // A new agent's message slot holds no order (it withdraws what the last one left).
+        if let Some(d) = self.disk.as_mut() {
+            d.orders[n] = vec![None; d.orders.len()];
+        }
         let node = &mut self.nodes[n];
-        node.incarnation += 1;
+        // As the real one's: the wall clock at its start (nanoseconds), always growing.
+        node.incarnation = (node.incarnation + 1).max(now.as_nanos() as u64);
         // As the shell: gates found open serve on under the lease the last agent left, if it
         // still runs; a lapsed one's (an agent killed or stalled) are not revived.
         let open: Vec<(usize, u64)> = (0..node.gates.len())
@@ -774,6 +790,20 @@ impl Sim {
                         .push(format!("{:?} n{n} restarts s{component}", self.now));
                 }
                 Action::Acquire { res, .. } => self.acquire(n, res),
+                Action::Order { peer, id } => {
+                    self.trace.push(format!(
+                        "{:?} n{n} {} n{peer}",
+                        self.now,
+                        if id.is_some() {
+                            "orders a fence of"
+                        } else {
+                            "withdraws its order for"
+                        }
+                    ));
+                    if let Some(d) = self.disk.as_mut() {
+                        d.orders[n][peer] = id;
+                    }
+                }
                 Action::Release { res } => {
                     for c in self.cold_of(res) {
                         self.nodes[n].instances[c].running = false;
@@ -1188,22 +1218,37 @@ impl Sim {
             if !d.cut[n] {
                 d.gens[n] += 1;
                 d.restarting[n] = false;
+                let core = self.nodes[n].core.as_ref().unwrap();
+                d.lan_up[n] = core.lan_link();
+                d.obeyed[n] = vec![0; self.nodes.len()];
+                for (p, id) in core.obeyed() {
+                    d.obeyed[n][p] = id;
+                }
+                d.written_orders[n] = d.orders[n].clone();
             }
         }
+        let d = self.disk.as_ref().unwrap();
         let (gens, cut) = (d.gens.clone(), d.cut.clone());
         let restarting = d.restarting.clone();
-        let all: Vec<DiskRead> = (0..gens.len())
-            .map(|p| DiskRead {
-                peer: p,
-                generation: gens[p],
-                restarting: restarting[p],
-                serving: (0..self.nodes[p].gates.len())
-                    .filter(|&a| self.nodes[p].is_open(a))
-                    .map(|a| (a, self.nodes[p].epochs[a]))
-                    .collect(),
-            })
-            .collect();
+        let read_by = |n: NodeId| -> Vec<DiskRead> {
+            (0..gens.len())
+                .map(|p| DiskRead {
+                    peer: p,
+                    generation: gens[p],
+                    restarting: restarting[p],
+                    serving: (0..self.nodes[p].gates.len())
+                        .filter(|&a| self.nodes[p].is_open(a))
+                        .map(|a| (a, self.nodes[p].epochs[a]))
+                        .collect(),
+                    lan_up: d.lan_up[p],
+                    obeyed: d.obeyed[p][n],
+                    order: d.written_orders[p][n],
+                })
+                .collect()
+        };
+        let reads: Vec<Vec<DiskRead>> = (0..gens.len()).map(read_by).collect();
         for n in running {
+            let all = &reads[n];
             self.feed_waiting(n);
             let at = self.local(n, now);
             let c = self.nodes[n].core.as_mut().unwrap();
@@ -1215,7 +1260,7 @@ impl Sim {
                         began: at,
                         ended: at,
                     },
-                    &all,
+                    all,
                 );
             }
             self.drain(n);

@@ -24,6 +24,10 @@ pub struct Status {
     /// write failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
+    /// The peer whose fence order (through the storage area) holds this node off: it serves
+    /// nothing until the order is withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by_order_of: Option<String>,
     /// One per resource (a logical address, or a service on it).
     pub addresses: Vec<Resource>,
     /// The state management table: this node's services' instances, its LAN link and its
@@ -251,6 +255,7 @@ impl Status {
             storage: core
                 .storage_ok()
                 .map(|ok| if ok { "ok" } else { "lost" }.into()),
+            fenced_by_order_of: core.fenced_by_order().map(name),
             addresses,
             components,
             peers,
@@ -282,6 +287,11 @@ impl Status {
         if let Some(st) = &self.storage {
             out.pop();
             out += &format!("  storage {}\n", if st == "ok" { "ok" } else { "LOST" });
+        }
+        if let Some(by) = &self.fenced_by_order_of {
+            out += &format!(
+                "FENCED BY ORDER of {by} (through the storage area): serving nothing until {by} withdraws it\n"
+            );
         }
         let mut addresses =
             vec![["ADDRESS", "OWNER", "GATE", "SERVED BY", "EPOCH"].map(String::from)];

@@ -25,6 +25,12 @@ pub struct DiskRead {
     pub restarting: bool,
     /// What it serves, with the epochs (a new opening's epoch is above every one seen).
     pub serving: Vec<(ResId, u64)>,
+    /// Its LAN link is up, as it wrote.
+    pub lan_up: bool,
+    /// The newest of this node's fence orders it obeyed (0: none).
+    pub obeyed: u64,
+    /// Its standing fence order for this node, from its message slot (`pill`).
+    pub order: Option<u64>,
 }
 
 /// When the shell's reads of one round began and ended (this node's clock). A generation
@@ -49,6 +55,7 @@ impl Core {
         };
         let mut stale = false;
         let grace = self.cfg.restart_grace;
+        let fit_before = self.ordered_off();
         for r in read {
             let (p, gen, restarting) = (r.peer, r.generation, r.restarting);
             if p == self.cfg.me || p >= self.peers.len() {
@@ -78,6 +85,12 @@ impl Core {
                 self.event(Event::DiskStale { peer: p });
                 stale = true;
             }
+            // An order stands while its sender writes: a dead sender's lapses with it.
+            let order = r.order.filter(|_| self.disk_fresh(p));
+            stale |= self.disk_orders(p, r.lan_up, r.obeyed, order);
+        }
+        if self.ordered_off() != fit_before {
+            self.refit(now);
         }
         if stale {
             self.decide(now);
@@ -94,6 +107,9 @@ impl Core {
         }
         if ok && self.disk_lease_runs(now) {
             self.disk_written_at = Some(self.disk_written_at.map_or(started, |w| w.max(started)));
+        }
+        if !ok {
+            self.revoke_pill_proofs();
         }
         if ok == self.storage_ok {
             return;

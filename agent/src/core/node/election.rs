@@ -105,8 +105,10 @@ impl Core {
                 }
                 continue;
             }
-            // Still writing its disk heartbeat: alive behind a partition; it keeps them.
+            // Still writing its disk heartbeat: alive behind a partition; it keeps them,
+            // unless it cannot serve them (its LAN down): then it is ordered fenced.
             if self.disk_holds(p) {
+                self.order_fence(p);
                 safe = false;
                 continue;
             }

@@ -258,8 +258,10 @@ impl Core {
             // A peer we hear again (restarted, or back after a fence) needs a new fence if it
             // dies again.
             peer.fence = super::FenceState::None;
+            peer.pill_proof = false;
             peer.path_up = vec![true; self.cfg.paths];
             self.event(Event::PeerAlive { peer: p });
+            self.withdraw_order(p);
             return true;
         }
         if !peer.path_up[path] {

@@ -119,6 +119,7 @@ impl Core {
             let slept = now.saturating_sub(last);
             if slept > self.cfg.interval * 2 {
                 self.stalled = true;
+                self.revoke_pill_proofs();
                 let credit = slept - self.cfg.interval;
                 for p in self.others_vec() {
                     let peer = &mut self.peers[p];
@@ -153,6 +154,11 @@ impl Core {
             .others()
             .find(|&p| self.peers[p].exit_commit == proof)
             .ok_or(Rejected::UnknownNotice)?;
+        if incarnation < self.peers[p].heard_incarnation {
+            // An earlier life's (late, or replayed): it says nothing of the agent that runs
+            // now, whose own gates its exit did not close.
+            return Err(Rejected::Replayed);
+        }
         self.take_exit_notice_lease(p);
         let peer = &mut self.peers[p];
         if !peer.alive || peer.restart_until.is_some() {

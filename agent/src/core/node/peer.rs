@@ -74,6 +74,14 @@ pub(super) struct Peer {
     /// Dead, proven gone by its lease only, with no fence to stop its writes: a stateful
     /// resource of it waits (said once).
     pub fence_wanted: bool,
+    /// What its disk heartbeat last said of its LAN (`pill`).
+    pub disk_lan_up: bool,
+    /// This node's standing fence order for it, and its order fencing this node (`pill`).
+    pub pill: Option<u64>,
+    pub order_to_me: Option<u64>,
+    /// Its `Fenced` came from obeying this node's order, which holds it only while this node
+    /// is seen writing (`pill`).
+    pub pill_proof: bool,
 }
 
 /// What a peer said of one resource, and when.
@@ -133,6 +141,10 @@ impl Peer {
             disk_read_at: None,
             kernel_since: None,
             fence_wanted: false,
+            disk_lan_up: true,
+            pill: None,
+            order_to_me: None,
+            pill_proof: false,
         }
     }
 

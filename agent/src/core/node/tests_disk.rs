@@ -55,6 +55,8 @@ fn a_partition_of_every_network_path_moves_nothing_while_the_disk_heartbeats_mov
     }
     assert_eq!(s.fences_requested, 0, "{}", s.tail());
     assert_eq!((held(&s, 0), held(&s, 1)), (1, 1), "{}", s.tail());
+    // Both can serve (their disk heartbeats say their LANs are up): no order either way.
+    assert_eq!(pills(&s, 0) + pills(&s, 1), 0, "{}", s.tail());
     // Healed: each hears the other again, nothing moved.
     for (a, b) in [(0, 1), (1, 0)] {
         s.cut[a][b] = vec![false, false];
@@ -186,6 +188,98 @@ fn a_node_cut_off_its_storage_stays_by_default() {
 /// storage area. Invariant 1 is checked after every step inside the simulation (a node serves
 /// only while its lease runs, on its own clock); at the end everything heals and every address
 /// is served by exactly one node.
+fn pills(s: &Sim, by: NodeId) -> usize {
+    s.events_of(by, |e| matches!(e, Event::PillSent { .. }))
+}
+
+/// n0 loses its LAN and, with it, every path to n1 (its dedicated line dead too, no carrier
+/// lost): it cannot serve, and cannot tell n1, whose only news of it is its disk heartbeat.
+fn owner_lan_down_line_dead(s: &mut Sim) {
+    s.cut[0][1][0] = true;
+    s.cut[1][0][0] = true;
+    s.set_lan(0, false);
+}
+
+#[test]
+fn an_owner_cut_off_every_path_with_its_lan_down_obeys_a_fence_order_and_is_taken_over() {
+    // No fence command: the storage area is the only way to tell n0 to let go.
+    let mut s = pair_with(false, false);
+    owner_lan_down_line_dead(&mut s);
+    time_until(&mut s, ms(400), |s| s.servers(0) == vec![1]);
+    let ordered = |s: &Sim, fenced: bool| {
+        s.events_of(
+            0,
+            |e| matches!(e, Event::Ordered { by: 1, fenced: f } if *f == fenced),
+        )
+    };
+    assert_eq!(pills(&s, 1), 1, "{}", s.tail());
+    assert_eq!(ordered(&s, true), 1);
+    assert_eq!(
+        s.events_of(1, |e| matches!(e, Event::PillObeyed { peer: 0 })),
+        1
+    );
+    assert_eq!(s.fences_requested, 0);
+    // n0 obeyed after it closed everything; it reopens nothing while the order stands, even
+    // with its LAN back (n1 still cannot hear it).
+    assert!(
+        first_line(&s, "n0 closes a0") < first_line(&s, "n1 opens a0"),
+        "{}",
+        s.tail()
+    );
+    s.set_lan(0, true);
+    after(&mut s, ms(200));
+    assert_eq!(
+        (s.servers(0), s.servers(1)),
+        (vec![1], vec![1]),
+        "{}",
+        s.tail()
+    );
+    // The line back: n1 hears n0 and withdraws; n0 may serve again (its own address comes
+    // back to it, first in preference, once n1 lets go of it).
+    s.cut[0][1][0] = false;
+    s.cut[1][0][0] = false;
+    time_until(&mut s, ms(400), |s| ordered(s, false) == 1);
+    assert_eq!(
+        s.events_of(1, |e| matches!(e, Event::PillWithdrawn { peer: 0 })),
+        1
+    );
+    assert_eq!(s.servers(1), vec![1]);
+}
+
+#[test]
+fn a_fence_order_lapses_with_its_sender_and_the_fenced_node_takes_over_once_it_can() {
+    let mut s = pair_with(false, false);
+    owner_lan_down_line_dead(&mut s);
+    time_until(&mut s, ms(400), |s| s.servers(0) == vec![1]);
+    // The sender dies with its order standing: once its disk heartbeat is stale the order
+    // no longer holds n0, which takes everything once its LAN is back.
+    s.crash(1);
+    s.set_lan(0, true);
+    time_until(&mut s, ms(1000), |s| {
+        s.servers(0) == vec![0] && s.servers(1) == vec![0]
+    });
+    assert_eq!(
+        s.events_of(0, |e| matches!(
+            e,
+            Event::Ordered {
+                by: 1,
+                fenced: false
+            }
+        )),
+        1,
+        "{}",
+        s.tail()
+    );
+}
+
+/// The position of the first trace line containing `what`.
+fn first_line(s: &Sim, what: &str) -> usize {
+    s.trace
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in the trace\n{}", s.tail()))
+}
+
 fn random_leased_schedule(seed: u64) {
     use super::super::sim::Rng;
     let mut rng = Rng::new(seed);

@@ -126,3 +126,30 @@ fn silence_alone_never_proves_a_lease_lapsed_a_partitioned_peer_renews_on() {
         "n0's own lease ran out in the partition"
     );
 }
+
+#[test]
+fn a_late_exit_notice_of_an_earlier_life_proves_nothing_of_the_agent_that_runs_now() {
+    // The peers wait for a restarted agent (they do not count an exit as a death).
+    let mut cfg = sim::config(2, 0, MS, None);
+    cfg.lease = true;
+    cfg.fence = false;
+    cfg.exit_takes_over = false;
+    let mut s = Sim::with_config(cfg, 1);
+    after(&mut s, ms(50));
+    let old = s.nodes[0].incarnation;
+    s.kill_agent(0);
+    after(&mut s, ms(2));
+    s.start_agent(0);
+    // Node 1 has just heard the new agent's first heartbeat (addressed to nobody yet: the
+    // new agent has not heard node 1), so it still holds the old life's exit commitment.
+    after(&mut s, Duration::from_micros(100));
+    // The old life's notice, arriving now (late, or replayed by someone on the path): refused,
+    // and nothing changes; were it taken, node 1 would later count node 0's gates closed by
+    // its kernel and take them while the new agent serves.
+    let notice = crate::core::wire::encode_notice(old, &Sim::token(0, old));
+    let (result, before, after_) = s.inject(1, 1, &notice).unwrap();
+    assert_eq!(result, Err(crate::core::wire::Rejected::Replayed));
+    assert_eq!(before, after_);
+    after(&mut s, ms(50));
+    assert_eq!(s.servers(0), vec![0], "{}", s.tail());
+}

@@ -155,10 +155,6 @@ fn a_failed_mount_is_undone_and_the_address_goes_to_a_node_that_can() {
 /// Random faults on stateful addresses, with and without fences and storage; the simulation
 /// asserts at every `Acquire` that no other powered node has the file system mounted.
 fn random_stateful_schedule(seed: u64) {
-    stateful_schedule(seed, false)
-}
-
-fn stateful_schedule(seed: u64, debug: bool) {
     use super::super::sim::Rng;
     let mut rng = Rng::new(seed);
     let nodes = if rng.chance(0.3) { 3 } else { 2 };
@@ -204,18 +200,9 @@ fn stateful_schedule(seed: u64, debug: bool) {
                 s.break_service(n, c, broken)
             }
         }
-        if debug {
-            eprintln!("{}", s.tail());
-        }
         after(&mut s, Duration::from_micros(200 + rng.below(60_000)));
     }
     s.heal_all();
-    if debug {
-        for _ in 0..12_000 {
-            after(&mut s, ms(1));
-            eprintln!("{:?} {}", s.now, s.trace.len());
-        }
-    }
     for n in 0..nodes {
         for c in 0..nodes {
             s.break_service(n, c, false);
@@ -237,11 +224,4 @@ fn stateful_schedule(seed: u64, debug: bool) {
 #[test]
 fn random_schedules_of_stateful_addresses_never_mount_one_file_system_twice() {
     run_schedules(0x57a7e, 300, random_stateful_schedule);
-}
-
-#[test]
-fn zz_debug() {
-    if let Some(seed) = std::env::var("DBG_SEED").ok().and_then(|s| s.parse().ok()) {
-        stateful_schedule(seed, true);
-    }
 }

@@ -56,6 +56,8 @@ pub(super) struct Disk {
     requests: mpsc::Sender<Request>,
     /// What the disk heartbeat says changed: rebuilt at the next wake-up.
     pub dirty: bool,
+    /// The orders obeyed, as the heartbeat last said.
+    obeyed: Vec<(NodeId, u64)>,
 }
 
 /// What the loop and the thread share.
@@ -131,6 +133,10 @@ impl Disk {
             mailbox,
             requests: rx,
             ownership,
+            nodes: core.nodes.clone(),
+            me: core.me,
+            orders: BTreeMap::new(),
+            orders_written: false,
         };
         std::thread::Builder::new()
             .name("disk heartbeat".into())
@@ -146,12 +152,18 @@ impl Disk {
             shared,
             requests,
             dirty: true,
+            obeyed: Vec::new(),
         })
     }
 
     /// The thread's request channel (a stateful resource's acquire reads its handoff).
     pub(super) fn requests(&self) -> mpsc::Sender<Request> {
         self.requests.clone()
+    }
+
+    /// Writes (or withdraws) a fence order for `to` in this node's message slot.
+    pub(super) fn order(&self, to: String, id: Option<u64>) {
+        let _ = self.requests.send(Request::Order { to, id });
     }
 
     /// Records that this node opens these resources in these epochs; the answer comes as
@@ -328,6 +340,11 @@ impl Shell {
         let Some(disk) = self.disk.as_mut() else {
             return;
         };
+        let obeyed = self.core.obeyed();
+        if obeyed != disk.obeyed {
+            disk.obeyed = obeyed;
+            disk.dirty = true;
+        }
         if !disk.dirty {
             disk.shared.beat.fetch_add(1, Ordering::Relaxed);
             return;
@@ -338,9 +355,15 @@ impl Shell {
             .map(|r| (resource_name(&self.core_cfg, r), self.core.epoch(r)))
             .collect();
         let lan_up = self.core.lan_link();
+        let obeyed = disk
+            .obeyed
+            .iter()
+            .map(|&(p, id)| (self.core_cfg.nodes[p].clone(), id))
+            .collect();
         if let Ok(mut hb) = disk.shared.state.lock() {
             hb.serving = serving;
             hb.lan_up = lan_up;
+            hb.obeyed = obeyed;
         }
         // After the state: a round never writes an older one for a newer beat.
         disk.shared.beat.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,10 @@ use crate::{
     storage::{
         area::unix_ms,
         layout::Slot,
-        payloads::{Change, Claim, Handoff, HandoffEntry, Heartbeat, JournalEntry, Ownership},
+        payloads::{
+            Change, Claim, Handoff, HandoffEntry, Heartbeat, JournalEntry, Message, Order,
+            OrderKind, Ownership,
+        },
         record::RecordError,
         Area,
     },
@@ -42,6 +45,9 @@ pub(super) enum Request {
         values: BTreeMap<String, String>,
         reply: oneshot::Sender<Value>,
     },
+    /// Write (`Some(id)`) or withdraw a fence order for this node (by name) in this node's
+    /// message slot; rewritten until it is on the device.
+    Order { to: String, id: Option<u64> },
     /// Read the newest handoff record of a resource (of every one: `None`), across nodes.
     HandoffRead {
         resource: Option<String>,
@@ -60,6 +66,13 @@ pub(super) struct Worker {
     pub requests: mpsc::Receiver<Request>,
     /// This node's ownership record as last written (read at start).
     pub ownership: Ownership,
+    /// Every node's name (the core's order): orders and what was obeyed name them.
+    pub nodes: Vec<String>,
+    pub me: NodeId,
+    /// This node's standing fence orders, by target, and whether the slot says so yet
+    /// (false at start: what a previous agent left there is withdrawn).
+    pub orders: BTreeMap<String, u64>,
+    pub orders_written: bool,
 }
 
 impl Worker {
@@ -112,6 +125,13 @@ impl Worker {
                 let result = self.claim(&claims);
                 return self.mailbox.send(Input::DiskClaimed(result));
             }
+            Request::Order { to, id } => {
+                match id {
+                    Some(id) => self.orders.insert(to, id),
+                    None => self.orders.remove(&to),
+                };
+                self.orders_written = false;
+            }
             Request::HandoffPut {
                 resource,
                 epoch,
@@ -155,6 +175,25 @@ impl Worker {
             if let Err(e) = self.record_releases(&mut area, &hb.serving) {
                 log::warn!("recording releases in the storage area: {e:#}");
             }
+            if !self.orders_written {
+                let message = Message {
+                    orders: self
+                        .orders
+                        .iter()
+                        .map(|(to, &id)| Order {
+                            to: to.clone(),
+                            id,
+                            order: OrderKind::Fence,
+                            reason: "silent on every network path, its LAN down".into(),
+                            issued_unix_ms: unix_ms(),
+                        })
+                        .collect(),
+                };
+                match area.write(shared.mine, Slot::Message, &message) {
+                    Ok(_) => self.orders_written = true,
+                    Err(e) => log::warn!("writing this node's fence orders: {e:#}"),
+                }
+            }
         }
         let began = Instant::now();
         let mut gens = Some(Vec::new());
@@ -167,6 +206,15 @@ impl Worker {
                     break;
                 }
             };
+            // Its standing order for this node, if its message slot can be read (else none:
+            // an order this node cannot read fences nothing; its sender waits).
+            let me = &self.nodes[self.me];
+            let order = area
+                .read::<Message>(i, Slot::Message)
+                .ok()
+                .and_then(|r| r.value.ok())
+                .and_then(|(_, m)| m.orders.into_iter().find(|o| &o.to == me))
+                .map(|o| o.id);
             let list = gens.as_mut().expect("set above");
             match read.value {
                 Ok((generation, hb)) => list.push(DiskRead {
@@ -178,12 +226,18 @@ impl Worker {
                         .iter()
                         .filter_map(|(name, e)| Some((*self.names.get(name)?, *e)))
                         .collect(),
+                    lan_up: hb.lan_up,
+                    obeyed: hb.obeyed.get(me).copied().unwrap_or(0),
+                    order,
                 }),
                 Err(RecordError::Blank) => list.push(DiskRead {
                     peer: p,
                     generation: 0,
                     restarting: false,
                     serving: Vec::new(),
+                    lan_up: true,
+                    obeyed: 0,
+                    order: None,
                 }),
                 // Unreadable (damaged both copies, a newer release's format): this node
                 // cannot tell whether it moves, so it is left out and goes stale for nobody.

@@ -57,6 +57,10 @@ impl Shell {
                     takeover,
                 } => self.stateful.acquire(res, epoch, takeover),
                 Action::Release { res } => self.stateful.release(res),
+                Action::Order { peer, id } => match self.disk.as_ref() {
+                    Some(d) => d.order(self.core_cfg.nodes[peer].clone(), id),
+                    None => log::error!("a fence order without a storage area: ignored"),
+                },
                 Action::Send {
                     peer,
                     path,
