@@ -565,7 +565,7 @@ impl Event {
                 node(peer)
             ),
             Event::PillWithdrawn { peer } => format!(
-                "peer {} is heard again: its fence order is withdrawn",
+                "fence order for peer {} withdrawn (heard again, or this node can serve nothing, or its own disk heartbeat stopped): it may serve again",
                 node(peer)
             ),
             Event::Ordered { by, fenced: true } => format!(

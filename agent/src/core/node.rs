@@ -150,6 +150,8 @@ struct Res {
     acquire_failed: Option<Duration>,
     /// When a stateful resource was last taken from a peer that did not hand it over.
     taken: bool,
+    /// Claimed only while it is released (what a previous agent left): not once done.
+    unclaim: bool,
 }
 
 /// Counts of datagrams refused, by reason.
@@ -425,7 +427,7 @@ impl Core {
         if let Some(at) = self.components_deadline(self.fed) {
             consider(at);
         }
-        if let Some(at) = self.stateful_deadline() {
+        if let Some(at) = self.stateful_deadline(floor) {
             consider(at);
         }
         for r in &self.res {
@@ -510,7 +512,6 @@ impl Core {
         if !self.ready
             && (self.others().all(|p| self.peers[p].alive)
                 || now >= self.started + self.cfg.startup_grace)
-            && !self.releasing()
         {
             self.ready = true;
             self.fit_us = self.next_stamp(now);
@@ -588,6 +589,22 @@ impl Core {
     pub fn handle_fence(&mut self, now: Duration, peer: NodeId, ok: bool) {
         let now = self.clock(now);
         if self.peers[peer].fence != FenceState::Pending {
+            // A fence for a stateful resource of a peer its lease proved gone.
+            if self.peers[peer].state_fence == FenceState::Pending {
+                let p = &mut self.peers[peer];
+                if ok {
+                    p.fence = FenceState::Fenced;
+                    p.state_fence = FenceState::None;
+                } else {
+                    p.state_fence = FenceState::Failed(now);
+                }
+                self.event(if ok {
+                    Event::Fenced { peer }
+                } else {
+                    Event::FenceFailed { peer }
+                });
+                self.decide(now);
+            }
             return;
         }
         self.peers[peer].fence = if ok {

@@ -370,7 +370,7 @@ impl Sim {
             }),
             cfg,
         };
-        for n in 0..nodes {
+        for _ in 0..nodes {
             sim.nodes.push(SimNode {
                 // Hot ones start with the machine; cold ones when acquired.
                 instances: sim
@@ -395,6 +395,9 @@ impl Sim {
                 frozen: None,
                 mounted: vec![false; addrs],
             });
+        }
+        // Every machine exists before any agent starts (a starting agent may send at once).
+        for n in 0..nodes {
             sim.start_agent(n);
         }
         sim

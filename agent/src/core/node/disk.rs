@@ -67,6 +67,7 @@ impl Core {
                 }
             }
             let peer = &mut self.peers[p];
+            peer.disk_serving = r.serving.iter().map(|&(res, _)| res).collect();
             peer.disk_restarting = restarting;
             peer.disk_read_at = Some(times.began);
             if peer.disk_moved_at.is_none() || gen != peer.disk_gen {

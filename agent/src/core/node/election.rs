@@ -132,10 +132,22 @@ impl Core {
                 // A lease proves its gates closed, not that it stopped writing to the shared
                 // storage (its services outlive its agent): a stateful resource waits for
                 // the fence.
+                // A peer that cannot hold it (it never claimed it, as far as this node or the
+                // storage area know) needs no more than its lease.
+                FenceState::Lapsed if stateful && !self.may_hold(p, a) => {}
                 FenceState::Lapsed if stateful && self.cfg.fence => {
-                    self.peers[p].fence = FenceState::Pending;
-                    self.actions.push_back(Action::Fence { peer: p });
-                    self.event(Event::FenceStarted { peer: p });
+                    let retry = self.cfg.fence_retry;
+                    let peer = &mut self.peers[p];
+                    let start = match peer.state_fence {
+                        FenceState::Pending => false,
+                        FenceState::Failed(at) => now >= at + retry,
+                        _ => true,
+                    };
+                    if start {
+                        peer.state_fence = FenceState::Pending;
+                        self.actions.push_back(Action::Fence { peer: p });
+                        self.event(Event::FenceStarted { peer: p });
+                    }
                     safe = false;
                 }
                 FenceState::Lapsed if stateful => {
@@ -191,6 +203,8 @@ impl Core {
                 taken,
                 ..self.res[a]
             };
+            // Not receiving any more: nothing reaches a service that is not running yet.
+            self.set_gate(a, Gate::Closed);
             self.acquire(a);
             return;
         }
@@ -213,7 +227,6 @@ impl Core {
 
     /// Opens and closes this node's gates to match the targets.
     pub(super) fn decide(&mut self, now: Duration) {
-        self.stateful_progress(now);
         for p in self.others_vec() {
             let e = self.eligible(p);
             let peer = &mut self.peers[p];
@@ -269,7 +282,11 @@ impl Core {
                 // Still handed over to the right peer, or about to open.
                 continue;
             }
-            if stopped.is_none() && target == Some(me) && self.safe_to_open(now, a) {
+            if stopped.is_none()
+                && target == Some(me)
+                && !self.acquire_paced(now, a)
+                && self.safe_to_open(now, a)
+            {
                 if may_record {
                     let epoch = self.res[a].max_epoch.max(self.res[a].epoch) + 1;
                     self.res[a].opening = Some(epoch);
@@ -297,6 +314,8 @@ impl Core {
             self.persisting = true;
             self.actions.push_back(Action::Persist { epochs: record });
         }
+        // A stateful resource still claimed and still its to serve: open once it runs.
+        self.stateful_progress(now);
         self.derive_services(now);
         if changed {
             self.send_heartbeats(now, true);
@@ -324,7 +343,7 @@ impl Core {
                     && self.peers[t].res[a].acked_us >= self.res[a].voted_us)
             });
         if !((newer_elsewhere || (self.ready && target != Some(me))) && !hold) {
-            self.keep_stateful(now, a);
+            self.keep_stateful(now, a, target);
             return false;
         }
         // A stateful resource's services stop and its file systems are unmounted first; it

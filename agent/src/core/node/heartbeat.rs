@@ -259,6 +259,7 @@ impl Core {
             // dies again.
             peer.fence = super::FenceState::None;
             peer.pill_proof = false;
+            peer.state_fence = super::FenceState::None;
             peer.path_up = vec![true; self.cfg.paths];
             self.event(Event::PeerAlive { peer: p });
             self.withdraw_order(p);

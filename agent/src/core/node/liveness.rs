@@ -2,7 +2,7 @@
 //! path), the kernel's exit notices, late wake-ups, and lost paths.
 use std::time::Duration;
 
-use super::{Action, Core, DeathReason, Event, NodeId};
+use super::{Action, Core, DeathReason, Event, FenceState, NodeId};
 use crate::core::wire::{self, Rejected};
 
 impl Core {
@@ -119,7 +119,11 @@ impl Core {
             let slept = now.saturating_sub(last);
             if slept > self.cfg.interval * 2 {
                 self.stalled = true;
-                self.revoke_pill_proofs();
+                // Long enough that a fenced peer may have seen this node's disk heartbeat
+                // stop (it needs the whole timeout): its orders are not to be relied on.
+                if self.cfg.disk_timeout.is_some_and(|t| slept >= t / 2) {
+                    self.revoke_pill_proofs();
+                }
                 let credit = slept - self.cfg.interval;
                 for p in self.others_vec() {
                     let peer = &mut self.peers[p];
@@ -232,6 +236,7 @@ impl Core {
         peer.restart_until = None;
         peer.disk_held = false;
         peer.fence_wanted = false;
+        peer.state_fence = FenceState::None;
         peer.kernel_since = None;
         self.event(Event::PeerDead { peer: p, reason });
     }

@@ -1,7 +1,7 @@
 //! What a node knows of one peer: liveness per path, and its summary per resource.
 use std::time::Duration;
 
-use super::{CoreConfig, FenceState, Mismatch, NodeId};
+use super::{CoreConfig, FenceState, Mismatch, NodeId, ResId};
 use crate::core::wire::{ReplayGuard, TOKEN_LEN};
 
 #[derive(Clone, Debug)]
@@ -82,6 +82,12 @@ pub(super) struct Peer {
     /// Its `Fenced` came from obeying this node's order, which holds it only while this node
     /// is seen writing (`pill`).
     pub pill_proof: bool,
+    /// A fence run for a stateful resource of a peer already proven gone by its lease
+    /// (`fence` stays `Lapsed` meanwhile, which its stateless resources take): `Pending`,
+    /// `Failed`, or `None`.
+    pub state_fence: FenceState,
+    /// What its disk heartbeat says it serves (a stateful resource it may hold).
+    pub disk_serving: Vec<ResId>,
 }
 
 /// What a peer said of one resource, and when.
@@ -145,6 +151,8 @@ impl Peer {
             pill: None,
             order_to_me: None,
             pill_proof: false,
+            state_fence: FenceState::None,
+            disk_serving: Vec::new(),
         }
     }
 

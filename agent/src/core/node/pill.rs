@@ -31,9 +31,18 @@ impl Core {
         self.event(Event::PillSent { peer: p });
     }
 
-    /// Peer `p` is heard on the network again: a standing order for it is withdrawn.
+    /// A standing order for peer `p` is withdrawn (it is heard on the network again, or this
+    /// node can serve nothing, or its obedience no longer proves anything). What its
+    /// obedience proved goes with it: the peer may serve again.
     pub(super) fn withdraw_order(&mut self, p: NodeId) {
-        if self.peers[p].pill.take().is_some() {
+        let peer = &mut self.peers[p];
+        if peer.pill_proof {
+            peer.pill_proof = false;
+            if peer.fence == FenceState::Fenced {
+                peer.fence = FenceState::None;
+            }
+        }
+        if peer.pill.take().is_some() {
             self.actions.push_back(Action::Order { peer: p, id: None });
             self.event(Event::PillWithdrawn { peer: p });
         }
@@ -80,12 +89,23 @@ impl Core {
     /// proved no longer holds: proven again only by a new `obeyed` read.
     pub(super) fn revoke_pill_proofs(&mut self) {
         for p in self.others_vec() {
-            let peer = &mut self.peers[p];
-            if peer.pill_proof {
-                peer.pill_proof = false;
-                if peer.fence == FenceState::Fenced {
-                    peer.fence = FenceState::None;
-                }
+            if self.peers[p].pill_proof {
+                // Its obedience to this order proves nothing now: a new order, if needed.
+                self.withdraw_order(p);
+            }
+        }
+    }
+
+    /// This node cannot serve and holds nothing: its orders are withdrawn (the peers they
+    /// fenced may serve what it cannot).
+    pub(super) fn withdraw_if_unfit(&mut self) {
+        let idle = self
+            .res
+            .iter()
+            .all(|r| !r.open && r.step == Step::Idle && r.forwarding.is_none());
+        if !self.lan_up && idle {
+            for p in self.others_vec() {
+                self.withdraw_order(p);
             }
         }
     }

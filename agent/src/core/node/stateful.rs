@@ -13,7 +13,7 @@
 //! escalated here, so that every node ranks this one last for the address for a while.
 use std::time::Duration;
 
-use super::{Action, Core, Event, Gate, ResId, REANNOUNCE};
+use super::{Action, Core, Event, Gate, NodeId, ResId, REANNOUNCE};
 use crate::core::component::{Component, State};
 
 /// How long a node whose acquire failed ranks last for the address (unless a peer claims it
@@ -57,6 +57,17 @@ impl Core {
         self.res[a].open && (!self.cfg.resources[a].stateful || self.res[a].step == Step::Serving)
     }
 
+    /// Might dead peer `p` hold stateful address `a`: it claimed it, or voted to (a claim may
+    /// have been on its way), as its last heartbeat or its disk heartbeat said; or it was
+    /// never heard at all.
+    pub(super) fn may_hold(&self, p: NodeId, a: ResId) -> bool {
+        let peer = &self.peers[p];
+        peer.header_sent_us == 0
+            || peer.res[a].serving.is_some()
+            || peer.res[a].vote == Some(p)
+            || peer.disk_serving.contains(&a)
+    }
+
     /// The cold components on stateful address `a`.
     fn cold_of(&self, a: ResId) -> Vec<usize> {
         let mut cs: Vec<usize> = self.services_of[a]
@@ -76,23 +87,29 @@ impl Core {
         for a in 0..self.res.len() {
             let here = self.cold_of(a).iter().any(|&c| self.cfg.components[c].here);
             if self.cfg.resources[a].stateful && !self.res[a].open && here {
-                self.res[a].step = Step::Releasing;
+                // Claimed meanwhile (in no epoch: any server's is newer), so that nobody
+                // mounts it before this is done; not claimed once it is.
+                let r = &mut self.res[a];
+                r.open = true;
+                r.unclaim = true;
+                r.step = Step::Releasing;
                 self.actions.push_back(Action::Release { res: a });
+                self.event(Event::Releasing { res: a });
             }
         }
-    }
-
-    /// A release is under way or failed (a starting node is not ready till it is done).
-    pub(super) fn releasing(&self) -> bool {
-        self.res
-            .iter()
-            .any(|r| matches!(r.step, Step::Releasing | Step::ReleaseFailed(_)))
     }
 
     /// Asks the shell to mount and start what `a` needs here (claimed in its epoch).
     pub(super) fn acquire(&mut self, a: ResId) {
         let (epoch, takeover) = (self.res[a].epoch, self.res[a].taken);
         self.res[a].step = Step::Acquiring;
+        // Counted from now: a service started early in the acquire has its checks reported
+        // before the acquire ends, and each is reported only while it is news.
+        let now = self.fed;
+        for c in self.cold_of(a) {
+            let policy = self.cfg.components[c].policy.clone();
+            self.components[c] = Component::new(policy, now);
+        }
         self.actions.push_back(Action::Acquire {
             res: a,
             epoch,
@@ -113,13 +130,11 @@ impl Core {
             // Released meanwhile: the release undoes it.
             return;
         }
-        for c in self.cold_of(a) {
-            let policy = self.cfg.components[c].policy.clone();
-            self.components[c] = if ok {
-                Component::new(policy, now)
-            } else {
-                Component::gave_up(policy, now)
-            };
+        if !ok {
+            for c in self.cold_of(a) {
+                let policy = self.cfg.components[c].policy.clone();
+                self.components[c] = Component::gave_up(policy, now);
+            }
         }
         if ok {
             self.res[a].step = Step::Starting;
@@ -142,6 +157,17 @@ impl Core {
         }
         if ok {
             self.res[a].step = Step::Idle;
+            let unclaim = std::mem::take(&mut self.res[a].unclaim);
+            if (unclaim || self.res[a].acquire_failed.is_some()) && self.res[a].open {
+                // Undone after a failed acquire: no longer claimed, so that the next try
+                // (here or elsewhere) claims it afresh, in a new epoch.
+                let stamp = self.next_stamp(now);
+                let r = &mut self.res[a];
+                r.open = false;
+                r.released_us = stamp;
+                self.set_gate(a, Gate::Closed);
+                self.send_heartbeats(now, true);
+            }
         } else {
             self.res[a].step = Step::ReleaseFailed(now);
             self.event(Event::ReleaseFailed { res: a });
@@ -179,9 +205,10 @@ impl Core {
 
     /// `a` stays here: if it was released but kept (the target came back here), it is
     /// acquired again, once a failed acquire's wait is over.
-    pub(super) fn keep_stateful(&mut self, now: Duration, a: ResId) {
+    pub(super) fn keep_stateful(&mut self, now: Duration, a: ResId, target: Option<NodeId>) {
         let r = &self.res[a];
-        if !self.cfg.resources[a].stateful || !r.open || r.step != Step::Idle {
+        let mine = target == Some(self.cfg.me);
+        if !self.cfg.resources[a].stateful || !r.open || r.step != Step::Idle || !mine {
             return;
         }
         if r.acquire_failed
@@ -194,8 +221,13 @@ impl Core {
 
     /// Once every cold service of a started resource can serve, its gate opens.
     pub(super) fn stateful_progress(&mut self, now: Duration) {
+        let me = self.cfg.me;
         for a in 0..self.res.len() {
-            if self.res[a].step != Step::Starting || !self.res[a].open {
+            if self.res[a].step != Step::Starting
+                || !self.res[a].open
+                || self.votes[a] != Some(me)
+                || !self.eligible(me)
+            {
                 continue;
             }
             let cold = self.cold_of(a);
@@ -218,6 +250,7 @@ impl Core {
     /// Retries of failed releases; cold services here back to Standby once nothing of them
     /// runs here and the address is claimed elsewhere (or a failed acquire's wait is over).
     pub(super) fn stateful_tick(&mut self, now: Duration) {
+        self.withdraw_if_unfit();
         let mut changed = false;
         for a in 0..self.res.len() {
             if !self.cfg.resources[a].stateful {
@@ -270,22 +303,27 @@ impl Core {
         }
     }
 
-    /// When `stateful_tick` next has something to do.
-    pub(super) fn stateful_deadline(&self) -> Option<Duration> {
+    /// When `stateful_tick` (or a paced claim) next has something to do, after `floor`.
+    pub(super) fn stateful_deadline(&self, floor: Duration) -> Option<Duration> {
+        let retry = self.cfg.fence_retry;
         self.res
             .iter()
-            .filter_map(|r| match r.step {
-                Step::ReleaseFailed(at) => Some(at + self.cfg.fence_retry),
-                Step::Idle => r.acquire_failed.map(|at| {
-                    if r.open {
-                        at + self.cfg.fence_retry
-                    } else {
-                        at + ACQUIRE_RETRY
-                    }
-                }),
-                _ => None,
+            .flat_map(|r| match r.step {
+                Step::ReleaseFailed(at) => vec![at + retry],
+                Step::Idle => r
+                    .acquire_failed
+                    .map_or(vec![], |at| vec![at + retry, at + ACQUIRE_RETRY]),
+                _ => vec![],
             })
+            .filter(|&t| t > floor)
             .min()
+    }
+
+    /// A failed acquire here is this recent: `a` is not claimed again yet.
+    pub(super) fn acquire_paced(&self, now: Duration, a: ResId) -> bool {
+        self.res[a]
+            .acquire_failed
+            .is_some_and(|at| now < at + self.cfg.fence_retry)
     }
 
     // ---- read-only views for status and tests ----

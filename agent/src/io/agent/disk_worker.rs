@@ -48,6 +48,14 @@ pub(super) enum Request {
     /// Write (`Some(id)`) or withdraw a fence order for this node (by name) in this node's
     /// message slot; rewritten until it is on the device.
     Order { to: String, id: Option<u64> },
+    /// Replay every node's journal before a stateful resource is mounted here in `epoch`:
+    /// refused if another node's journal took it in this epoch or a later one; else each
+    /// journal's end, damage and last word on the resource.
+    JournalCheck {
+        resource: String,
+        epoch: u64,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
     /// Read the newest handoff record of a resource (of every one: `None`), across nodes.
     HandoffRead {
         resource: Option<String>,
@@ -125,6 +133,13 @@ impl Worker {
                 let result = self.claim(&claims);
                 return self.mailbox.send(Input::DiskClaimed(result));
             }
+            Request::JournalCheck {
+                resource,
+                epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.journal_check(&resource, epoch));
+            }
             Request::Order { to, id } => {
                 match id {
                     Some(id) => self.orders.insert(to, id),
@@ -190,7 +205,22 @@ impl Worker {
                         .collect(),
                 };
                 match area.write(shared.mine, Slot::Message, &message) {
-                    Ok(_) => self.orders_written = true,
+                    Ok(_) => {
+                        self.orders_written = true;
+                        for o in &message.orders {
+                            let change = Change::Ordered {
+                                to: o.to.clone(),
+                                id: o.id,
+                            };
+                            let entry = JournalEntry {
+                                unix_ms: unix_ms(),
+                                change,
+                            };
+                            if let Err(e) = area.append(shared.mine, entry) {
+                                log::warn!("journaling a fence order: {e:#}");
+                            }
+                        }
+                    }
                     Err(e) => log::warn!("writing this node's fence orders: {e:#}"),
                 }
             }
@@ -385,6 +415,52 @@ impl Worker {
         }
         self.write_changes(area, changes)
             .map_err(anyhow::Error::msg)
+    }
+
+    /// The journals replayed for a takeover of `resource` in `epoch` (the patent's log data
+    /// 710 as its consistency check): refused if another node took it in `epoch` or later
+    /// (this node's epoch is stale); else, per node, the journal's end, how many of its last
+    /// records are damaged, and its last word on the resource.
+    fn journal_check(&mut self, resource: &str, epoch: u64) -> Result<Value, String> {
+        let shared = self.shared.clone();
+        let area = shared.area.lock().map_err(|_| "poisoned".to_string())?;
+        let mut nodes = vec![(self.me, shared.mine)];
+        nodes.extend(self.peers.iter().copied());
+        let mut report = serde_json::Map::new();
+        for (node, index) in nodes {
+            let name = &self.nodes[node];
+            let replay = area
+                .replay(index)
+                .map_err(|e| format!("{name}'s journal: {e:#}"))?;
+            let mut last = None;
+            for (_, entry) in &replay.entries {
+                match &entry.change {
+                    Change::Owned {
+                        resource: r,
+                        epoch: e,
+                    } if r == resource => {
+                        if node != self.me && *e >= epoch {
+                            return Err(format!(
+                                "{name}'s journal says it took {resource} in epoch {e}, not below this takeover's {epoch}"
+                            ));
+                        }
+                        last = Some(json!({ "change": "owned", "epoch": e }));
+                    }
+                    Change::Released {
+                        resource: r,
+                        epoch: e,
+                    } if r == resource => {
+                        last = Some(json!({ "change": "released", "epoch": e }));
+                    }
+                    _ => {}
+                }
+            }
+            report.insert(
+                name.clone(),
+                json!({ "end": replay.end, "damaged": replay.damaged.len(), "last": last }),
+            );
+        }
+        Ok(Value::Object(report))
     }
 
     /// The ownership record, then one journal record per change.

@@ -355,9 +355,13 @@ impl Task {
             }
             Command::Stop { reply } => {
                 self.active.store(false, Ordering::Release);
-                // Not started by this agent: an earlier one's may run on.
-                let found = || Instance::leftover(&self.svc, &self.state_dir);
-                let result = match instance.take().or_else(found) {
+                // Not started by this agent: an earlier one's may run on (an OCF agent is
+                // asked first: some refuse a stop where their configuration is not mounted).
+                let mut found = instance.take();
+                if found.is_none() && self.ocf_running().await {
+                    found = Instance::leftover(&self.svc, &self.state_dir);
+                }
+                let result = match found {
                     Some(i) => {
                         let r = i.stop().await;
                         if r.is_ok() {
@@ -372,6 +376,19 @@ impl Task {
                 true
             }
         }
+    }
+
+    /// Whether the leftover of a service not started by this agent may run: for an OCF one,
+    /// its `monitor` does not say `OCF_NOT_RUNNING`; any other kind is looked for by its pid
+    /// file.
+    async fn ocf_running(&self) -> bool {
+        let Supervision::Ocf(agent) = &self.svc.how else {
+            return true;
+        };
+        !matches!(
+            ocf::run(agent, &self.svc.name, ocf::Action::Monitor).await,
+            Ok(ocf::OCF_NOT_RUNNING)
+        )
     }
 
     /// Run by someone else (a pid file, a systemd unit): never started nor stopped here.

@@ -17,6 +17,9 @@ use crate::{
     io::{inbox::Mailbox, service::filesystem},
 };
 
+/// The longest a takeover waits for the storage area's journals or handoff.
+const STORAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the task of a resource is asked.
 enum Op {
     Acquire { epoch: u64, takeover: bool },
@@ -136,6 +139,7 @@ impl Task {
     }
 
     async fn acquire(&self, epoch: u64, takeover: bool) -> Result<(), String> {
+        let journals = self.journal_check(epoch).await?;
         let handoff = self.handoff().await;
         let mut env = BTreeMap::from([
             ("TAKEOVER_EPOCH".to_string(), epoch.to_string()),
@@ -147,6 +151,9 @@ impl Task {
         ]);
         if let Some(h) = handoff {
             env.insert("TAKEOVER_HANDOFF".to_string(), h);
+        }
+        if let Some(j) = journals {
+            env.insert("TAKEOVER_JOURNAL".to_string(), j);
         }
         for (i, cold) in self.cold.iter().enumerate() {
             let step = async {
@@ -213,6 +220,47 @@ impl Task {
         Ok(())
     }
 
+    /// With a storage area, every node's journal replayed (the takeover's consistency
+    /// check): an error if another node took the resource in this epoch or later; else the
+    /// report (JSON: per node its journal's end, damaged records and last word on the
+    /// resource), logged, with what is damaged as a warning.
+    async fn journal_check(&self, epoch: u64) -> Result<Option<String>, String> {
+        let Some(requests) = self.handoffs.as_ref() else {
+            return Ok(None);
+        };
+        let (reply, answer) = oneshot::channel();
+        let asked = requests.send(Request::JournalCheck {
+            resource: self.name.clone(),
+            epoch,
+            reply,
+        });
+        if asked.is_err() {
+            return Err("the storage thread has stopped".into());
+        }
+        let report = tokio::time::timeout(STORAGE_WAIT, answer)
+            .await
+            .map_err(|_| format!("the storage area did not answer within {STORAGE_WAIT:?}"))?
+            .map_err(|_| "the storage thread has stopped".to_string())?
+            .map_err(|e| format!("the journals refuse this takeover: {e}"))?;
+        let damaged: Vec<String> = report
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v["damaged"].as_u64().unwrap_or(0) > 0)
+            .map(|(n, v)| format!("{n}: {} damaged", v["damaged"]))
+            .collect();
+        if damaged.is_empty() {
+            log::info!("{}: journals replayed: {report}", self.name);
+        } else {
+            log::warn!(
+                "{}: journals replayed, with damage ({}): {report}",
+                self.name,
+                damaged.join(", ")
+            );
+        }
+        Ok(Some(report.to_string()))
+    }
+
     /// The resource's newest handoff record as JSON, if there is a storage area and it has
     /// one.
     async fn handoff(&self) -> Option<String> {
@@ -225,7 +273,12 @@ impl Task {
                 reply,
             })
             .ok()?;
-        let v = answer.await.ok()?;
+        // Without an answer in time the service starts without it (the storage is slow or
+        // gone; the journals were read just before).
+        let v = tokio::time::timeout(STORAGE_WAIT, answer)
+            .await
+            .ok()?
+            .ok()?;
         if v.get("error").is_some() {
             return None;
         }

@@ -10,24 +10,51 @@ use std::{
 
 use crate::config::service::Filesystem;
 
+/// The longest a mount or an unmount may take (a journal replay of a large file system
+/// included).
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// `BLKFLSBUF`: drop the device's buffered blocks. Another host wrote to the device since
 /// this one last had it mounted: what this kernel cached of it is stale.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
-/// Where `device` is mounted at `mount` in this mount namespace, if it is.
-fn mounted(fs: &Filesystem) -> Result<bool, String> {
+/// Where `fs`'s device is mounted in this mount namespace: every mount point of it. A block
+/// device is known by its device number (mountinfo's `major:minor`), whatever path names it
+/// (`/dev/vg/lv`, `/dev/mapper/vg-lv`, `/dev/dm-3` are one); anything else by its path.
+fn mounts_of(fs: &Filesystem) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta =
+        std::fs::metadata(&fs.device).map_err(|e| format!("{}: {e}", fs.device.display()))?;
+    let rdev = meta.file_type().is_block_device().then(|| {
+        let r = meta.rdev();
+        (libc::major(r), libc::minor(r))
+    });
+    let want = std::fs::canonicalize(&fs.device).unwrap_or_else(|_| fs.device.clone());
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    let want = std::fs::canonicalize(&fs.device).unwrap_or_else(|_| fs.device.clone());
-    Ok(info.lines().any(|l| {
+    let mut at = Vec::new();
+    for l in info.lines() {
         let f: Vec<&str> = l.split(' ').collect();
         let Some(sep) = f.iter().position(|x| *x == "-") else {
-            return false;
+            continue;
         };
-        let at = unescape(f.get(4).copied().unwrap_or(""));
-        let source = f.get(sep + 2).map(|s| unescape(s));
-        at == fs.mount && source.is_some_and(|s| s == want || s == fs.device)
-    }))
+        let ours = match rdev {
+            Some((major, minor)) => f.get(2) == Some(&format!("{major}:{minor}").as_str()),
+            None => f.get(sep + 2).is_some_and(|s| {
+                let s = unescape(s);
+                s == want || s == fs.device
+            }),
+        };
+        if ours {
+            at.push(unescape(f.get(4).copied().unwrap_or("")));
+        }
+    }
+    Ok(at)
+}
+
+/// The mount point as the kernel records it (symlinks and `..` resolved).
+fn mount_point(fs: &Filesystem) -> PathBuf {
+    std::fs::canonicalize(&fs.mount).unwrap_or_else(|_| fs.mount.clone())
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -54,13 +81,23 @@ fn unescape(s: &str) -> PathBuf {
     PathBuf::from(out)
 }
 
-/// Mounts it (creating the mount point), unless it is mounted there already (false).
+/// Mounts it (creating the mount point), unless it is mounted there already (false). Mounted
+/// anywhere else in this namespace is an error: it is not mounted twice.
 pub async fn mount(fs: &Filesystem) -> Result<bool, String> {
-    if mounted(fs)? {
+    std::fs::create_dir_all(&fs.mount).map_err(|e| format!("{}: {e}", fs.mount.display()))?;
+    let at = mounts_of(fs)?;
+    let target = mount_point(fs);
+    if at.contains(&target) {
         return Ok(false);
     }
+    if let Some(other) = at.first() {
+        return Err(format!(
+            "{} is mounted on {} already",
+            fs.device.display(),
+            other.display()
+        ));
+    }
     flush_buffers(&fs.device)?;
-    std::fs::create_dir_all(&fs.mount).map_err(|e| format!("{}: {e}", fs.mount.display()))?;
     let mut c = tokio::process::Command::new("mount");
     c.arg("-t").arg(&fs.kind);
     if !fs.options.is_empty() {
@@ -71,16 +108,28 @@ pub async fn mount(fs: &Filesystem) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Unmounts it, if it is mounted (true: it was). A busy file system is an error (nothing is
-/// forced: a process still writing there must not lose its writes, nor keep them from the
-/// next host).
+/// Unmounts every mount of its device in this namespace (true: there was one), and checks that
+/// none is left before it says so: the next host mounts it next. A busy file system is an
+/// error (nothing is forced: a process still writing there must not lose its writes, nor
+/// keep them from the next host).
 pub async fn unmount(fs: &Filesystem) -> Result<bool, String> {
-    if !mounted(fs)? {
+    let at = mounts_of(fs)?;
+    if at.is_empty() {
         return Ok(false);
     }
-    let mut c = tokio::process::Command::new("umount");
-    c.arg(&fs.mount);
-    run(c, "umount").await?;
+    for point in at.iter().rev() {
+        let mut c = tokio::process::Command::new("umount");
+        c.arg(point);
+        run(c, "umount").await?;
+    }
+    let left = mounts_of(fs)?;
+    if let Some(point) = left.first() {
+        return Err(format!(
+            "{} is still mounted on {} after umount",
+            fs.device.display(),
+            point.display()
+        ));
+    }
     // What this host cached of the device is stale once another mounts it.
     flush_buffers(&fs.device)?;
     Ok(true)
@@ -105,7 +154,12 @@ async fn run(mut c: tokio::process::Command, what: &str) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let out = c.output().await.map_err(|e| format!("{what}: {e}"))?;
+    // A hung device must not hold a takeover's steps for ever: a step that does not end is
+    // a failed one (the command is killed with the future).
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, c.output())
+        .await
+        .map_err(|_| format!("{what}: no answer within {COMMAND_TIMEOUT:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
     if out.status.success() {
         return Ok(());
     }
