@@ -329,7 +329,10 @@ impl Core {
         };
         core.startup_releases();
         for a in 0..core.res.len() {
-            if !core.res[a].open && core.res[a].derived != Gate::Open {
+            // Claimed only while what a previous agent left is released: closed, never
+            // announced.
+            let leftover = core.res[a].unclaim;
+            if (!core.res[a].open || leftover) && core.res[a].derived != Gate::Open {
                 // Not an event: nothing changed, the gate is made to say what it must.
                 core.actions.push_back(Action::SetGate {
                     res: a,

@@ -23,13 +23,17 @@ impl Core {
     /// Who serves `a` now as far as this node knows, with the epoch: the highest epoch wins
     /// if views briefly overlap (only the newest server keeps it).
     pub(super) fn current(&self, a: ResId) -> Option<(NodeId, u64)> {
-        let mut best = self.res[a].open.then_some((self.cfg.me, self.res[a].epoch));
+        // A claim in no epoch (a starting agent releasing what its predecessor left) serves
+        // nothing: nobody else opens meanwhile (`safe_to_open`), but nobody follows it.
+        let stateful = self.cfg.resources[a].stateful;
+        let mut best =
+            (self.res[a].open && !self.res[a].unclaim).then_some((self.cfg.me, self.res[a].epoch));
         for p in self.others() {
             let peer = &self.peers[p];
             if !peer.alive || !peer.known {
                 continue;
             }
-            if let Some(e) = peer.res[a].serving {
+            if let Some(e) = peer.res[a].serving.filter(|&e| !(stateful && e == 0)) {
                 // Newer epoch first; on a tie (never expected) the lower node index.
                 if best
                     .is_none_or(|(bn, be)| (e, std::cmp::Reverse(p)) > (be, std::cmp::Reverse(bn)))

@@ -148,6 +148,12 @@ impl Core {
         self.decide(now);
     }
 
+    /// Resource `a` was taken in epoch `e` somewhere (a journal says so): the next claim of it
+    /// goes above.
+    pub fn saw_epoch(&mut self, a: ResId, e: u64) {
+        self.res[a].max_epoch = self.res[a].max_epoch.max(e);
+    }
+
     /// The `Release` of `a` finished: no longer claimed (`ok`: the election lets it go now),
     /// or still claimed and closed, retried.
     pub fn handle_released(&mut self, now: Duration, a: ResId, ok: bool) {

@@ -137,6 +137,7 @@ impl Disk {
             me: core.me,
             orders: BTreeMap::new(),
             orders_written: false,
+            journaled_orders: BTreeMap::new(),
         };
         std::thread::Builder::new()
             .name("disk heartbeat".into())

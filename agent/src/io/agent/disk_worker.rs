@@ -48,12 +48,12 @@ pub(super) enum Request {
     /// Write (`Some(id)`) or withdraw a fence order for this node (by name) in this node's
     /// message slot; rewritten until it is on the device.
     Order { to: String, id: Option<u64> },
-    /// Replay every node's journal before a stateful resource is mounted here in `epoch`:
-    /// refused if another node's journal took it in this epoch or a later one; else each
-    /// journal's end, damage and last word on the resource.
+    /// Replay every node's journal before a stateful resource is mounted here:
+    /// each journal's end, damage and last word on the resource, and the highest epoch
+    /// another node's journal took it in (`taken_elsewhere`: at or above `epoch`, the
+    /// takeover is refused).
     JournalCheck {
         resource: String,
-        epoch: u64,
         reply: oneshot::Sender<Result<Value, String>>,
     },
     /// Read the newest handoff record of a resource (of every one: `None`), across nodes.
@@ -81,6 +81,8 @@ pub(super) struct Worker {
     /// (false at start: what a previous agent left there is withdrawn).
     pub orders: BTreeMap<String, u64>,
     pub orders_written: bool,
+    /// The orders already journaled (by target, their ids).
+    pub journaled_orders: BTreeMap<String, u64>,
 }
 
 impl Worker {
@@ -133,12 +135,8 @@ impl Worker {
                 let result = self.claim(&claims);
                 return self.mailbox.send(Input::DiskClaimed(result));
             }
-            Request::JournalCheck {
-                resource,
-                epoch,
-                reply,
-            } => {
-                let _ = reply.send(self.journal_check(&resource, epoch));
+            Request::JournalCheck { resource, reply } => {
+                let _ = reply.send(self.journal_check(&resource));
             }
             Request::Order { to, id } => {
                 match id {
@@ -208,6 +206,11 @@ impl Worker {
                     Ok(_) => {
                         self.orders_written = true;
                         for o in &message.orders {
+                            // Journaled once: a standing order rewritten is no news.
+                            if self.journaled_orders.get(&o.to) == Some(&o.id) {
+                                continue;
+                            }
+                            self.journaled_orders.insert(o.to.clone(), o.id);
                             let change = Change::Ordered {
                                 to: o.to.clone(),
                                 id: o.id,
@@ -417,16 +420,17 @@ impl Worker {
             .map_err(anyhow::Error::msg)
     }
 
-    /// The journals replayed for a takeover of `resource` in `epoch` (the patent's log data
-    /// 710 as its consistency check): refused if another node took it in `epoch` or later
-    /// (this node's epoch is stale); else, per node, the journal's end, how many of its last
-    /// records are damaged, and its last word on the resource.
-    fn journal_check(&mut self, resource: &str, epoch: u64) -> Result<Value, String> {
+    /// The journals replayed for a takeover of `resource` (the patent's log data 710 as its
+    /// consistency check): per node, the journal's end, how many of its last records are
+    /// damaged, and its last word on the resource; and the highest epoch another node's
+    /// journal took it in.
+    fn journal_check(&mut self, resource: &str) -> Result<Value, String> {
         let shared = self.shared.clone();
         let area = shared.area.lock().map_err(|_| "poisoned".to_string())?;
         let mut nodes = vec![(self.me, shared.mine)];
         nodes.extend(self.peers.iter().copied());
         let mut report = serde_json::Map::new();
+        let mut elsewhere = (0u64, String::new());
         for (node, index) in nodes {
             let name = &self.nodes[node];
             let replay = area
@@ -439,10 +443,8 @@ impl Worker {
                         resource: r,
                         epoch: e,
                     } if r == resource => {
-                        if node != self.me && *e >= epoch {
-                            return Err(format!(
-                                "{name}'s journal says it took {resource} in epoch {e}, not below this takeover's {epoch}"
-                            ));
+                        if node != self.me && *e >= elsewhere.0 {
+                            elsewhere = (*e, name.clone());
                         }
                         last = Some(json!({ "change": "owned", "epoch": e }));
                     }
@@ -460,7 +462,10 @@ impl Worker {
                 json!({ "end": replay.end, "damaged": replay.damaged.len(), "last": last }),
             );
         }
-        Ok(Value::Object(report))
+        Ok(json!({
+            "journals": report,
+            "taken_elsewhere": { "epoch": elsewhere.0, "by": elsewhere.1 },
+        }))
     }
 
     /// The ownership record, then one journal record per change.

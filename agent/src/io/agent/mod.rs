@@ -83,10 +83,12 @@ enum Input {
     Disk(disk::Round),
     /// The disk thread recorded (or could not) the epochs of a `Persist`.
     DiskClaimed(Result<(), String>),
-    /// A stateful resource's `Acquire` finished.
+    /// A stateful resource's `Acquire` finished (`seen_epoch`: the journals showed it taken
+    /// elsewhere in this epoch or a later one).
     Acquired {
         res: usize,
         result: Result<(), String>,
+        seen_epoch: Option<u64>,
     },
     /// A stateful resource's `Release` finished.
     Released {
@@ -343,7 +345,16 @@ impl Shell {
                 }
                 self.core.handle_persisted(now, result.is_ok());
             }
-            Input::Acquired { res, result } => self.core.handle_acquired(now, res, result.is_ok()),
+            Input::Acquired {
+                res,
+                result,
+                seen_epoch,
+            } => {
+                if let Some(e) = seen_epoch {
+                    self.core.saw_epoch(res, e);
+                }
+                self.core.handle_acquired(now, res, result.is_ok())
+            }
             Input::Released { res, result } => self.core.handle_released(now, res, result.is_ok()),
             Input::Stop => {
                 self.stop(now, out);

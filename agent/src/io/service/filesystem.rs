@@ -18,17 +18,25 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 /// this one last had it mounted: what this kernel cached of it is stale.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
-/// Where `fs`'s device is mounted in this mount namespace: every mount point of it. A block
-/// device is known by its device number (mountinfo's `major:minor`), whatever path names it
-/// (`/dev/vg/lv`, `/dev/mapper/vg-lv`, `/dev/dm-3` are one); anything else by its path.
+/// Where `fs`'s device is mounted in this mount namespace: every mount point of it. A mount
+/// is its if mountinfo names its device number (`major:minor`: any name of an LVM or multipath
+/// device), or names it as the source, by its path or by another path to the same block
+/// device (btrfs shows an anonymous device number). A device path that does not exist (an
+/// LVM volume active elsewhere) is matched by path alone.
 fn mounts_of(fs: &Filesystem) -> Result<Vec<PathBuf>, String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta =
-        std::fs::metadata(&fs.device).map_err(|e| format!("{}: {e}", fs.device.display()))?;
-    let rdev = meta.file_type().is_block_device().then(|| {
-        let r = meta.rdev();
-        (libc::major(r), libc::minor(r))
-    });
+    let block = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| m.file_type().is_block_device())
+            .map(|m| m.rdev())
+    };
+    let rdev = match std::fs::metadata(&fs.device) {
+        Ok(_) => block(&fs.device),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", fs.device.display())),
+    };
+    let number = rdev.map(|r| format!("{}:{}", libc::major(r), libc::minor(r)));
     let want = std::fs::canonicalize(&fs.device).unwrap_or_else(|_| fs.device.clone());
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
@@ -38,14 +46,12 @@ fn mounts_of(fs: &Filesystem) -> Result<Vec<PathBuf>, String> {
         let Some(sep) = f.iter().position(|x| *x == "-") else {
             continue;
         };
-        let ours = match rdev {
-            Some((major, minor)) => f.get(2) == Some(&format!("{major}:{minor}").as_str()),
-            None => f.get(sep + 2).is_some_and(|s| {
-                let s = unescape(s);
-                s == want || s == fs.device
-            }),
-        };
-        if ours {
+        let by_number = number.as_deref().is_some_and(|n| f.get(2) == Some(&n));
+        let by_source = f.get(sep + 2).is_some_and(|s| {
+            let s = unescape(s);
+            s == want || s == fs.device || (rdev.is_some() && s.is_absolute() && block(&s) == rdev)
+        });
+        if by_number || by_source {
             at.push(unescape(f.get(4).copied().unwrap_or("")));
         }
     }
