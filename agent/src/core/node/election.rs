@@ -191,27 +191,9 @@ impl Core {
     /// Opens `a` in `epoch` (on record by now) and announces it. A stateful resource is
     /// claimed in it and acquired first: its gate opens once its services run (`stateful`).
     pub(super) fn open(&mut self, now: Duration, a: ResId, epoch: u64) {
-        if self.cfg.resources[a].stateful {
-            // Taken from a peer that did not hand it over (its services are started told
-            // so: a recovery, not a cold start).
-            let taken = self.res[a].receiving.is_none();
-            self.res[a] = Res {
-                open: true,
-                epoch,
-                max_epoch: epoch,
-                forwarding: None,
-                receiving: None,
-                opening: None,
-                reannounce: None,
-                opened_us: self.next_stamp(now),
-                taken,
-                ..self.res[a]
-            };
-            // Not receiving any more: nothing reaches a service that is not running yet.
-            self.set_gate(a, Gate::Closed);
-            self.acquire(a);
-            return;
-        }
+        // Taken from a peer that did not hand it over (a stateful resource's services are
+        // started told so: a recovery, not a cold start).
+        let taken = self.res[a].receiving.is_none();
         self.res[a] = Res {
             open: true,
             epoch,
@@ -219,11 +201,26 @@ impl Core {
             forwarding: None,
             receiving: None,
             opening: None,
-            reannounce: Some((now + self.cfg.forward_for / (REANNOUNCE + 1), REANNOUNCE)),
+            reannounce: None,
             // The heartbeat that says so leaves next (the caller sends it), stamped with this.
             opened_us: self.next_stamp(now),
+            taken,
             ..self.res[a]
         };
+        if self.cfg.resources[a].stateful {
+            // Not receiving any more: nothing reaches a service that is not running yet.
+            self.set_gate(a, Gate::Closed);
+            self.acquire(a);
+        } else {
+            self.now_serving(now, a);
+        }
+    }
+
+    /// `a`'s gate opens here: announced now and again over the forwarding window.
+    pub(super) fn now_serving(&mut self, now: Duration, a: ResId) {
+        let r = &mut self.res[a];
+        r.reannounce = Some((now + self.cfg.forward_for / (REANNOUNCE + 1), REANNOUNCE));
+        let epoch = r.epoch;
         self.set_gate(a, Gate::Open);
         self.actions.push_back(Action::Announce { res: a });
         self.event(Event::Takeover { res: a, epoch });

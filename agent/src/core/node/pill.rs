@@ -99,15 +99,20 @@ impl Core {
     /// This node cannot serve and holds nothing: its orders are withdrawn (the peers they
     /// fenced may serve what it cannot).
     pub(super) fn withdraw_if_unfit(&mut self) {
-        let idle = self
-            .res
-            .iter()
-            .all(|r| !r.open && r.step == Step::Idle && r.forwarding.is_none());
-        if !self.lan_up && idle {
+        // Every tick: the resources are looked at only with an order standing.
+        let standing = self.others().any(|p| self.peers[p].pill.is_some());
+        if standing && !self.lan_up && self.holds_nothing() {
             for p in self.others_vec() {
                 self.withdraw_order(p);
             }
         }
+    }
+
+    /// Nothing is open, claimed, still stopping or forwarded here.
+    fn holds_nothing(&self) -> bool {
+        self.res
+            .iter()
+            .all(|r| !r.open && r.step == Step::Idle && r.forwarding.is_none())
     }
 
     /// Some peer's order fences this node: it serves nothing and reopens nothing.
@@ -118,11 +123,11 @@ impl Core {
     /// The orders this node obeyed, for its disk heartbeat: each standing order, once nothing
     /// of what it served is open, claimed or still stopping here.
     pub fn obeyed(&self) -> Vec<(NodeId, u64)> {
-        let idle = self
-            .res
-            .iter()
-            .all(|r| !r.open && r.step == Step::Idle && r.forwarding.is_none());
-        if !idle {
+        // Asked at every wake-up: the resources are looked at only under an order.
+        if !self.ordered_off() {
+            return Vec::new();
+        }
+        if !self.holds_nothing() {
             return Vec::new();
         }
         self.others()

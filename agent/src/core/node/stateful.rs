@@ -13,7 +13,7 @@
 //! escalated here, so that every node ranks this one last for the address for a while.
 use std::time::Duration;
 
-use super::{Action, Core, Event, Gate, NodeId, ResId, REANNOUNCE};
+use super::{Action, Core, Event, Gate, NodeId, ResId};
 use crate::core::component::{Component, State};
 
 /// How long a node whose acquire failed ranks last for the address (unless a peer claims it
@@ -244,13 +244,8 @@ impl Core {
     }
 
     fn serve(&mut self, now: Duration, a: ResId) {
-        let r = &mut self.res[a];
-        r.step = Step::Serving;
-        r.reannounce = Some((now + self.cfg.forward_for / (REANNOUNCE + 1), REANNOUNCE));
-        let epoch = r.epoch;
-        self.set_gate(a, Gate::Open);
-        self.actions.push_back(Action::Announce { res: a });
-        self.event(Event::Takeover { res: a, epoch });
+        self.res[a].step = Step::Serving;
+        self.now_serving(now, a);
     }
 
     /// Retries of failed releases; cold services here back to Standby once nothing of them
